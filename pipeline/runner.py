@@ -1,0 +1,358 @@
+"""Running one session: source -> guest chain -> sinks, with checkpoints and resume.
+
+:func:`run_session` needs nothing but its arguments and the store, so the same call runs on a
+thread, in a subprocess or on a Dask worker (DESIGN §9). It keeps no process-global state.
+
+The loop reads each chunk with ``readinto`` straight into the first guest's input area and
+calls ``pl_process``; output a guest emits on port 0 goes to the next stage's input area or,
+from the last stage, to the main sink; port 1 goes to the rejects sink.
+
+A checkpoint is taken between chunks, when no guest call is active, in the commit order of
+DESIGN §4: sinks persist -> page blobs written -> manifest compare-and-swap -> blobs the new
+manifest no longer references released. A crash anywhere leaves the previous manifest valid,
+and the sinks' handles in it say how much output belongs to it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.connectors.file_sink import FileSink
+from pipeline.connectors.source import Source, describe_change
+from pipeline.errors import Conflict, KeyNotFound, ResumeMismatch, SpecError
+from pipeline.runtime import Guest, GuestModule
+from pipeline.snapshot import Manifest, PageWriter, restore
+from pipeline.spec import _SESSION_NAME, JobSpec
+from pipeline.stores import SnapshotStore, open_store
+
+PORT_MAIN, PORT_REJECTS = 0, 1
+_PORT_NAMES = {PORT_MAIN: "main", PORT_REJECTS: "rejects"}
+
+ProgressCallback = Callable[[int, int | None], None]
+"""Called after each chunk with (bytes of input done, total input size or None)."""
+
+
+@dataclass
+class RunResult:
+    """What a run did: the figures of the summary line."""
+
+    session: str
+    status: str  # "complete" | "already-complete"
+    resumed_from: int | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    records_in: int | None = None
+    """Rows (records) in/out/rejected, when the guests report counters."""
+    records_out: int | None = None
+    records_rejected: int | None = None
+    seconds: float = 0.0
+    checkpoints: int = 0
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def mb_per_second(self) -> float:
+        processed = self.bytes_in - (self.resumed_from or 0)
+        return processed / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+
+def session_keys(session: str) -> tuple[str, str]:
+    """The store keys of a session: its manifest and the prefix of its page blobs."""
+    return f"sessions/{session}/manifest", f"sessions/{session}/pages/"
+
+
+def run_session(
+    job: JobSpec,
+    *,
+    store_url: str | None = None,
+    session: str | None = None,
+    fresh: bool = False,
+    on_progress: ProgressCallback | None = None,
+) -> RunResult:
+    """Run (or resume, or start over with ``fresh``) one session of ``job`` to completion."""
+    session_id = session or job.name
+    if not _SESSION_NAME.match(session_id):
+        raise SpecError(f"session id {session_id!r} must be letters, digits, '.', '_' or '-' (at most 128)")
+    store = open_store(store_url or job.store, base_dir=job.base_dir)
+    try:
+        return _Run(job, session_id, store, on_progress).execute(fresh=fresh)
+    finally:
+        store.close()
+
+
+class _Run:
+    """The state of one run of one session; lives for a single :func:`run_session` call."""
+
+    def __init__(self, job: JobSpec, session: str, store: SnapshotStore, on_progress: ProgressCallback | None):
+        self.job = job
+        self.session = session
+        self.store = store
+        self.on_progress = on_progress
+        self.manifest_key, self.pages_prefix = session_keys(session)
+        self.spec_sha = job.sha256()
+        self.modules = [
+            GuestModule.load(stage.guest, name=stage.label, fuel=stage.limits.fuel is not None) for stage in job.stages
+        ]
+        self.sinks: dict[int, FileSink] = {PORT_MAIN: FileSink(job.sink.url, session)}
+        if job.rejects:
+            self.sinks[PORT_REJECTS] = FileSink(job.rejects.url, session)
+        self.guests: list[Guest] = []
+        self.pages = PageWriter(store, self.pages_prefix)
+        self.manifest: Manifest | None = None
+        self.version: str | None = None
+        self.offset = 0
+        self.checkpoints = 0
+
+    # -- the run ------------------------------------------------------------------------
+    def execute(self, *, fresh: bool) -> RunResult:
+        started = time.perf_counter()
+        source = Source(self.job.source.url, self.job.source.options)
+        try:
+            # Local locks before the lease: a run that cannot write the sinks must not take
+            # the session from a run that can.
+            for sink in self.sinks.values():
+                sink.acquire()
+            previous = self._read_manifest()
+            resumed_from: int | None = None
+            if previous and not fresh:
+                manifest, version = previous
+                self._check_resumable(manifest, source)
+                if manifest.state == "complete":
+                    return self._already_complete(manifest)
+                resumed_from = manifest.source["offset"]
+                self._resume(manifest, version)
+            else:
+                self._start_fresh(previous, source)
+            self._sweep_orphans()
+            if self._state() == "running":
+                self._stream(source)
+                for guest in self.guests:
+                    guest.finish()
+                self._checkpoint("finished")
+            for sink in self.sinks.values():
+                sink.commit()
+            result = self._result(resumed_from, time.perf_counter() - started)
+            self._checkpoint("complete")
+            return result
+        finally:
+            source.close()
+            self._close()
+
+    def _state(self) -> str:
+        assert self.manifest is not None
+        return self.manifest.state
+
+    def _stream(self, source: Source) -> None:
+        first = self.guests[0]
+        chunk = min(self.job.source.chunk_size, first.input_area[1])
+        since_checkpoint = 0
+        source.open(self.offset)
+        while True:
+            view = first.input_view()[:chunk]
+            n = source.readinto(view)
+            view.release()
+            if n == 0:
+                break
+            first.process(n)
+            self.offset += n
+            since_checkpoint += n
+            if since_checkpoint >= self.job.checkpoint_every:
+                self._checkpoint("running")
+                since_checkpoint = 0
+            if self.on_progress:
+                self.on_progress(self.offset, source.size)
+
+    # -- starting and resuming ------------------------------------------------------------
+    def _read_manifest(self) -> tuple[Manifest, str] | None:
+        try:
+            blob, version = self.store.head(self.manifest_key)
+        except KeyNotFound:
+            return None
+        return Manifest.from_bytes(blob, self.manifest_key), version
+
+    def _check_resumable(self, manifest: Manifest, source: Source) -> None:
+        hint = "rerun with --fresh to start this session over"
+        if manifest.source["identity"] != source.identity:
+            change = describe_change(manifest.source["identity"], source.identity)
+            raise ResumeMismatch(
+                f"source {source.url} changed since session {self.session!r} last ran ({change})", hint=hint
+            )
+        if manifest.spec_sha256 != self.spec_sha:
+            raise ResumeMismatch(
+                f"job {self.job.path.name} changed since session {self.session!r} last ran "
+                "(source, stages, config or outputs differ)",
+                hint=hint,
+            )
+        if manifest.state == "complete":
+            return
+        for index, (state, module) in enumerate(zip(manifest.stages, self.modules, strict=False)):
+            if state.module_sha256 != module.sha256:
+                raise ResumeMismatch(
+                    f"guest of stage {index + 1} ({module.name}) changed since session {self.session!r} "
+                    f"last ran (sha256 {state.module_sha256[:12]} -> {module.sha256[:12]})",
+                    hint=hint,
+                )
+
+    def _already_complete(self, manifest: Manifest) -> RunResult:
+        stats = manifest.stats
+        return RunResult(
+            session=self.session,
+            status="already-complete",
+            bytes_in=stats.get("bytes_in", 0),
+            bytes_out=stats.get("bytes_out", 0),
+            records_in=stats.get("records_in"),
+            records_out=stats.get("records_out"),
+            records_rejected=stats.get("records_rejected"),
+            outputs={_PORT_NAMES[p]: str(s.path) for p, s in self.sinks.items()},
+        )
+
+    def _new_guests(self) -> None:
+        self.guests = [
+            Guest(module, stage=f"stage {i + 1} ({module.name})", on_emit=self._emitter(i), limits=stage.limits)
+            for i, (module, stage) in enumerate(zip(self.modules, self.job.stages, strict=True))
+        ]
+
+    def _start_fresh(self, previous: tuple[Manifest, str] | None, source: Source) -> None:
+        old_manifest, old_version = previous if previous else (None, None)
+        for sink in self.sinks.values():
+            sink.start()
+        if old_manifest:
+            ours = {str(s.part) for s in self.sinks.values()}
+            for entry in old_manifest.sinks:  # in-progress outputs the job no longer writes to
+                if entry["handle"]["part"] not in ours:
+                    FileSink(entry["url"], self.session).discard()
+        self._new_guests()
+        for guest, stage in zip(self.guests, self.job.stages, strict=True):
+            guest.start(json.dumps(stage.config).encode())
+        self.version = old_version
+        self.manifest = Manifest(
+            session=self.session,
+            seq=old_manifest.seq if old_manifest else 0,
+            lease_epoch=(old_manifest.lease_epoch if old_manifest else 0) + 1,
+            spec_sha256=self.spec_sha,
+            state="running",
+            source={"url": source.url, "identity": source.identity, "offset": 0, "size": source.size},
+            stats={"started_at": time.time()},
+        )
+        self._checkpoint("running", counted=False)
+
+    def _resume(self, manifest: Manifest, version: str) -> None:
+        # Take the lease first: from here on a run that still holds the old epoch cannot commit.
+        manifest.lease_epoch += 1
+        manifest.seq += 1
+        self.version = version
+        self.version = self._cas(manifest)
+        self.manifest = manifest
+        self.offset = manifest.source["offset"]
+        self.pages.known = manifest.blob_ids()
+        handles = {entry["port"]: entry["handle"] for entry in manifest.sinks}
+        for port, sink in self.sinks.items():
+            sink.recover(handles[port])
+        if manifest.state == "running":
+            self._new_guests()
+            for guest, state in zip(self.guests, manifest.stages, strict=True):
+                restore(guest, state, self.store, self.pages_prefix)
+
+    def _sweep_orphans(self) -> None:
+        """Delete page blobs no manifest references (left by a crash mid-checkpoint)."""
+        assert self.manifest is not None
+        referenced = self.manifest.blob_ids()
+        for key in list(self.store.list(self.pages_prefix)):
+            if key.removeprefix(self.pages_prefix) not in referenced:
+                self.store.delete(key)
+
+    # -- output routing -------------------------------------------------------------------
+    def _emitter(self, index: int) -> Callable[[int, memoryview], None]:
+        is_last = index == len(self.job.stages) - 1
+
+        def emit(port: int, data: memoryview) -> None:
+            if port == PORT_MAIN and not is_last:
+                self.guests[index + 1].feed(data)
+                return
+            sink = self.sinks.get(port)
+            if sink is None:
+                name = _PORT_NAMES.get(port, f"port {port}")
+                raise SpecError(
+                    f"{self.job.path.name}: stage {index + 1} ({self.modules[index].name}) emitted to "
+                    f"its {name} output, which the job does not route anywhere",
+                    hint=f"add `{name}: {{url: ...}}` to the job" if port == PORT_REJECTS else None,
+                )
+            sink.write(data)
+
+        return emit
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def _cas(self, manifest: Manifest) -> str:
+        try:
+            return self.store.cas(self.manifest_key, manifest.to_bytes(), self.version)
+        except Conflict:
+            raise Conflict(
+                f"session {self.session!r} is held by another run (its checkpoint moved underneath this one)",
+                hint="only one run per session may proceed; this run stopped without publishing",
+            ) from None
+
+    def _checkpoint(self, state: str, *, counted: bool = True) -> None:
+        """Commit a manifest: sinks persist -> page blobs -> manifest CAS -> release old blobs."""
+        manifest = self.manifest
+        assert manifest is not None
+        sinks = [
+            {"name": _PORT_NAMES[port], "port": port, "url": sink.url, "handle": sink.persist()}
+            for port, sink in self.sinks.items()
+        ]
+        previous_blobs = manifest.blob_ids()
+        if state == "running":
+            manifest.stages = [self.pages.capture(guest, guest.stage) for guest in self.guests]
+        elif state == "complete":
+            manifest.stages = []  # nothing left to resume; the pages can go
+        manifest.state = state
+        manifest.seq += 1
+        manifest.sinks = sinks
+        manifest.source["offset"] = self.offset
+        manifest.stats.update(self._stats(), checkpoints=manifest.stats.get("checkpoints", 0) + counted)
+        self.version = self._cas(manifest)
+        self.checkpoints += counted
+        current = manifest.blob_ids()
+        for blob_id in previous_blobs - current:
+            self.store.delete(self.pages.key(blob_id))
+        self.pages.known = current
+
+    def _stats(self) -> dict[str, Any]:
+        counters = [c for c in (g.counters() for g in self.guests) if c is not None]
+        stats: dict[str, Any] = {
+            "bytes_in": self.offset,
+            "bytes_out": sum(s.length for s in self.sinks.values()),
+            "updated_at": time.time(),
+        }
+        if counters:
+            stats |= {
+                "records_in": counters[0][0],
+                "records_out": counters[-1][1],
+                "records_rejected": sum(c[2] for c in counters),
+            }
+        return stats
+
+    def _result(self, resumed_from: int | None, seconds: float) -> RunResult:
+        assert self.manifest is not None
+        stats = self.manifest.stats | (self._stats() if self.guests else {})
+        return RunResult(
+            session=self.session,
+            status="complete",
+            resumed_from=resumed_from,
+            bytes_in=self.offset,
+            bytes_out=stats.get("bytes_out", 0),
+            records_in=stats.get("records_in"),
+            records_out=stats.get("records_out"),
+            records_rejected=stats.get("records_rejected"),
+            seconds=seconds,
+            checkpoints=self.checkpoints,
+            outputs={_PORT_NAMES[p]: str(s.path) for p, s in self.sinks.items()},
+        )
+
+    def _close(self) -> None:
+        for sink in self.sinks.values():
+            sink.close()
+        for guest in self.guests:
+            guest.close()

@@ -1,0 +1,463 @@
+"""Running one guest: a sandboxed wasmtime instance speaking guest ABI v1 (DESIGN §3).
+
+A :class:`Guest` owns one wasmtime ``Store`` and one instance of a :class:`GuestModule`. It
+checks the module against the ABI when loading it, grants it only the ``pipeline`` host
+imports (no WASI: no files, network, clock or randomness), bounds every call with a wall-clock
+deadline (epoch interruption) and optional fuel, caps its memory, and maps every trap to a
+typed :class:`~pipeline.errors.GuestError` that names the stage and the input offset.
+
+All sandbox defaults live in :class:`GuestLimits` and :func:`_engine`.
+
+Data never takes a detour through ``bytes``: :meth:`Guest.input_view` is a writable view of the
+guest's input area that a source ``readinto``s, and ``on_emit`` receives a view of guest memory.
+Views are only valid until the next guest call (memory may grow and move), so they are rebuilt
+each time and never kept.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+
+from pipeline.errors import (
+    GuestABIError,
+    GuestError,
+    GuestMemoryLimit,
+    GuestTimeout,
+    GuestTrap,
+    SpecError,
+)
+from pipeline.wasm_binary import export_mutable_globals
+
+ABI_VERSION = 1
+WASM_PAGE = 65536
+EPOCH_TICK_SECONDS = 0.01
+MiB = 1024 * 1024
+
+log = logging.getLogger("pipeline.guest")
+
+EmitHandler = Callable[[int, memoryview], None]
+
+_I32 = wasmtime.ValType.i32()
+# name -> (params, results) of every export ABI v1 requires
+_REQUIRED_EXPORTS: dict[str, tuple[list[wasmtime.ValType], list[wasmtime.ValType]]] = {
+    "pl_abi_version": ([], [_I32]),
+    "pl_input_buffer": ([], [_I32]),
+    "pl_input_capacity": ([], [_I32]),
+    "pl_init": ([_I32], [_I32]),
+    "pl_process": ([_I32], [_I32]),
+    "pl_finish": ([], [_I32]),
+}
+_OPTIONAL_EXPORTS = {"pl_counters": ([], [_I32]), "_initialize": ([], [])}
+_HOST_IMPORTS: dict[str, tuple[list[wasmtime.ValType], list[wasmtime.ValType]]] = {
+    "pl_emit": ([_I32, _I32, _I32], [_I32]),
+    "pl_fail": ([_I32, _I32], []),
+    "pl_log": ([_I32, _I32, _I32], []),
+}
+_LOG_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
+
+
+@dataclass(frozen=True)
+class GuestLimits:
+    """The sandbox of one stage. Defaults are safe for untrusted guests."""
+
+    memory: int = 256 * MiB
+    """Most linear memory the guest may grow to, in bytes."""
+    call_timeout: float = 30.0
+    """Wall-clock seconds one guest call may run before it is interrupted."""
+    fuel: int | None = None
+    """Instructions (roughly) one call may execute; ``None`` for no fuel metering."""
+
+
+class _Ticker:
+    """Advances an engine's epoch every tick so deadlines expire; one daemon thread per engine."""
+
+    def __init__(self, engine: wasmtime.Engine) -> None:
+        self._engine = engine
+        thread = threading.Thread(target=self._run, name="pipeline-epoch", daemon=True)
+        thread.start()
+
+    def _run(self) -> None:
+        event = threading.Event()
+        while not event.wait(EPOCH_TICK_SECONDS):
+            self._engine.increment_epoch()
+
+
+@functools.cache
+def _engine(fuel: bool) -> wasmtime.Engine:
+    """The process's engine for one sandbox flavour (fuel metering costs speed, so it's opt-in).
+
+    Engines are thread-safe and cached, like compiled modules: a cache, not state a run
+    depends on.
+    """
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    config.consume_fuel = fuel
+    config.cranelift_opt_level = "speed"
+    engine = wasmtime.Engine(config)
+    _Ticker(engine)
+    return engine
+
+
+@dataclass(frozen=True)
+class GuestModule:
+    """A compiled, ABI-checked guest module."""
+
+    name: str
+    sha256: str
+    module: wasmtime.Module
+    fuel: bool
+
+    @classmethod
+    def load(
+        cls, source: str | Path | bytes | bytearray, *, name: str | None = None, fuel: bool = False
+    ) -> GuestModule:
+        """Compile and check a module from a path or bytes (``builtin:NAME`` resolves first)."""
+        if isinstance(source, bytes | bytearray):
+            data, label = bytes(source), name or "<bytes>"
+        else:
+            path = _resolve_guest_path(source)
+            label = name or str(source)
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise SpecError(f"cannot read guest module {path}: {exc.strerror}") from exc
+        return _compile(data, label, fuel)
+
+
+def _resolve_guest_path(source: str | Path) -> Path:
+    text = str(source)
+    if text.startswith("builtin:"):
+        from pipeline.guests import builtin_path
+
+        return builtin_path(text.removeprefix("builtin:"))
+    return Path(source)
+
+
+@functools.lru_cache(maxsize=64)
+def _compile(data: bytes, label: str, fuel: bool) -> GuestModule:
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        module = wasmtime.Module(_engine(fuel), export_mutable_globals(data))
+    except wasmtime.WasmtimeError as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        raise GuestABIError(f"{label}: not a valid WebAssembly module: {first_line}") from exc
+    _check_abi(module, label)
+    return GuestModule(label, sha, module, fuel)
+
+
+def _signature(ty: wasmtime.FuncType) -> tuple[list[str], list[str]]:
+    return [str(p) for p in ty.params], [str(r) for r in ty.results]
+
+
+def _check_abi(module: wasmtime.Module, label: str) -> None:
+    problems: list[str] = []
+    exports = {e.name: e.type for e in module.exports}
+    if not isinstance(exports.get("memory"), wasmtime.MemoryType):
+        problems.append("no exported memory named 'memory'")
+    for name, (params, results) in {**_REQUIRED_EXPORTS, **_OPTIONAL_EXPORTS}.items():
+        ty = exports.get(name)
+        if ty is None:
+            if name in _REQUIRED_EXPORTS:
+                problems.append(f"missing export {name}")
+        elif not isinstance(ty, wasmtime.FuncType):
+            problems.append(f"export {name} is not a function")
+        elif _signature(ty) != ([str(p) for p in params], [str(r) for r in results]):
+            problems.append(f"export {name} has the wrong signature")
+    for imp in module.imports:
+        expected = _HOST_IMPORTS.get(imp.name or "") if imp.module == "pipeline" else None
+        if expected is None:
+            problems.append(f"imports {imp.module}.{imp.name}, which the host does not grant")
+        elif not isinstance(imp.type, wasmtime.FuncType) or _signature(imp.type) != (
+            [str(p) for p in expected[0]],
+            [str(r) for r in expected[1]],
+        ):
+            problems.append(f"import pipeline.{imp.name} has the wrong signature")
+    if problems:
+        raise GuestABIError(f"{label} does not implement guest ABI v{ABI_VERSION}: " + "; ".join(problems))
+
+
+@dataclass
+class GlobalState:
+    """The value of one mutable global, by export name; floats are kept as raw bits."""
+
+    name: str
+    valtype: str
+    value: int
+
+
+class Guest:
+    """One running instance of a guest module, with its own store and sandbox.
+
+    Use it as a context manager or call :meth:`close`; closing twice is fine and any call after
+    close raises ``ValueError``.
+    """
+
+    def __init__(
+        self,
+        module: GuestModule,
+        *,
+        stage: str,
+        on_emit: EmitHandler,
+        limits: GuestLimits | None = None,
+    ) -> None:
+        self.module = module
+        self.stage = stage
+        self.limits = limits or GuestLimits()
+        self.on_emit = on_emit
+        self.bytes_in = 0
+        """Bytes fed to :meth:`process` over the whole session (restored on resume)."""
+        self._failure: str | None = None
+        self._closed = False
+
+        self._store = wasmtime.Store(_engine(module.fuel))
+        self._store.set_limits(memory_size=self.limits.memory)
+        imports = [self._host_import(imp.name or "") for imp in module.module.imports]
+        try:
+            self._instance = wasmtime.Instance(self._store, module.module, imports)
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            raise self._translate(exc, "instantiating") from exc
+        exports = self._instance.exports(self._store)
+        memory = exports["memory"]
+        assert isinstance(memory, wasmtime.Memory)
+        self._memory = memory
+        self._funcs: dict[str, wasmtime.Func] = {}
+        for name in (*_REQUIRED_EXPORTS, *_OPTIONAL_EXPORTS):
+            func = exports.get(name)
+            if isinstance(func, wasmtime.Func):
+                self._funcs[name] = func
+        self._globals = {
+            name: ext
+            for name in exports
+            if isinstance(ext := exports[name], wasmtime.Global) and ext.type(self._store).mutable
+        }
+        version = self._call("pl_abi_version")
+        if version != ABI_VERSION:
+            raise GuestABIError(f"{self.stage}: guest speaks ABI v{version}; this host speaks v{ABI_VERSION}")
+        self._input_ptr = 0
+        self._input_cap = 0
+
+    # -- host imports ---------------------------------------------------------------------
+    def _host_import(self, name: str) -> wasmtime.Func:
+        params, results = _HOST_IMPORTS[name]
+        ty = wasmtime.FuncType(params, results)
+        handler = getattr(self, f"_import_{name}")
+        return wasmtime.Func(self._store, ty, handler, access_caller=True)
+
+    def _guest_view(self, caller: wasmtime.Caller, ptr: int, length: int, what: str) -> memoryview:
+        size = self._memory.data_len(caller)
+        if ptr < 0 or length < 0 or ptr + length > size:
+            raise GuestABIError(
+                f"{self.stage}: {what} passed an out-of-bounds range [{ptr}, {ptr}+{length}) of a {size}-byte memory"
+            )
+        if length == 0:
+            return memoryview(b"")
+        return memoryview(self._memory.get_buffer_ptr(caller, length, ptr)).cast("B")
+
+    def _import_pl_emit(self, caller: wasmtime.Caller, port: int, ptr: int, length: int) -> int:
+        view = self._guest_view(caller, ptr, length, "pl_emit")
+        self.on_emit(port, view)
+        return 0
+
+    def _import_pl_fail(self, caller: wasmtime.Caller, ptr: int, length: int) -> None:
+        self._failure = bytes(self._guest_view(caller, ptr, min(length, 4096), "pl_fail")).decode(
+            "utf-8", errors="replace"
+        )
+
+    def _import_pl_log(self, caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
+        text = bytes(self._guest_view(caller, ptr, min(length, 4096), "pl_log"))
+        log.log(_LOG_LEVELS.get(level, logging.INFO), "%s: %s", self.stage, text.decode("utf-8", "replace"))
+
+    # -- calls ----------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"guest {self.stage} is closed")
+
+    def _call(self, name: str, *args: int) -> Any:
+        self._check_open()
+        self._store.set_epoch_deadline(max(1, round(self.limits.call_timeout / EPOCH_TICK_SECONDS)))
+        if self.module.fuel and self.limits.fuel is not None:
+            self._store.set_fuel(self.limits.fuel)
+        try:
+            return self._funcs[name](self._store, *args)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            raise self._translate(exc, name) from exc
+
+    def _call_status(self, name: str, *args: int) -> None:
+        """Call an export that returns 0 on success and reports failures with ``pl_fail``."""
+        self._failure = None
+        status = self._call(name, *args)
+        if status != 0:
+            reason = self._failure or f"{name} returned {status} without a message"
+            if self._near_memory_limit():
+                raise GuestMemoryLimit(
+                    f"{self.stage} at byte {self.bytes_in} of its input: {reason} "
+                    f"(memory at its {self.limits.memory // MiB} MiB limit)",
+                    hint="raise limits.memory for this stage",
+                )
+            raise GuestError(f"{self.stage} at byte {self.bytes_in} of its input: {reason}")
+
+    def _near_memory_limit(self) -> bool:
+        # The limiter makes memory.grow return -1 without saying so; a failure with memory at
+        # (nearly) its cap is the observable sign.
+        return self._memory.data_len(self._store) + 16 * WASM_PAGE >= self.limits.memory
+
+    def _translate(self, exc: Exception, during: str) -> GuestError:
+        where = f"{self.stage} at byte {self.bytes_in} of its input ({during})"
+        code = getattr(exc, "trap_code", None)
+        if code == wasmtime.TrapCode.INTERRUPT:
+            return GuestTimeout(
+                f"{where}: call exceeded its {self.limits.call_timeout:g}s deadline",
+                hint="raise limits.call_timeout, or check the guest for an endless loop",
+            )
+        if code == wasmtime.TrapCode.OUT_OF_FUEL:
+            return GuestTimeout(f"{where}: call ran out of fuel ({self.limits.fuel})", hint="raise limits.fuel")
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if self._near_memory_limit():
+            return GuestMemoryLimit(
+                f"{where}: trapped with memory at its {self.limits.memory // MiB} MiB limit: {message}",
+                hint="raise limits.memory for this stage",
+            )
+        if isinstance(exc, wasmtime.Trap):
+            return GuestTrap(f"{where}: trapped: {message}")
+        return GuestABIError(f"{where}: {message}")
+
+    # -- the ABI --------------------------------------------------------------------------
+    def start(self, config: bytes) -> None:
+        """Run the module's initializer and ``pl_init`` with the stage config (a fresh session)."""
+        if "_initialize" in self._funcs:
+            self._call("_initialize")
+        self._load_input_area()
+        if len(config) > self._input_cap:
+            raise SpecError(f"{self.stage}: config is {len(config)} bytes; the guest accepts at most {self._input_cap}")
+        self.input_view()[: len(config)] = config
+        self._call_status("pl_init", len(config))
+
+    def _load_input_area(self) -> None:
+        ptr, cap = self._call("pl_input_buffer"), self._call("pl_input_capacity")
+        if ptr <= 0 or cap <= 0 or ptr + cap > self._memory.data_len(self._store):
+            raise GuestABIError(f"{self.stage}: input area [{ptr}, {ptr}+{cap}) is not inside its memory")
+        self._input_ptr, self._input_cap = ptr, cap
+
+    @property
+    def input_area(self) -> tuple[int, int]:
+        """``(pointer, capacity)`` of the guest's input area."""
+        return self._input_ptr, self._input_cap
+
+    def input_view(self) -> memoryview:
+        """A writable view of the input area, valid until the next guest call."""
+        self._check_open()
+        return memoryview(self._memory.get_buffer_ptr(self._store, self._input_cap, self._input_ptr)).cast("B")
+
+    def process(self, length: int) -> None:
+        """Have the guest consume ``length`` bytes already placed in its input area."""
+        self._call_status("pl_process", length)
+        self.bytes_in += length
+
+    def feed(self, data: memoryview | bytes) -> None:
+        """Copy ``data`` into the input area piece by piece and process each piece."""
+        view = memoryview(data)
+        for start in range(0, len(view), self._input_cap):
+            piece = view[start : start + self._input_cap]
+            self.input_view()[: len(piece)] = piece
+            self.process(len(piece))
+
+    def finish(self) -> None:
+        """Signal end of stream: the guest flushes partial state and all buffered output."""
+        self._call_status("pl_finish")
+
+    def counters(self) -> tuple[int, int, int] | None:
+        """``(records_in, records_out, records_rejected)`` if the guest exports ``pl_counters``."""
+        if "pl_counters" not in self._funcs:
+            return None
+        ptr = self._call("pl_counters")
+        raw = self._memory.read(self._store, ptr, ptr + 24)
+        if len(raw) != 24:
+            raise GuestABIError(f"{self.stage}: pl_counters returned an out-of-bounds pointer {ptr}")
+        values = memoryview(raw).cast("Q")
+        return values[0], values[1], values[2]
+
+    # -- state ----------------------------------------------------------------------------
+    def memory_view(self) -> memoryview:
+        """A read-write view of all linear memory, valid until the next guest call."""
+        self._check_open()
+        return memoryview(self._memory.get_buffer_ptr(self._store)).cast("B")
+
+    def memory_pages(self) -> int:
+        """Current memory size in 64 KiB wasm pages."""
+        self._check_open()
+        return self._memory.size(self._store)
+
+    def grow_to(self, pages: int) -> None:
+        """Grow memory to ``pages`` (restoring a snapshot taken after the guest grew)."""
+        current = self.memory_pages()
+        if pages > current and self._memory.grow(self._store, pages - current) < 0:
+            raise GuestMemoryLimit(
+                f"{self.stage}: cannot restore {pages * WASM_PAGE // MiB} MiB of memory "
+                f"under its {self.limits.memory // MiB} MiB limit",
+                hint="raise limits.memory for this stage",
+            )
+        if pages < current:
+            raise GuestABIError(f"{self.stage}: snapshot has {pages} pages but a fresh instance already has {current}")
+
+    def read_globals(self) -> list[GlobalState]:
+        """Every mutable global's value, floats as their raw bits so NaNs survive."""
+        states = []
+        for name, glob in self._globals.items():
+            valtype = str(glob.type(self._store).content)
+            states.append(GlobalState(name, valtype, _to_bits(valtype, glob.value(self._store))))
+        return states
+
+    def write_globals(self, states: list[GlobalState]) -> None:
+        """Restore mutable globals captured by :meth:`read_globals`."""
+        for state in states:
+            glob = self._globals.get(state.name)
+            if glob is None:
+                raise GuestABIError(f"{self.stage}: snapshot has global {state.name!r} the module lacks")
+            glob.set_value(self._store, _from_bits(state.valtype, state.value))
+
+    def restored(self) -> None:
+        """Finish a restore: re-read the input area (its pointer lives in restored memory)."""
+        self._load_input_area()
+
+    def close(self) -> None:
+        """Release the store; safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self._funcs.clear()
+            self._globals.clear()
+            del self._instance, self._memory
+            del self._store
+
+    def __enter__(self) -> Guest:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _to_bits(valtype: str, value: Any) -> int:
+    if valtype == "f32":
+        return int.from_bytes(ctypes.c_float(value), "little")
+    if valtype == "f64":
+        return int.from_bytes(ctypes.c_double(value), "little")
+    if valtype in ("i32", "i64"):
+        return int(value)
+    raise GuestABIError(f"cannot snapshot a mutable {valtype} global")
+
+
+def _from_bits(valtype: str, bits: int) -> int | float:
+    if valtype == "f32":
+        return ctypes.c_float.from_buffer_copy(bits.to_bytes(4, "little")).value
+    if valtype == "f64":
+        return ctypes.c_double.from_buffer_copy(bits.to_bytes(8, "little")).value
+    return bits

@@ -1,0 +1,216 @@
+"""Snapshots of guest state: the blob codec, page deltas and the manifest (DESIGN §4).
+
+A stage's state is all of its linear memory plus every mutable global. Memory is cut into
+64 KiB pages; each page is hashed (xxh3-128) and stored as a content-addressed blob, so a
+checkpoint writes only pages whose content the store does not already hold, and every
+manifest still carries the full page table: restoring never replays a chain of deltas, and a
+page that went A→B→A is restored as A because the table names A's blob.
+
+Pages entirely inside the guest's input area are not captured: the ABI says its contents do
+not survive a checkpoint. All-zero pages are not stored either.
+
+Every blob, the manifest included, is framed the same way::
+
+    b"PLB1" | codec (1 byte: 1 zstd, 2 gzip) | xxh3-64 of the raw bytes (8) | raw length (8) | payload
+
+Reading checks all of it; an unknown codec (an uncompressed blob included), a short frame or a
+checksum mismatch is a :class:`~pipeline.errors.SnapshotCorrupt` naming the key.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import xxhash
+import zstandard
+
+from pipeline.errors import SnapshotCorrupt
+from pipeline.runtime import WASM_PAGE, GlobalState, Guest
+from pipeline.stores import SnapshotStore
+
+MANIFEST_FORMAT = "wasm-pipeline/manifest@1"
+PAGE_SIZE = WASM_PAGE
+_MAGIC = b"PLB1"
+_HEADER = struct.Struct("<4sBQQ")
+CODEC_ZSTD, CODEC_GZIP = 1, 2
+_ZERO_PAGE = bytes(PAGE_SIZE)
+_ZERO_PAGE_ID = xxhash.xxh3_128_hexdigest(_ZERO_PAGE)
+
+_compressor = zstandard.ZstdCompressor(level=3)
+_decompressor = zstandard.ZstdDecompressor()
+
+
+def encode_blob(raw: bytes | memoryview, codec: int = CODEC_ZSTD) -> bytes:
+    """Frame and compress ``raw`` (zstd by default)."""
+    payload = _compressor.compress(raw) if codec == CODEC_ZSTD else gzip.compress(raw, mtime=0)
+    return _HEADER.pack(_MAGIC, codec, xxhash.xxh3_64_intdigest(raw), len(raw)) + payload
+
+
+def decode_blob(blob: bytes, key: str) -> bytes:
+    """Check and decompress a framed blob; anything amiss is ``SnapshotCorrupt`` naming ``key``."""
+    if len(blob) < _HEADER.size:
+        raise SnapshotCorrupt(f"{key}: blob is truncated ({len(blob)} bytes, shorter than its header)")
+    magic, codec, checksum, length = _HEADER.unpack_from(blob)
+    if magic != _MAGIC:
+        raise SnapshotCorrupt(f"{key}: not a wasm-pipeline blob (uncompressed or foreign data)")
+    payload = memoryview(blob)[_HEADER.size :]
+    try:
+        if codec == CODEC_ZSTD:
+            raw = _decompressor.decompress(payload, max_output_size=length)
+        elif codec == CODEC_GZIP:
+            raw = gzip.decompress(payload)
+        else:
+            raise SnapshotCorrupt(f"{key}: unknown blob codec {codec}")
+    except (zstandard.ZstdError, OSError, EOFError) as exc:
+        raise SnapshotCorrupt(f"{key}: blob does not decompress: {exc}") from exc
+    if len(raw) != length or xxhash.xxh3_64_intdigest(raw) != checksum:
+        raise SnapshotCorrupt(f"{key}: blob fails its checksum (damaged or truncated)")
+    return raw
+
+
+@dataclass
+class StageState:
+    """One stage in a manifest: which module, how much memory, which blob holds each page."""
+
+    name: str
+    module_sha256: str
+    memory_pages: int
+    pages: dict[int, str]
+    globals: list[GlobalState]
+    bytes_in: int
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["pages"] = {str(index): blob for index, blob in sorted(self.pages.items())}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StageState:
+        return cls(
+            name=data["name"],
+            module_sha256=data["module_sha256"],
+            memory_pages=int(data["memory_pages"]),
+            pages={int(index): blob for index, blob in data["pages"].items()},
+            globals=[GlobalState(**g) for g in data["globals"]],
+            bytes_in=int(data["bytes_in"]),
+        )
+
+
+@dataclass
+class Manifest:
+    """The one atomic commit point of a session: everything needed to resume it."""
+
+    session: str
+    seq: int
+    lease_epoch: int
+    spec_sha256: str
+    state: str  # "running" | "finished" (all output persisted, not yet published) | "complete"
+    source: dict[str, Any]  # {url, identity, offset, size}
+    stages: list[StageState] = field(default_factory=list)
+    sinks: list[dict[str, Any]] = field(default_factory=list)  # [{name, port, url, handle}]
+    oplog: dict[str, int] = field(default_factory=lambda: {"next_call_index": 0})
+    stats: dict[str, Any] = field(default_factory=dict)
+    format: str = MANIFEST_FORMAT
+
+    def blob_ids(self) -> set[str]:
+        """Every page blob this manifest references."""
+        return {blob for stage in self.stages for blob in stage.pages.values()}
+
+    def to_bytes(self) -> bytes:
+        data = asdict(self)
+        data["stages"] = [stage.to_json() for stage in self.stages]
+        return encode_blob(json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, key: str) -> Manifest:
+        raw = decode_blob(blob, key)
+        try:
+            data = json.loads(raw)
+            if data.get("format") != MANIFEST_FORMAT:
+                raise SnapshotCorrupt(f"{key}: unknown manifest format {data.get('format')!r}")
+            data["stages"] = [StageState.from_json(stage) for stage in data["stages"]]
+            return cls(**data)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SnapshotCorrupt(f"{key}: manifest is not valid: {exc}") from exc
+
+
+def _skipped_pages(guest: Guest) -> range:
+    """Pages lying wholly inside the input area, whose contents the ABI does not preserve."""
+    ptr, cap = guest.input_area
+    first = -(-ptr // PAGE_SIZE)
+    last = (ptr + cap) // PAGE_SIZE
+    return range(first, max(first, last))
+
+
+class PageWriter:
+    """Writes the pages of one session's stages as content-addressed blobs."""
+
+    def __init__(self, store: SnapshotStore, prefix: str, known: Iterable[str] = ()) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.known: set[str] = set(known)
+        """Blob ids the store is known to hold (referenced by the committed manifest)."""
+        self.bytes_written = 0
+        self.blobs_written = 0
+
+    def key(self, blob_id: str) -> str:
+        return f"{self.prefix}{blob_id}"
+
+    def capture(self, guest: Guest, name: str) -> StageState:
+        """Snapshot one stage: hash every page, store the ones not already held."""
+        memory = guest.memory_view()
+        skipped = _skipped_pages(guest)
+        pages: dict[int, str] = {}
+        try:
+            for index in range(len(memory) // PAGE_SIZE):
+                if index in skipped:
+                    continue
+                page = memory[index * PAGE_SIZE : (index + 1) * PAGE_SIZE]
+                blob_id = xxhash.xxh3_128_hexdigest(page)
+                if blob_id == _ZERO_PAGE_ID:
+                    continue
+                if blob_id not in self.known:
+                    blob = encode_blob(page)
+                    self.store.put(self.key(blob_id), blob)
+                    self.known.add(blob_id)
+                    self.bytes_written += len(blob)
+                    self.blobs_written += 1
+                pages[index] = blob_id
+        finally:
+            memory.release()
+        return StageState(
+            name=name,
+            module_sha256=guest.module.sha256,
+            memory_pages=guest.memory_pages(),
+            pages=pages,
+            globals=guest.read_globals(),
+            bytes_in=guest.bytes_in,
+        )
+
+
+def restore(guest: Guest, state: StageState, store: SnapshotStore, prefix: str) -> None:
+    """Load a stage's memory and globals from a snapshot into a fresh instance."""
+    guest.grow_to(state.memory_pages)
+    memory = guest.memory_view()
+    try:
+        for index in range(state.memory_pages):
+            offset = index * PAGE_SIZE
+            blob_id = state.pages.get(index)
+            if blob_id is None:  # a zero page, or input area whose contents are undefined
+                memory[offset : offset + PAGE_SIZE] = _ZERO_PAGE
+                continue
+            key = f"{prefix}{blob_id}"
+            raw = decode_blob(store.get(key), key)
+            if len(raw) != PAGE_SIZE:
+                raise SnapshotCorrupt(f"{key}: page blob holds {len(raw)} bytes, not {PAGE_SIZE}")
+            memory[offset : offset + PAGE_SIZE] = raw
+    finally:
+        memory.release()
+    guest.write_globals(state.globals)
+    guest.bytes_in = state.bytes_in
+    guest.restored()

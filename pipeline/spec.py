@@ -1,0 +1,249 @@
+"""The job file: YAML, safe-loaded and validated into a :class:`JobSpec`.
+
+Every problem is a one-line :class:`~pipeline.errors.SpecError` naming the file and the field
+(``job.yaml: stages[0].limits.memory: expected a size like 64MiB, got 'lots'``). Relative
+paths resolve against the job file's folder, so a job runs the same from any working directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import SpecError
+from pipeline.runtime import GuestLimits
+
+DEFAULT_STORE = ".pipeline"
+DEFAULT_CHECKPOINT_EVERY = 8 * 1024 * 1024
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1}
+for _power, _letter in enumerate("kmgt", start=1):  # k/kb = 1000, ki/kib = 1024, and so on
+    _UNITS |= {_letter: 1000**_power, f"{_letter}b": 1000**_power}
+    _UNITS |= {f"{_letter}i": 1024**_power, f"{_letter}ib": 1024**_power}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where the payload comes from."""
+
+    url: str
+    options: dict[str, Any] = field(default_factory=dict)
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One guest in the chain: the module, its config and its sandbox."""
+
+    guest: str
+    """As written in the job (``builtin:csv-map`` or a path resolved against the job folder)."""
+    config: dict[str, Any]
+    limits: GuestLimits
+
+    @property
+    def label(self) -> str:
+        return self.guest if self.guest.startswith("builtin:") else Path(self.guest).name
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Where one guest output port goes."""
+
+    url: str
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated job."""
+
+    path: Path
+    name: str
+    source: SourceSpec
+    stages: list[StageSpec]
+    sink: OutputSpec
+    rejects: OutputSpec | None
+    store: str
+    checkpoint_every: int
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def sha256(self) -> str:
+        """A hash of everything that decides the output (not the store or checkpoint interval)."""
+        canonical = {
+            "source": self.source.url,
+            "stages": [{"guest": s.guest, "config": s.config} for s in self.stages],
+            "sink": self.sink.url,
+            "rejects": self.rejects.url if self.rejects else None,
+        }
+        return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+def parse_size(value: Any, where: str) -> int:
+    """``8MiB`` / ``512 KiB`` / ``1GB`` / ``1048576`` -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _SIZE.match(str(value)) if isinstance(value, str) else None
+    unit = (match.group(2) or "").lower() if match else ""
+    if not match or unit not in _UNITS or float(match.group(1)) <= 0:
+        raise SpecError(f"{where}: expected a size like 8MiB, 512KiB or 1GiB, got {value!r}")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def parse_duration(value: Any, where: str) -> float:
+    """``5s`` / ``500ms`` / ``2m`` / ``10`` (seconds) -> seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if not match or float(match.group(1)) <= 0:
+        raise SpecError(f"{where}: expected a duration like 5s, 500ms or 2m, got {value!r}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+class _Checker:
+    """Validation helpers that prefix every message with the file name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, where: str, problem: str, hint: str | None = None) -> SpecError:
+        return SpecError(f"{self.path}: {where}: {problem}", hint=hint)
+
+    def mapping(self, value: Any, where: str, *, required: set[str], optional: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(where, f"expected a mapping, got {_kind(value)}")
+        for key in value:
+            if key not in required | optional:
+                known = sorted(required | optional)
+                close = difflib.get_close_matches(str(key), known, n=1)
+                suggestion = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+                raise self.fail(where, f"unknown key {key!r}{suggestion}")
+        for key in sorted(required):
+            if key not in value:
+                raise self.fail(where, f"missing required key {key!r}")
+        return value
+
+    def string(self, value: Any, where: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(where, f"expected a non-empty string, got {_kind(value)}")
+        return value
+
+    def url(self, value: Any, where: str) -> str:
+        text = self.string(value, where)
+        if "://" in text:
+            return text
+        path = Path(text).expanduser()
+        return str(path if path.is_absolute() else (self.path.parent / path).resolve())
+
+    def wrap(self, where: str, parse: Any, value: Any) -> Any:
+        try:
+            return parse(value, where)
+        except SpecError as exc:
+            raise SpecError(f"{self.path}: {exc.message}") from None
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def load_job(path: str | Path) -> JobSpec:
+    """Read and validate a job file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such job file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read job file: {exc}") from exc
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"{path}: invalid YAML{at}: {problem}") from None
+    return parse_job(document, path.resolve())
+
+
+def parse_job(document: Any, path: Path) -> JobSpec:
+    """Validate an already-loaded job document; ``path`` anchors relative paths and messages."""
+    check = _Checker(path)
+    top = check.mapping(
+        document,
+        "top level",
+        required={"name", "source", "stages", "sink"},
+        optional={"rejects", "store", "checkpoint"},
+    )
+    name = check.string(top["name"], "name")
+    if not _SESSION_NAME.match(name):
+        raise check.fail("name", f"{name!r} must be letters, digits, '.', '_' or '-' (at most 128)")
+
+    source_doc = check.mapping(top["source"], "source", required={"url"}, optional={"options", "chunk_size"})
+    options = source_doc.get("options", {})
+    if not isinstance(options, dict):
+        raise check.fail("source.options", f"expected a mapping, got {_kind(options)}")
+    source = SourceSpec(
+        url=check.url(source_doc["url"], "source.url"),
+        options=options,
+        chunk_size=check.wrap("source.chunk_size", parse_size, source_doc.get("chunk_size", DEFAULT_CHUNK_SIZE)),
+    )
+
+    stages_doc = top["stages"]
+    if not isinstance(stages_doc, list) or not stages_doc:
+        raise check.fail("stages", "expected a non-empty list of stages")
+    stages = [_parse_stage(check, doc, f"stages[{i}]") for i, doc in enumerate(stages_doc)]
+
+    def output(key: str) -> OutputSpec:
+        doc = check.mapping(top[key], key, required={"url"}, optional=set())
+        return OutputSpec(url=check.url(doc["url"], f"{key}.url"))
+
+    checkpoint = check.mapping(top.get("checkpoint", {}), "checkpoint", required=set(), optional={"every"})
+    store = top.get("store", DEFAULT_STORE)
+    return JobSpec(
+        path=path,
+        name=name,
+        source=source,
+        stages=stages,
+        sink=output("sink"),
+        rejects=output("rejects") if "rejects" in top else None,
+        store=check.string(store, "store"),
+        checkpoint_every=check.wrap("checkpoint.every", parse_size, checkpoint.get("every", DEFAULT_CHECKPOINT_EVERY)),
+    )
+
+
+def _parse_stage(check: _Checker, doc: Any, where: str) -> StageSpec:
+    stage = check.mapping(doc, where, required={"guest"}, optional={"config", "limits"})
+    guest = check.string(stage["guest"], f"{where}.guest")
+    if not guest.startswith("builtin:"):
+        guest = check.url(guest, f"{where}.guest")
+    config = stage.get("config", {})
+    if not isinstance(config, dict):
+        raise check.fail(f"{where}.config", f"expected a mapping, got {_kind(config)}")
+    limits_doc = check.mapping(
+        stage.get("limits", {}), f"{where}.limits", required=set(), optional={"memory", "call_timeout", "fuel"}
+    )
+    defaults = GuestLimits()
+    fuel = limits_doc.get("fuel")
+    if fuel is not None and (not isinstance(fuel, int) or isinstance(fuel, bool) or fuel <= 0):
+        raise check.fail(f"{where}.limits.fuel", f"expected a positive integer, got {fuel!r}")
+    limits = GuestLimits(
+        memory=check.wrap(f"{where}.limits.memory", parse_size, limits_doc.get("memory", defaults.memory)),
+        call_timeout=check.wrap(
+            f"{where}.limits.call_timeout", parse_duration, limits_doc.get("call_timeout", defaults.call_timeout)
+        ),
+        fuel=fuel,
+    )
+    return StageSpec(guest=guest, config=config, limits=limits)

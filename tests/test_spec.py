@@ -1,0 +1,90 @@
+"""The job file: every mistake is one line naming the file and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import SpecError
+from pipeline.spec import load_job, parse_duration, parse_size
+
+GOOD = """\
+name: csv-map
+source: {url: data/orders.csv}
+stages:
+  - guest: builtin:csv-map
+    config: {select: [id]}
+    limits: {memory: 64MiB, call_timeout: 5s}
+sink: {url: out/mapped.csv}
+rejects: {url: out/rejects.csv}
+checkpoint: {every: 8MiB}
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_good_job_resolves_relative_paths_against_the_job_folder(tmp_path: Path) -> None:
+    job = load_job(_write(tmp_path, GOOD))
+    assert job.source.url == str(tmp_path / "data" / "orders.csv")
+    assert job.sink.url == str(tmp_path / "out" / "mapped.csv")
+    assert job.stages[0].guest == "builtin:csv-map"
+    assert job.stages[0].limits.memory == 64 * 1024 * 1024
+    assert job.stages[0].limits.call_timeout == 5.0
+    assert job.checkpoint_every == 8 * 1024 * 1024
+    assert job.store == ".pipeline"
+
+
+def test_spec_hash_ignores_checkpoint_interval_but_not_config(tmp_path: Path) -> None:
+    base = load_job(_write(tmp_path, GOOD)).sha256()
+    assert load_job(_write(tmp_path, GOOD.replace("8MiB", "1MiB"))).sha256() == base
+    assert load_job(_write(tmp_path, GOOD.replace("[id]", "[id, name]"))).sha256() != base
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (GOOD.replace("sink:", "sinks:"), "top level: unknown key 'sinks' (did you mean 'sink'?)"),
+        (GOOD.replace("name: csv-map\n", ""), "top level: missing required key 'name'"),
+        (GOOD.replace("every: 8MiB", "every: lots"), "checkpoint.every: expected a size like 8MiB"),
+        (
+            GOOD.replace("memory: 64MiB", "memroy: 64MiB"),
+            "stages[0].limits: unknown key 'memroy' (did you mean 'memory'?)",
+        ),
+        (GOOD.replace("call_timeout: 5s", "call_timeout: soon"), "stages[0].limits.call_timeout: expected a duration"),
+        (GOOD.replace("{url: out/mapped.csv}", "out/mapped.csv"), "sink: expected a mapping, got str"),
+        (GOOD.replace("config: {select: [id]}", "config: [id]"), "stages[0].config: expected a mapping, got list"),
+        (GOOD.replace("name: csv-map", "name: ../evil"), "name: '../evil' must be letters"),
+        ("stages: [\n", "invalid YAML at line 2"),
+        ("- just a list\n", "top level: expected a mapping, got list"),
+    ],
+)
+def test_bad_jobs_are_one_line_errors_naming_file_and_field(tmp_path: Path, text: str, message: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(SpecError) as err:
+        load_job(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_job_file(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="no such job file"):
+        load_job(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("8MiB", 8 << 20), ("512 KiB", 512 << 10), ("1GiB", 1 << 30), ("1MB", 10**6), ("4096", 4096), (100, 100)],
+)
+def test_sizes(text: object, expected: int) -> None:
+    assert parse_size(text, "x") == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [("5s", 5.0), ("500ms", 0.5), ("2m", 120.0), (3, 3.0)])
+def test_durations(text: object, expected: float) -> None:
+    assert parse_duration(text, "x") == expected
