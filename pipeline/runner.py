@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline._faults import FaultPoints
 from pipeline.connectors.file_sink import FileSink
 from pipeline.connectors.source import Source, describe_change
 from pipeline.errors import Conflict, KeyNotFound, ResumeMismatch, SpecError
@@ -105,6 +106,7 @@ class _Run:
         self.version: str | None = None
         self.offset = 0
         self.checkpoints = 0
+        self.faults = FaultPoints()
 
     # -- the run ------------------------------------------------------------------------
     def execute(self, *, fresh: bool) -> RunResult:
@@ -134,6 +136,7 @@ class _Run:
                 self._checkpoint("finished")
             for sink in self.sinks.values():
                 sink.commit()
+            self.faults.reached("published")
             result = self._result(resumed_from, time.perf_counter() - started)
             self._checkpoint("complete")
             return result
@@ -302,22 +305,26 @@ class _Run:
             {"name": _PORT_NAMES[port], "port": port, "url": sink.url, "handle": sink.persist()}
             for port, sink in self.sinks.items()
         ]
+        self.faults.reached("sinks-persisted")
         previous_blobs = manifest.blob_ids()
         if state == "running":
             manifest.stages = [self.pages.capture(guest, guest.stage) for guest in self.guests]
         elif state == "complete":
             manifest.stages = []  # nothing left to resume; the pages can go
+        self.faults.reached("blobs-written")
         manifest.state = state
         manifest.seq += 1
         manifest.sinks = sinks
         manifest.source["offset"] = self.offset
         manifest.stats.update(self._stats(), checkpoints=manifest.stats.get("checkpoints", 0) + counted)
         self.version = self._cas(manifest)
+        self.faults.reached("manifest-committed")
         self.checkpoints += counted
         current = manifest.blob_ids()
         for blob_id in previous_blobs - current:
             self.store.delete(self.pages.key(blob_id))
         self.pages.known = current
+        self.faults.reached("released")
 
     def _stats(self) -> dict[str, Any]:
         counters = [c for c in (g.counters() for g in self.guests) if c is not None]

@@ -6,13 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
-import wat_guests
 from pipeline.stores import open_store
 
 from pipeline.errors import Conflict, ResumeMismatch, SpecError
 from pipeline.runner import run_session, session_keys
 from pipeline.snapshot import Manifest
 from pipeline.spec import load_job
+from pipeline.testing import wat as wat_guests
 
 JOB = """\
 name: echo

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import wat_guests
 
 from pipeline.errors import GuestABIError, GuestMemoryLimit, GuestTimeout, GuestTrap
 from pipeline.runtime import Guest, GuestLimits, GuestModule
 from pipeline.testing import run_guest
+from pipeline.testing import wat as wat_guests
 
 
 def _guest(wat: str, **limits: object) -> Guest:

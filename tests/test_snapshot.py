@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 
 import pytest
-import wat_guests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pipeline.stores.memory import MemoryStore
@@ -22,6 +21,7 @@ from pipeline.snapshot import (
     encode_blob,
     restore,
 )
+from pipeline.testing import wat as wat_guests
 
 PREFIX = "sessions/t/pages/"
 

@@ -1,4 +1,4 @@
-"""Tiny guests written in WAT, for tests that need a guest to behave (or misbehave) exactly so.
+"""Tiny guests written in WAT, for tests and benchmarks that need a guest to behave (or misbehave) exactly so.
 
 Each constant is a full module implementing guest ABI v1 unless its name says otherwise.
 """

@@ -1,0 +1,95 @@
+"""The command line: exit codes, one-line errors, the summary line, documented commands."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from pipeline import __version__
+from pipeline.cli import cli
+from pipeline.testing import wat as wat_guests
+
+JOB = """\
+name: echo
+source: {url: in.bin}
+stages:
+  - guest: echo.wasm
+sink: {url: out/echo.bin}
+checkpoint: {every: 64KiB}
+"""
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> Path:
+    wat_guests.write(wat_guests.ECHO_SUM, tmp_path / "echo.wasm")
+    (tmp_path / "in.bin").write_bytes(b"abc" * 100_000)
+    path = tmp_path / "job.yaml"
+    path.write_text(JOB)
+    return path
+
+
+def _commands() -> list[tuple[str, click.Command]]:
+    found: list[tuple[str, click.Command]] = [("", cli)]
+    assert isinstance(cli, click.Group)
+    found += [(name, command) for name, command in cli.commands.items()]
+    return found
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert result.output == f"pipeline, version {__version__}\n"
+
+
+@pytest.mark.parametrize(("name", "command"), _commands(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_command_has_help_with_an_example(name: str, command: click.Command) -> None:
+    result = CliRunner().invoke(cli, [*([name] if name else []), "-h"])
+    assert result.exit_code == 0
+    assert "Example:" in result.output
+    assert command.help and command.help.strip()
+
+
+def test_run_prints_one_summary_line(job: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", str(job)])
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(
+        r"echo: complete · 0\.3 MB in, 0\.3 MB out · [\d.]+ s · [\d.]+ MB/s · \d+ checkpoints\n", result.output
+    )
+    again = CliRunner().invoke(cli, ["run", str(job)])
+    assert again.output == "echo: already complete (0.3 MB in, 0.3 MB out); nothing to do (--fresh runs it again)\n"
+
+
+def test_quiet_prints_nothing(job: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", str(job), "--quiet"])
+    assert result.exit_code == 0
+    assert result.output == ""
+
+
+def test_pipeline_error_is_one_line_and_a_hint(job: Path) -> None:
+    CliRunner().invoke(cli, ["run", str(job)])
+    (job.parent / "in.bin").write_bytes(b"changed")
+    result = CliRunner().invoke(cli, ["run", str(job)])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"error: source {job.parent / 'in.bin'} changed since session 'echo' last ran (")
+    assert lines[1] == "hint: rerun with --fresh to start this session over"
+    assert "Traceback" not in result.output
+
+
+def test_bad_job_file_error_names_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(JOB.replace("sink:", "sinc:"))
+    result = CliRunner().invoke(cli, ["run", str(path)])
+    assert result.exit_code == 1
+    assert result.output == f"error: {path}: top level: unknown key 'sinc' (did you mean 'sink'?)\n"
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["--debug", "run", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 1
+    assert result.exception is not None
