@@ -138,8 +138,10 @@ def main() -> None:
                 raise SystemExit(f"{tool}: output rows differ from {next(iter(outputs))}'s")
 
     base = results.get("wasm-pipeline", next(iter(results.values())))["seconds"]
-    print(f"# {size / 1e6:.0f} MB orders CSV, {rows_in:,} rows; {platform.processor() or platform.machine()}, "
-          f"Python {platform.python_version()}; outputs identical ({len(reference) - 1:,} rows)")
+    print(
+        f"# {size / 1e6:.0f} MB orders CSV, {rows_in:,} rows; {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}; outputs identical ({len(reference) - 1:,} rows)"
+    )
     print(f"{'tool':<16}{'seconds':>9}{'MB/s':>9}{'rows/s':>12}{'peak RSS':>11}{'time vs wasm-pipeline':>24}")
     for tool, r in results.items():
         print(

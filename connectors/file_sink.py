@@ -33,27 +33,50 @@ class FileSink:
 
     def __init__(self, url: str, session: str) -> None:
         self.url = url
+        self.session = session
         self.path = Path(url.removeprefix("file://"))
         self.part = self.path.with_name(f".{self.path.name}.{session}.part")
         self.length = 0
         self._file: BinaryIO | None = None
 
-    def acquire(self) -> None:
-        """Open the in-progress file under an exclusive lock; fail if another run holds it."""
+    def acquire(self, *, wait: bool = False) -> None:
+        """Open the in-progress file under an exclusive lock.
+
+        If another run holds it, fail at once, or with ``wait`` block until that run ends.
+        """
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise SinkError(f"sink {self.url}: cannot create {self.path.parent}: {exc.strerror}") from exc
+        while True:
+            fd = self._open_part()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise SinkError(
+                    f"session {self.session!r} is held by another run (it is writing {self.path})",
+                    hint="pass --wait to wait for it, or stop that run first",
+                ) from None
+            if self._is_current(fd):
+                break
+            os.close(fd)  # published or removed while we waited for the lock: lock the new one
+        self._file = os.fdopen(fd, "r+b", buffering=_WRITE_BUFFER)
+
+    def _open_part(self) -> int:
+        try:
+            return os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise SinkError(f"sink {self.url}: cannot open {self.part}: {exc.strerror}") from exc
+
+    def _is_current(self, fd: int) -> bool:
+        """Whether ``fd`` is still the file at the in-progress path (not renamed or unlinked)."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise SinkError(
-                f"sink {self.url} is being written by another run of this session",
-                hint="wait for that run to finish, or stop it first",
-            ) from None
-        self._file = os.fdopen(fd, "r+b", buffering=_WRITE_BUFFER)
+            on_disk = os.stat(self.part)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
 
     def start(self) -> None:
         """Begin a fresh session: an empty in-progress file."""
@@ -105,21 +128,22 @@ class FileSink:
 
     def commit(self) -> None:
         """Publish: atomically rename the in-progress file onto the target. Idempotent."""
-        if self._file is None:
-            return  # recover() found it already published
+        if self._file is None or not self.part.exists():
+            return  # recover() found it already published, or this sink already committed
         self.persist()
         try:
             os.replace(self.part, self.path)
             fsync_dir(self.path.parent)
         except OSError as exc:
             raise SinkError(f"sink {self.url}: cannot publish: {exc.strerror}") from exc
-        self.close()
+        # The lock stays held (now on the published file) until close(): a waiting run must not
+        # get in before this run has marked the session complete.
 
     def discard(self) -> None:
-        """Remove the in-progress file (``--fresh`` on a session that wrote elsewhere)."""
-        self.close()
+        """Remove the in-progress file: a run with nothing to write, or an output a job dropped."""
         with contextlib.suppress(FileNotFoundError):
             self.part.unlink()
+        self.close()
 
     def close(self) -> None:
         """Close the file and release the lock; safe to call twice."""

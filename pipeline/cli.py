@@ -6,17 +6,25 @@ Every :class:`~pipeline.errors.PipelineError` is turned into one ``error:`` line
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import click
 
 from pipeline import __version__
-from pipeline.errors import PipelineError
+from pipeline.admin import collect_garbage, describe, format_time, remove_session, session_infos
+from pipeline.errors import KeyNotFound, PipelineError
 from pipeline.runner import ProgressCallback, RunResult, run_session
-from pipeline.spec import load_job
+from pipeline.session import SessionStore
+from pipeline.spec import DEFAULT_STORE, load_job, parse_duration
+from pipeline.stores import SnapshotStore, open_store
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -52,6 +60,45 @@ def cli(ctx: click.Context, debug: bool) -> None:
         pipeline run examples/csv-map.yaml
     """
     ctx.meta["pipeline.debug"] = debug
+    _show_warnings()
+
+
+class _WarningLines(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        click.secho(f"warning: {record.getMessage()}", fg="yellow", err=True)
+
+
+def _show_warnings() -> None:
+    """Print the engine's warnings (a fallback to an older checkpoint, say) as one line each."""
+    logger = logging.getLogger("pipeline")
+    if not any(isinstance(h, _WarningLines) for h in logger.handlers):
+        handler = _WarningLines(logging.WARNING)
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+
+
+def store_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--store URL`` / ``--job JOB.yaml``: which snapshot store a command looks at."""
+
+    @click.option("--store", "store_url", metavar="URL", help=f"Snapshot store (default: ./{DEFAULT_STORE}).")
+    @click.option(
+        "-j", "--job", "job_file", metavar="JOB.yaml", type=click.Path(dir_okay=False), help="Use this job's store."
+    )
+    @functools.wraps(command)
+    def wrapper(*args: Any, store_url: str | None, job_file: str | None, **kwargs: Any) -> Any:
+        if store_url:
+            store = open_store(store_url, base_dir=Path.cwd())
+        elif job_file:
+            job = load_job(job_file)
+            store = open_store(job.store, base_dir=job.base_dir)
+        else:
+            store = open_store(DEFAULT_STORE, base_dir=Path.cwd())
+        try:
+            return command(*args, store=store, **kwargs)
+        finally:
+            store.close()
+
+    return wrapper
 
 
 @cli.command()
@@ -59,8 +106,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--fresh", is_flag=True, help="Start the session over instead of resuming it.")
 @click.option("--store", "store_url", metavar="URL", help="Snapshot store (default: the job's `store:`).")
 @click.option("--session", metavar="ID", help="Session id (default: the job's name).")
+@click.option("--wait", is_flag=True, help="If another run holds the session, wait for it instead of stopping.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def run(job_file: str, fresh: bool, store_url: str | None, session: str | None, quiet: bool) -> None:
+def run(job_file: str, fresh: bool, store_url: str | None, session: str | None, wait: bool, quiet: bool) -> None:
     """Run a job, resuming its session from the last checkpoint if it was interrupted.
 
     Rerunning a finished job on an unchanged input does nothing; a changed input or job is
@@ -73,9 +121,84 @@ def run(job_file: str, fresh: bool, store_url: str | None, session: str | None, 
     """
     job = load_job(job_file)
     with _progress(enabled=not quiet and sys.stderr.isatty(), label=job.name) as on_progress:
-        result = run_session(job, store_url=store_url, session=session, fresh=fresh, on_progress=on_progress)
+        result = run_session(job, store_url=store_url, session=session, fresh=fresh, wait=wait, on_progress=on_progress)
     if not quiet:
         click.echo(summary_line(result))
+
+
+@cli.command()
+@store_options
+def sessions(store: SnapshotStore) -> None:
+    """List the sessions in a store: state, progress, last checkpoint, bytes stored.
+
+    \b
+    Example:
+        pipeline sessions --job examples/csv-map.yaml
+        pipeline sessions --store s3://bucket/snapshots
+    """
+    infos = session_infos(store)
+    if not infos:
+        click.echo(f"no sessions in {store.url}")
+        return
+    click.echo(f"{'SESSION':<24} {'STATE':<9} {'PROGRESS':>8}  {'LAST CHECKPOINT':<25} {'STORED':>10}")
+    for info in infos:
+        progress = f"{info.progress:.1%}" if info.progress is not None else "-"
+        stored = f"{info.stored_bytes / 1024:,.0f} KiB"
+        click.echo(f"{info.session:<24} {info.state:<9} {progress:>8}  {format_time(info.updated_at):<25} {stored:>10}")
+
+
+@cli.command()
+@click.argument("session")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@store_options
+def show(session: str, as_json: bool, store: SnapshotStore) -> None:
+    """Show a session's last checkpoint: source position, stages, sinks, counts.
+
+    \b
+    Example:
+        pipeline show csv-map --job examples/csv-map.yaml
+    """
+    manifest = SessionStore(store, session).read_head()
+    if manifest is None:
+        raise KeyNotFound(f"{store.url}: no session {session!r}", hint="`pipeline sessions` lists them")
+    if as_json:
+        click.echo(json.dumps(asdict(manifest), indent=2, sort_keys=True))
+        return
+    for line in describe(manifest):
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("session")
+@store_options
+def rm(session: str, store: SnapshotStore) -> None:
+    """Remove a session: its snapshots and in-progress outputs (published outputs stay).
+
+    Refused while a run holds the session.
+
+    \b
+    Example:
+        pipeline rm csv-map --job examples/csv-map.yaml
+    """
+    remove_session(store, session)
+    click.echo(f"removed session {session!r}")
+
+
+@cli.command()
+@click.option("--older-than", default="7d", show_default=True, help="Remove complete sessions idle this long.")
+@store_options
+def gc(older_than: str, store: SnapshotStore) -> None:
+    """Remove old complete sessions and page blobs no checkpoint references.
+
+    Safe while other runs are active: sessions being run are skipped.
+
+    \b
+    Example:
+        pipeline gc --older-than 1d --store /var/lib/pipeline
+    """
+    report = collect_garbage(store, older_than=parse_duration(older_than, "--older-than", allow_zero=True))
+    removed = ", ".join(report.sessions_removed) or "none"
+    click.echo(f"removed sessions: {removed}; swept {report.keys_swept} unreferenced keys")
 
 
 @contextmanager

@@ -16,6 +16,7 @@ and the sinks' handles in it say how much output belongs to it.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,11 +25,14 @@ from typing import Any
 from pipeline._faults import FaultPoints
 from pipeline.connectors.file_sink import FileSink
 from pipeline.connectors.source import Source, describe_change
-from pipeline.errors import Conflict, KeyNotFound, ResumeMismatch, SpecError
+from pipeline.errors import ResumeMismatch, SnapshotCorrupt, SpecError
 from pipeline.runtime import Guest, GuestModule
+from pipeline.session import SessionStore
 from pipeline.snapshot import Manifest, PageWriter, restore
 from pipeline.spec import _SESSION_NAME, JobSpec
 from pipeline.stores import SnapshotStore, open_store
+
+log = logging.getLogger("pipeline")
 
 PORT_MAIN, PORT_REJECTS = 0, 1
 _PORT_NAMES = {PORT_MAIN: "main", PORT_REJECTS: "rejects"}
@@ -60,26 +64,25 @@ class RunResult:
         return processed / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
 
-def session_keys(session: str) -> tuple[str, str]:
-    """The store keys of a session: its manifest and the prefix of its page blobs."""
-    return f"sessions/{session}/manifest", f"sessions/{session}/pages/"
-
-
 def run_session(
     job: JobSpec,
     *,
     store_url: str | None = None,
     session: str | None = None,
     fresh: bool = False,
+    wait: bool = False,
     on_progress: ProgressCallback | None = None,
 ) -> RunResult:
-    """Run (or resume, or start over with ``fresh``) one session of ``job`` to completion."""
+    """Run (or resume, or start over with ``fresh``) one session of ``job`` to completion.
+
+    With ``wait``, a session another run is writing is waited for instead of refused.
+    """
     session_id = session or job.name
     if not _SESSION_NAME.match(session_id):
         raise SpecError(f"session id {session_id!r} must be letters, digits, '.', '_' or '-' (at most 128)")
     store = open_store(store_url or job.store, base_dir=job.base_dir)
     try:
-        return _Run(job, session_id, store, on_progress).execute(fresh=fresh)
+        return _Run(job, session_id, store, on_progress).execute(fresh=fresh, wait=wait)
     finally:
         store.close()
 
@@ -90,9 +93,8 @@ class _Run:
     def __init__(self, job: JobSpec, session: str, store: SnapshotStore, on_progress: ProgressCallback | None):
         self.job = job
         self.session = session
-        self.store = store
         self.on_progress = on_progress
-        self.manifest_key, self.pages_prefix = session_keys(session)
+        self.state = SessionStore(store, session)
         self.spec_sha = job.sha256()
         self.modules = [
             GuestModule.load(stage.guest, name=stage.label, fuel=stage.limits.fuel is not None) for stage in job.stages
@@ -101,35 +103,32 @@ class _Run:
         if job.rejects:
             self.sinks[PORT_REJECTS] = FileSink(job.rejects.url, session)
         self.guests: list[Guest] = []
-        self.pages = PageWriter(store, self.pages_prefix)
+        self.pages = PageWriter(store, self.state.pages_prefix)
         self.manifest: Manifest | None = None
-        self.version: str | None = None
         self.offset = 0
         self.checkpoints = 0
         self.faults = FaultPoints()
 
     # -- the run ------------------------------------------------------------------------
-    def execute(self, *, fresh: bool) -> RunResult:
+    def execute(self, *, fresh: bool, wait: bool) -> RunResult:
         started = time.perf_counter()
         source = Source(self.job.source.url, self.job.source.options)
         try:
             # Local locks before the lease: a run that cannot write the sinks must not take
             # the session from a run that can.
             for sink in self.sinks.values():
-                sink.acquire()
-            previous = self._read_manifest()
+                sink.acquire(wait=wait)
             resumed_from: int | None = None
-            if previous and not fresh:
-                manifest, version = previous
-                self._check_resumable(manifest, source)
-                if manifest.state == "complete":
-                    return self._already_complete(manifest)
-                resumed_from = manifest.source["offset"]
-                self._resume(manifest, version)
+            candidate = None if fresh else self._resumable(source)
+            if candidate is not None and candidate.state == "complete":
+                return self._already_complete(candidate)
+            if candidate is not None:
+                resumed_from = candidate.source["offset"]
+                self._resume(candidate)
             else:
-                self._start_fresh(previous, source)
-            self._sweep_orphans()
-            if self._state() == "running":
+                self._start_fresh(source)
+            self.state.sweep()
+            if self.manifest is not None and self.manifest.state == "running":
                 self._stream(source)
                 for guest in self.guests:
                     guest.finish()
@@ -143,10 +142,6 @@ class _Run:
         finally:
             source.close()
             self._close()
-
-    def _state(self) -> str:
-        assert self.manifest is not None
-        return self.manifest.state
 
     def _stream(self, source: Source) -> None:
         first = self.guests[0]
@@ -169,12 +164,38 @@ class _Run:
                 self.on_progress(self.offset, source.size)
 
     # -- starting and resuming ------------------------------------------------------------
-    def _read_manifest(self) -> tuple[Manifest, str] | None:
-        try:
-            blob, version = self.store.head(self.manifest_key)
-        except KeyNotFound:
-            return None
-        return Manifest.from_bytes(blob, self.manifest_key), version
+    def _resumable(self, source: Source) -> Manifest | None:
+        """The newest committed checkpoint whose pages load, restored into fresh guests.
+
+        A damaged manifest or page falls back to the checkpoint before it, with a warning;
+        a changed input, job or guest is a ``ResumeMismatch`` at once. Returns None for a new
+        session.
+        """
+        first_error: SnapshotCorrupt | None = None
+        for candidate in self.state.candidates():
+            manifest = candidate.manifest
+            self._check_resumable(manifest, source)
+            if manifest.state != "running":
+                return manifest
+            try:
+                self._new_guests()
+                for guest, stage in zip(self.guests, manifest.stages, strict=True):
+                    restore(guest, stage, self.pages.store, self.state.pages_prefix)
+            except SnapshotCorrupt as exc:
+                log.warning("%s; trying the checkpoint before it", exc)
+                first_error = first_error or exc
+                self._close_guests()
+                continue
+            if candidate.key != self.state.head_key:
+                log.warning("resuming session %r from checkpoint %d (%s)", self.session, manifest.seq, candidate.key)
+            return manifest
+        if first_error is not None or self.state.version is not None:
+            raise SnapshotCorrupt(
+                f"session {self.session!r}: no checkpoint can be restored"
+                + (f" ({first_error.message})" if first_error else " (every manifest is damaged)"),
+                hint="rerun with --fresh to start this session over",
+            )
+        return None
 
     def _check_resumable(self, manifest: Manifest, source: Source) -> None:
         hint = "rerun with --fresh to start this session over"
@@ -200,6 +221,8 @@ class _Run:
                 )
 
     def _already_complete(self, manifest: Manifest) -> RunResult:
+        for sink in self.sinks.values():
+            sink.discard()  # the empty in-progress file acquire() created
         stats = manifest.stats
         return RunResult(
             session=self.session,
@@ -218,23 +241,22 @@ class _Run:
             for i, (module, stage) in enumerate(zip(self.modules, self.job.stages, strict=True))
         ]
 
-    def _start_fresh(self, previous: tuple[Manifest, str] | None, source: Source) -> None:
-        old_manifest, old_version = previous if previous else (None, None)
+    def _start_fresh(self, source: Source) -> None:
+        old = self._old_head()
         for sink in self.sinks.values():
             sink.start()
-        if old_manifest:
+        if old:
             ours = {str(s.part) for s in self.sinks.values()}
-            for entry in old_manifest.sinks:  # in-progress outputs the job no longer writes to
+            for entry in old.sinks:  # in-progress outputs the job no longer writes to
                 if entry["handle"]["part"] not in ours:
                     FileSink(entry["url"], self.session).discard()
         self._new_guests()
         for guest, stage in zip(self.guests, self.job.stages, strict=True):
             guest.start(json.dumps(stage.config).encode())
-        self.version = old_version
         self.manifest = Manifest(
             session=self.session,
-            seq=old_manifest.seq if old_manifest else 0,
-            lease_epoch=(old_manifest.lease_epoch if old_manifest else 0) + 1,
+            seq=old.seq if old else 0,
+            lease_epoch=(old.lease_epoch if old else 0) + 1,
             spec_sha256=self.spec_sha,
             state="running",
             source={"url": source.url, "identity": source.identity, "offset": 0, "size": source.size},
@@ -242,30 +264,25 @@ class _Run:
         )
         self._checkpoint("running", counted=False)
 
-    def _resume(self, manifest: Manifest, version: str) -> None:
+    def _old_head(self) -> Manifest | None:
+        """The head a fresh start replaces (for its epoch and outputs), if it can be read."""
+        try:
+            return self.state.read_head()
+        except SnapshotCorrupt:
+            return None  # self.state.version is still set: the CAS replaces the damaged head
+
+    def _resume(self, manifest: Manifest) -> None:
         # Take the lease first: from here on a run that still holds the old epoch cannot commit.
         manifest.lease_epoch += 1
         manifest.seq += 1
-        self.version = version
-        self.version = self._cas(manifest)
+        self.state.commit(manifest)
+        self.state.adopt(manifest)
+        self.pages.remember(manifest)
         self.manifest = manifest
         self.offset = manifest.source["offset"]
-        self.pages.known = manifest.blob_ids()
         handles = {entry["port"]: entry["handle"] for entry in manifest.sinks}
         for port, sink in self.sinks.items():
             sink.recover(handles[port])
-        if manifest.state == "running":
-            self._new_guests()
-            for guest, state in zip(self.guests, manifest.stages, strict=True):
-                restore(guest, state, self.store, self.pages_prefix)
-
-    def _sweep_orphans(self) -> None:
-        """Delete page blobs no manifest references (left by a crash mid-checkpoint)."""
-        assert self.manifest is not None
-        referenced = self.manifest.blob_ids()
-        for key in list(self.store.list(self.pages_prefix)):
-            if key.removeprefix(self.pages_prefix) not in referenced:
-                self.store.delete(key)
 
     # -- output routing -------------------------------------------------------------------
     def _emitter(self, index: int) -> Callable[[int, memoryview], None]:
@@ -288,15 +305,6 @@ class _Run:
         return emit
 
     # -- checkpoints ----------------------------------------------------------------------
-    def _cas(self, manifest: Manifest) -> str:
-        try:
-            return self.store.cas(self.manifest_key, manifest.to_bytes(), self.version)
-        except Conflict:
-            raise Conflict(
-                f"session {self.session!r} is held by another run (its checkpoint moved underneath this one)",
-                hint="only one run per session may proceed; this run stopped without publishing",
-            ) from None
-
     def _checkpoint(self, state: str, *, counted: bool = True) -> None:
         """Commit a manifest: sinks persist -> page blobs -> manifest CAS -> release old blobs."""
         manifest = self.manifest
@@ -306,7 +314,6 @@ class _Run:
             for port, sink in self.sinks.items()
         ]
         self.faults.reached("sinks-persisted")
-        previous_blobs = manifest.blob_ids()
         if state == "running":
             manifest.stages = [self.pages.capture(guest, guest.stage) for guest in self.guests]
         elif state == "complete":
@@ -317,13 +324,12 @@ class _Run:
         manifest.sinks = sinks
         manifest.source["offset"] = self.offset
         manifest.stats.update(self._stats(), checkpoints=manifest.stats.get("checkpoints", 0) + counted)
-        self.version = self._cas(manifest)
+        manifest.stats["stored_bytes"] = manifest.stored_bytes()
+        self.state.commit(manifest)
         self.faults.reached("manifest-committed")
         self.checkpoints += counted
-        current = manifest.blob_ids()
-        for blob_id in previous_blobs - current:
-            self.store.delete(self.pages.key(blob_id))
-        self.pages.known = current
+        self.state.release(manifest)
+        self.pages.retain(self.state.referenced())
         self.faults.reached("released")
 
     def _stats(self) -> dict[str, Any]:
@@ -358,8 +364,12 @@ class _Run:
             outputs={_PORT_NAMES[p]: str(s.path) for p, s in self.sinks.items()},
         )
 
+    def _close_guests(self) -> None:
+        for guest in self.guests:
+            guest.close()
+        self.guests = []
+
     def _close(self) -> None:
         for sink in self.sinks.values():
             sink.close()
-        for guest in self.guests:
-            guest.close()
+        self._close_guests()

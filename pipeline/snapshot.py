@@ -29,7 +29,7 @@ from typing import Any
 import xxhash
 import zstandard
 
-from pipeline.errors import SnapshotCorrupt
+from pipeline.errors import KeyNotFound, SnapshotCorrupt
 from pipeline.runtime import WASM_PAGE, GlobalState, Guest
 from pipeline.stores import SnapshotStore
 
@@ -83,6 +83,8 @@ class StageState:
     pages: dict[int, str]
     globals: list[GlobalState]
     bytes_in: int
+    blob_sizes: dict[str, int] = field(default_factory=dict)
+    """Stored (compressed) size of each distinct blob in ``pages``."""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -98,6 +100,7 @@ class StageState:
             pages={int(index): blob for index, blob in data["pages"].items()},
             globals=[GlobalState(**g) for g in data["globals"]],
             bytes_in=int(data["bytes_in"]),
+            blob_sizes={blob: int(size) for blob, size in data.get("blob_sizes", {}).items()},
         )
 
 
@@ -120,6 +123,13 @@ class Manifest:
     def blob_ids(self) -> set[str]:
         """Every page blob this manifest references."""
         return {blob for stage in self.stages for blob in stage.pages.values()}
+
+    def stored_bytes(self) -> int:
+        """Bytes this checkpoint occupies in the store: its distinct blobs."""
+        sizes: dict[str, int] = {}
+        for stage in self.stages:
+            sizes |= stage.blob_sizes
+        return sum(sizes.values())
 
     def to_bytes(self) -> bytes:
         data = asdict(self)
@@ -150,11 +160,11 @@ def _skipped_pages(guest: Guest) -> range:
 class PageWriter:
     """Writes the pages of one session's stages as content-addressed blobs."""
 
-    def __init__(self, store: SnapshotStore, prefix: str, known: Iterable[str] = ()) -> None:
+    def __init__(self, store: SnapshotStore, prefix: str) -> None:
         self.store = store
         self.prefix = prefix
-        self.known: set[str] = set(known)
-        """Blob ids the store is known to hold (referenced by the committed manifest)."""
+        self.known: dict[str, int] = {}
+        """Blob ids the store is known to hold (kept manifests reference them), with their sizes."""
         self.bytes_written = 0
         self.blobs_written = 0
 
@@ -177,7 +187,7 @@ class PageWriter:
                 if blob_id not in self.known:
                     blob = encode_blob(page)
                     self.store.put(self.key(blob_id), blob)
-                    self.known.add(blob_id)
+                    self.known[blob_id] = len(blob)
                     self.bytes_written += len(blob)
                     self.blobs_written += 1
                 pages[index] = blob_id
@@ -190,7 +200,18 @@ class PageWriter:
             pages=pages,
             globals=guest.read_globals(),
             bytes_in=guest.bytes_in,
+            blob_sizes={blob_id: self.known[blob_id] for blob_id in set(pages.values())},
         )
+
+    def remember(self, manifest: Manifest) -> None:
+        """Know the blobs a committed manifest references: the store holds those."""
+        for stage in manifest.stages:
+            self.known |= {blob: stage.blob_sizes.get(blob, 0) for blob in stage.pages.values()}
+
+    def retain(self, blob_ids: Iterable[str]) -> None:
+        """Forget every blob but these (the rest were released from the store)."""
+        keep = set(blob_ids)
+        self.known = {blob: size for blob, size in self.known.items() if blob in keep}
 
 
 def restore(guest: Guest, state: StageState, store: SnapshotStore, prefix: str) -> None:
@@ -205,7 +226,11 @@ def restore(guest: Guest, state: StageState, store: SnapshotStore, prefix: str) 
                 memory[offset : offset + PAGE_SIZE] = _ZERO_PAGE
                 continue
             key = f"{prefix}{blob_id}"
-            raw = decode_blob(store.get(key), key)
+            try:
+                blob = store.get(key)
+            except KeyNotFound:
+                raise SnapshotCorrupt(f"{key}: page blob is missing from the store") from None
+            raw = decode_blob(blob, key)
             if len(raw) != PAGE_SIZE:
                 raise SnapshotCorrupt(f"{key}: page blob holds {len(raw)} bytes, not {PAGE_SIZE}")
             memory[offset : offset + PAGE_SIZE] = raw

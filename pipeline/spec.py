@@ -29,8 +29,8 @@ _UNITS = {"": 1, "b": 1}
 for _power, _letter in enumerate("kmgt", start=1):  # k/kb = 1000, ki/kib = 1024, and so on
     _UNITS |= {_letter: 1000**_power, f"{_letter}b": 1000**_power}
     _UNITS |= {f"{_letter}i": 1024**_power, f"{_letter}ib": 1024**_power}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -103,12 +103,13 @@ def parse_size(value: Any, where: str) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
-def parse_duration(value: Any, where: str) -> float:
-    """``5s`` / ``500ms`` / ``2m`` / ``10`` (seconds) -> seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+def parse_duration(value: Any, where: str, *, allow_zero: bool = False) -> float:
+    """``5s`` / ``500ms`` / ``2m`` / ``1h`` / ``7d`` / ``10`` (seconds) -> seconds."""
+    floor = 0 if allow_zero else 1e-9
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= floor:
         return float(value)
     match = _DURATION.match(value) if isinstance(value, str) else None
-    if not match or float(match.group(1)) <= 0:
+    if not match or float(match.group(1)) < floor:
         raise SpecError(f"{where}: expected a duration like 5s, 500ms or 2m, got {value!r}")
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 

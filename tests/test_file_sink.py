@@ -28,6 +28,7 @@ def test_target_appears_only_on_commit_and_recover_drops_unpersisted_bytes(tmp_p
     resumed.recover(handle)
     resumed.write(b"world")
     resumed.commit()
+    resumed.close()
     assert target.read_bytes() == b"hello world"
     assert not resumed.part.exists()
 
@@ -40,11 +41,13 @@ def test_commit_already_published_before_a_crash_is_a_no_op(tmp_path: Path) -> N
     sink.write(b"done")
     handle = sink.persist()
     sink.commit()
+    sink.close()
 
     again = FileSink(str(target), "s1")
     again.acquire()
     again.recover(handle)
     again.commit()
+    again.close()
     assert target.read_bytes() == b"done"
     assert not again.part.exists()
 
@@ -74,7 +77,7 @@ def test_a_second_process_cannot_write_a_held_sink(tmp_path: Path) -> None:
         "try:\n    s.acquire()\nexcept SinkError as e:\n    print(e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert "is being written by another run of this session" in out.stdout
+    assert "session 's1' is held by another run (it is writing " in out.stdout
     sink.close()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout == ""

@@ -7,46 +7,26 @@ from pathlib import Path
 
 import pytest
 from pipeline.stores import open_store
+from support import ECHO_JOB, Interrupt, echo_expected, interrupt_at, make_echo_job
 
 from pipeline.errors import Conflict, ResumeMismatch, SpecError
-from pipeline.runner import run_session, session_keys
+from pipeline.runner import run_session
+from pipeline.session import SessionStore
 from pipeline.snapshot import Manifest
 from pipeline.spec import load_job
 from pipeline.testing import wat as wat_guests
 
-JOB = """\
-name: echo
-source: {url: in.bin}
-stages:
-  - guest: echo.wasm
-sink: {url: out/echo.bin}
-checkpoint: {every: 256KiB}
-"""
-
-
-class Interrupt(Exception):
-    """Stands in for a crash between two chunks."""
-
-
-def _interrupt_at(offset: int):  # type: ignore[no-untyped-def]
-    def on_progress(done: int, total: int | None) -> None:
-        if done >= offset:
-            raise Interrupt(done)
-
-    return on_progress
+JOB = ECHO_JOB
 
 
 @pytest.fixture
 def job_dir(tmp_path: Path) -> Path:
-    wat_guests.write(wat_guests.ECHO_SUM, tmp_path / "echo.wasm")
-    (tmp_path / "in.bin").write_bytes(os.urandom(3_000_000))
-    (tmp_path / "job.yaml").write_text(JOB)
+    make_echo_job(tmp_path)
     return tmp_path
 
 
 def _expected(job_dir: Path) -> bytes:
-    data = (job_dir / "in.bin").read_bytes()
-    return data + sum(data).to_bytes(8, "little")
+    return echo_expected(job_dir)
 
 
 def test_uninterrupted_run_publishes_the_output(job_dir: Path) -> None:
@@ -62,7 +42,7 @@ def test_uninterrupted_run_publishes_the_output(job_dir: Path) -> None:
 def test_interrupted_run_resumes_to_identical_output(job_dir: Path, crash_at: int) -> None:
     job = load_job(job_dir / "job.yaml")
     with pytest.raises(Interrupt) as interrupted:
-        run_session(job, on_progress=_interrupt_at(crash_at))
+        run_session(job, on_progress=interrupt_at(crash_at))
     assert not (job_dir / "out" / "echo.bin").exists()
     result = run_session(job)
     assert (job_dir / "out" / "echo.bin").read_bytes() == _expected(job_dir)
@@ -81,7 +61,7 @@ def test_finished_session_is_not_run_again(job_dir: Path) -> None:
 def test_changed_input_is_refused_with_a_hint(job_dir: Path) -> None:
     job = load_job(job_dir / "job.yaml")
     with pytest.raises(Interrupt):
-        run_session(job, on_progress=_interrupt_at(1_000_000))
+        run_session(job, on_progress=interrupt_at(1_000_000))
     (job_dir / "in.bin").write_bytes(os.urandom(3_000_001))
     with pytest.raises(
         ResumeMismatch, match=r"in.bin changed since session 'echo' last ran \(.*size 3000000 -> 3000001"
@@ -95,7 +75,7 @@ def test_changed_input_is_refused_with_a_hint(job_dir: Path) -> None:
 def test_changed_guest_is_refused(job_dir: Path) -> None:
     job = load_job(job_dir / "job.yaml")
     with pytest.raises(Interrupt):
-        run_session(job, on_progress=_interrupt_at(1_000_000))
+        run_session(job, on_progress=interrupt_at(1_000_000))
     custom_section = b"\x00\x02\x01x"  # same code, different bytes: still a different module
     (job_dir / "echo.wasm").write_bytes(wat_guests.build(wat_guests.ECHO_SUM) + custom_section)
     with pytest.raises(ResumeMismatch, match=r"guest of stage 1 \(echo.wasm\) changed"):
@@ -104,7 +84,7 @@ def test_changed_guest_is_refused(job_dir: Path) -> None:
 
 def test_changed_job_is_refused(job_dir: Path) -> None:
     with pytest.raises(Interrupt):
-        run_session(load_job(job_dir / "job.yaml"), on_progress=_interrupt_at(1_000_000))
+        run_session(load_job(job_dir / "job.yaml"), on_progress=interrupt_at(1_000_000))
     (job_dir / "job.yaml").write_text(JOB.replace("out/echo.bin", "out/other.bin"))
     with pytest.raises(ResumeMismatch, match=r"job job\.yaml changed"):
         run_session(load_job(job_dir / "job.yaml"))
@@ -112,8 +92,8 @@ def test_changed_job_is_refused(job_dir: Path) -> None:
 
 def test_a_run_whose_lease_was_taken_stops_without_publishing(job_dir: Path) -> None:
     job = load_job(job_dir / "job.yaml")
-    manifest_key, _ = session_keys("echo")
     store = open_store(str(job_dir / ".pipeline"))
+    manifest_key = SessionStore(store, "echo").head_key
 
     def steal_lease(done: int, total: int | None) -> None:
         if done >= 1_000_000:  # another host takes the session over between two checkpoints

@@ -167,5 +167,5 @@ def test_missing_page_blob_is_corrupt() -> None:
         memory.release()
         state = PageWriter(store, PREFIX).capture(guest, "s")
     store.delete(PREFIX + state.pages[0])
-    with _guest() as fresh, pytest.raises(Exception, match="no object at"):
+    with _guest() as fresh, pytest.raises(SnapshotCorrupt, match=r": page blob is missing from the store"):
         restore(fresh, state, store, PREFIX)

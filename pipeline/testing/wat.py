@@ -20,7 +20,8 @@ _ABI = """
 _EMIT = '(import "pipeline" "pl_emit" (func $emit (param i32 i32 i32) (result i32)))'
 
 # Echoes its input; keeps a byte sum in a NON-exported mutable global and emits it (8 bytes,
-# little-endian) at the end, so output is only right if hidden globals survive a resume.
+# little-endian) at the end, so output is only right if hidden globals survive a resume. It also
+# stores the running sum at address 8 after every chunk, so its memory changes at each checkpoint.
 ECHO_SUM = f"""(module {_EMIT} {_ABI}
   (global $sum (mut i64) (i64.const 0))
   (func (export "pl_process") (param $len i32) (result i32) (local $i i32)
@@ -30,6 +31,7 @@ ECHO_SUM = f"""(module {_EMIT} {_ABI}
         (i64.load8_u (i32.add (i32.const 65536) (local.get $i)))))
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br $next)))
+    (i64.store (i32.const 8) (global.get $sum))
     (drop (call $emit (i32.const 0) (i32.const 65536) (local.get $len)))
     i32.const 0)
   (func (export "pl_finish") (result i32)

@@ -1,0 +1,125 @@
+"""Integrity and fencing: damaged snapshots fall back or fail clearly; racing runs publish once."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pipeline.stores import open_store
+from support import Interrupt, echo_expected, interrupt_at, make_echo_job
+
+from pipeline.errors import SnapshotCorrupt
+from pipeline.runner import run_session
+from pipeline.session import SessionStore, list_sessions
+from pipeline.snapshot import Manifest
+from pipeline.spec import load_job
+
+
+@pytest.fixture
+def interrupted(tmp_path: Path) -> Path:
+    """An echo session interrupted at 2 MB, with several checkpoints committed."""
+    job = make_echo_job(tmp_path)
+    with pytest.raises(Interrupt):
+        run_session(load_job(job), on_progress=interrupt_at(2_000_000))
+    return tmp_path
+
+
+def _session(job_dir: Path) -> SessionStore:
+    return SessionStore(open_store(str(job_dir / ".pipeline")), "echo")
+
+
+def _published(job_dir: Path) -> bytes:
+    return (job_dir / "out" / "echo.bin").read_bytes()
+
+
+def test_only_the_last_two_manifests_and_their_pages_are_kept(interrupted: Path) -> None:
+    session = _session(interrupted)
+    history = sorted(session.store.list(session.history_prefix))
+    assert len(history) == 2
+    kept = [Manifest.from_bytes(session.store.get(key), key) for key in history]
+    referenced = set().union(*(m.blob_ids() for m in kept))
+    stored = {key.removeprefix(session.pages_prefix) for key in session.store.list(session.pages_prefix)}
+    assert stored == referenced
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b[:40] + bytes([b[40] ^ 1]) + b[41:]])
+def test_damaged_head_falls_back_to_the_checkpoint_before_it(interrupted: Path, damage, caplog) -> None:  # type: ignore[no-untyped-def]
+    session = _session(interrupted)
+    head = session.store.get(session.head_key)
+    head_offset = Manifest.from_bytes(head, "head").source["offset"]
+    newest_copy = max(session.store.list(session.history_prefix))
+    session.store.put(session.head_key, damage(head))
+    session.store.put(newest_copy, damage(head))
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        result = run_session(load_job(interrupted / "job.yaml"))
+    assert "sessions/echo/manifest:" in caplog.text
+    assert "resuming session 'echo' from checkpoint" in caplog.text
+    assert result.resumed_from == head_offset - 256 * 1024  # the checkpoint before the damaged one
+    assert _published(interrupted) == echo_expected(interrupted)
+
+
+def test_damaged_page_of_the_newest_checkpoint_falls_back(interrupted: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    session = _session(interrupted)
+    newest, older = (
+        Manifest.from_bytes(session.store.get(k), k) for k in sorted(session.store.list(session.history_prefix))[::-1]
+    )
+    only_newest = sorted(newest.blob_ids() - older.blob_ids())
+    assert only_newest, "the echo guest's running-sum page changes every checkpoint"
+    session.store.put(session.page_key(only_newest[0]), b"plain uncompressed bytes")
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        run_session(load_job(interrupted / "job.yaml"))
+    assert "not a wasm-pipeline blob (uncompressed or foreign data)" in caplog.text
+    assert _published(interrupted) == echo_expected(interrupted)
+
+
+def test_nothing_restorable_is_a_clear_error(interrupted: Path) -> None:
+    session = _session(interrupted)
+    for key in [session.head_key, *session.store.list(session.history_prefix)]:
+        session.store.put(key, b"garbage")
+    with pytest.raises(SnapshotCorrupt, match=r"session 'echo': no checkpoint can be restored") as err:
+        run_session(load_job(interrupted / "job.yaml"))
+    assert err.value.hint == "rerun with --fresh to start this session over"
+    run_session(load_job(interrupted / "job.yaml"), fresh=True)
+    assert _published(interrupted) == echo_expected(interrupted)
+
+
+def test_missing_page_blob_is_named(interrupted: Path) -> None:
+    session = _session(interrupted)
+    for key in list(session.store.list(session.pages_prefix)):
+        session.store.delete(key)
+    missing = r"no checkpoint can be restored \(sessions/echo/pages/\w+: page blob is missing"
+    with pytest.raises(SnapshotCorrupt, match=missing):
+        run_session(load_job(interrupted / "job.yaml"))
+
+
+def test_complete_session_keeps_only_its_head(tmp_path: Path) -> None:
+    run_session(load_job(make_echo_job(tmp_path)))
+    store = open_store(str(tmp_path / ".pipeline"))
+    assert list(store.list("sessions/")) == ["sessions/echo/manifest"]
+    assert list_sessions(store) == ["echo"]
+
+
+def test_four_racing_runs_publish_exactly_once(tmp_path: Path) -> None:
+    job = make_echo_job(tmp_path, size=20_000_000)
+    command = [sys.executable, "-m", "pipeline", "run", str(job)]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outcomes = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    completed = [o for o in outcomes if o[0] == 0 and ": complete" in o[1]]
+    refused = [o for o in outcomes if o[0] == 1 and "is held by another run" in o[2]]
+    already = [o for o in outcomes if o[0] == 0 and "already complete" in o[1]]
+    assert len(completed) == 1, outcomes
+    assert len(completed) + len(refused) + len(already) == 4, outcomes
+    assert _published(tmp_path) == echo_expected(tmp_path)
+
+
+def test_wait_waits_for_the_running_one(tmp_path: Path) -> None:
+    job = make_echo_job(tmp_path, size=20_000_000)
+    command = [sys.executable, "-m", "pipeline", "run", str(job), "--wait"]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outcomes = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    assert [o[0] for o in outcomes] == [0, 0, 0], outcomes
+    assert sum(": complete" in o[1] for o in outcomes) == 1
+    assert _published(tmp_path) == echo_expected(tmp_path)
