@@ -216,6 +216,7 @@ class Guest:
         self.on_emit = on_emit
         self.bytes_in = 0
         """Bytes fed to :meth:`process` over the whole session (restored on resume)."""
+        self._pending = 0  # bytes of the call in progress, for error messages
         self._failure: str | None = None
         self._closed = False
 
@@ -300,11 +301,16 @@ class Guest:
             reason = self._failure or f"{name} returned {status} without a message"
             if self._near_memory_limit():
                 raise GuestMemoryLimit(
-                    f"{self.stage} at byte {self.bytes_in} of its input: {reason} "
-                    f"(memory at its {self.limits.memory // MiB} MiB limit)",
+                    f"{self._where()}: {reason} (memory at its {self.limits.memory // MiB} MiB limit)",
                     hint="raise limits.memory for this stage",
                 )
-            raise GuestError(f"{self.stage} at byte {self.bytes_in} of its input: {reason}")
+            raise GuestError(f"{self._where()}: {reason}")
+
+    def _where(self) -> str:
+        """The stage and the input it was working on, e.g. ``stage 1 (x) at input bytes 0-1,048,576``."""
+        if self._pending:
+            return f"{self.stage} at input bytes {self.bytes_in:,}-{self.bytes_in + self._pending:,}"
+        return f"{self.stage} at input byte {self.bytes_in:,}"
 
     def _near_memory_limit(self) -> bool:
         # The limiter makes memory.grow return -1 without saying so; a failure with memory at
@@ -312,7 +318,7 @@ class Guest:
         return self._memory.data_len(self._store) + 16 * WASM_PAGE >= self.limits.memory
 
     def _translate(self, exc: Exception, during: str) -> GuestError:
-        where = f"{self.stage} at byte {self.bytes_in} of its input ({during})"
+        where = f"{self._where()} ({during})"
         code = getattr(exc, "trap_code", None)
         if code == wasmtime.TrapCode.INTERRUPT:
             return GuestTimeout(
@@ -360,7 +366,11 @@ class Guest:
 
     def process(self, length: int) -> None:
         """Have the guest consume ``length`` bytes already placed in its input area."""
-        self._call_status("pl_process", length)
+        self._pending = length
+        try:
+            self._call_status("pl_process", length)
+        finally:
+            self._pending = 0
         self.bytes_in += length
 
     def feed(self, data: memoryview | bytes) -> None:

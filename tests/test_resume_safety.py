@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 from pipeline.stores import open_store
-from support import Interrupt, echo_expected, interrupt_at, make_echo_job
+from support import ECHO_JOB, Interrupt, echo_expected, interrupt_at, make_echo_job
 
-from pipeline.errors import SnapshotCorrupt
+from pipeline.errors import GuestTimeout, SnapshotCorrupt
 from pipeline.runner import run_session
 from pipeline.session import SessionStore, list_sessions
 from pipeline.snapshot import Manifest
 from pipeline.spec import load_job
+from pipeline.testing import wat
 
 
 @pytest.fixture
@@ -123,3 +124,24 @@ def test_wait_waits_for_the_running_one(tmp_path: Path) -> None:
     assert [o[0] for o in outcomes] == [0, 0, 0], outcomes
     assert sum(": complete" in o[1] for o in outcomes) == 1
     assert _published(tmp_path) == echo_expected(tmp_path)
+
+
+def test_guest_failure_names_stage_and_input_and_a_rerun_resumes_from_the_last_good_checkpoint(
+    tmp_path: Path,
+) -> None:
+    wat.write(wat.SLOW_ON_FF, tmp_path / "slow.wasm")
+    data = bytes(1_500_000) + b"\xff" + bytes(600_000)
+    (tmp_path / "in.bin").write_bytes(data)
+    job = tmp_path / "job.yaml"
+    job.write_text(ECHO_JOB.replace("echo.wasm\n", "slow.wasm\n    limits: {call_timeout: 50ms}\n"))
+    with pytest.raises(GuestTimeout) as err:
+        run_session(load_job(job))
+    assert str(err.value) == (
+        "stage 1 (slow.wasm) at input bytes 1,310,720-1,572,864 (pl_process): call exceeded its 0.05s deadline"
+    )
+    assert _session(tmp_path).read_head().source["offset"] == 1_310_720  # type: ignore[union-attr]
+
+    job.write_text(job.read_text().replace("50ms", "30s"))  # limits do not change the job's output
+    result = run_session(load_job(job))
+    assert result.resumed_from == 1_310_720
+    assert _published(tmp_path) == data

@@ -27,7 +27,7 @@ def test_echo_passes_bytes_through_and_keeps_hidden_global_state() -> None:
 def test_spin_loop_is_a_timeout_naming_stage_and_offset() -> None:
     with _guest(wat_guests.SPIN, call_timeout=0.2) as guest, pytest.raises(GuestTimeout) as err:
         guest.feed(b"x" * 10)
-    assert str(err.value) == "stage 1 (t.wasm) at byte 0 of its input (pl_process): call exceeded its 0.2s deadline"
+    assert str(err.value) == "stage 1 (t.wasm) at input bytes 0-10 (pl_process): call exceeded its 0.2s deadline"
 
 
 def test_spin_loop_with_fuel_runs_out_of_fuel() -> None:
@@ -47,7 +47,7 @@ def test_memory_bomb_hits_the_memory_limit() -> None:
 
 
 def test_trap_is_a_guest_trap() -> None:
-    with _guest(wat_guests.TRAP) as guest, pytest.raises(GuestTrap, match=r"stage 1 \(t.wasm\) at byte 0 .*trapped"):
+    with _guest(wat_guests.TRAP) as guest, pytest.raises(GuestTrap, match=r"stage 1 \(t.wasm\) at input bytes 0-3 \(pl_process\): trapped: "):
         guest.feed(b"abc")
 
 

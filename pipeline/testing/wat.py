@@ -40,6 +40,23 @@ ECHO_SUM = f"""(module {_EMIT} {_ABI}
     i32.const 0))
 """
 
+# Echoes its input, but a chunk holding a 0xFF byte takes a long busy loop first: a timeout that
+# a larger limits.call_timeout cures, for testing a rerun from the last good checkpoint.
+SLOW_ON_FF = f"""(module {_EMIT} {_ABI}
+  (func (export "pl_process") (param $len i32) (result i32) (local $i i32) (local $spin i32)
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $i) (local.get $len)))
+      (if (i32.eq (i32.load8_u (i32.add (i32.const 65536) (local.get $i))) (i32.const 255))
+        (then (local.set $spin (i32.const 400000000))
+              (loop $busy (local.set $spin (i32.sub (local.get $spin) (i32.const 1)))
+                          (br_if $busy (i32.gt_s (local.get $spin) (i32.const 0))))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $next)))
+    (drop (call $emit (i32.const 0) (i32.const 65536) (local.get $len)))
+    i32.const 0)
+  (func (export "pl_finish") (result i32) i32.const 0))
+"""
+
 SPIN = f"""(module {_ABI}
   (func (export "pl_process") (param i32) (result i32) (loop $forever (br $forever)) i32.const 0)
   (func (export "pl_finish") (result i32) i32.const 0))
