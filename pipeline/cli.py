@@ -20,8 +20,10 @@ import click
 
 from pipeline import __version__
 from pipeline.admin import collect_garbage, describe, format_time, remove_session, session_infos
-from pipeline.errors import KeyNotFound, PipelineError
+from pipeline.errors import KeyNotFound, PipelineError, SpecError
+from pipeline.inspect import inspect_module
 from pipeline.runner import ProgressCallback, RunResult, run_session
+from pipeline.runtime import resolve_guest_path
 from pipeline.session import SessionStore
 from pipeline.spec import DEFAULT_STORE, load_job, parse_duration
 from pipeline.stores import SnapshotStore, open_store
@@ -199,6 +201,27 @@ def gc(older_than: str, store: SnapshotStore) -> None:
     report = collect_garbage(store, older_than=parse_duration(older_than, "--older-than", allow_zero=True))
     removed = ", ".join(report.sessions_removed) or "none"
     click.echo(f"removed sessions: {removed}; swept {report.keys_swept} unreferenced keys")
+
+
+@cli.command()
+@click.argument("guest", metavar="GUEST.wasm")
+def inspect(guest: str) -> None:
+    """Describe a guest module: imports, exports, ABI compatibility, memory, globals, hash.
+
+    GUEST.wasm is a path or builtin:NAME.
+
+    \b
+    Example:
+        pipeline inspect builtin:csv-map
+        pipeline inspect my-guest.wasm
+    """
+    path = resolve_guest_path(guest)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"cannot read guest module {path}: {exc.strerror}") from exc
+    for line in inspect_module(data, guest):
+        click.echo(line)
 
 
 @contextmanager

@@ -125,7 +125,7 @@ class GuestModule:
         if isinstance(source, bytes | bytearray):
             data, label = bytes(source), name or "<bytes>"
         else:
-            path = _resolve_guest_path(source)
+            path = resolve_guest_path(source)
             label = name or str(source)
             try:
                 data = path.read_bytes()
@@ -134,7 +134,8 @@ class GuestModule:
         return _compile(data, label, fuel)
 
 
-def _resolve_guest_path(source: str | Path) -> Path:
+def resolve_guest_path(source: str | Path) -> Path:
+    """A guest reference as a path: ``builtin:NAME`` is the packaged module of that name."""
     text = str(source)
     if text.startswith("builtin:"):
         from pipeline.guests import builtin_path
@@ -160,6 +161,13 @@ def _signature(ty: wasmtime.FuncType) -> tuple[list[str], list[str]]:
 
 
 def _check_abi(module: wasmtime.Module, label: str) -> None:
+    problems = abi_problems(module)
+    if problems:
+        raise GuestABIError(f"{label} does not implement guest ABI v{ABI_VERSION}: " + "; ".join(problems))
+
+
+def abi_problems(module: wasmtime.Module) -> list[str]:
+    """Everything about a module's exports and imports that breaks guest ABI v1."""
     problems: list[str] = []
     exports = {e.name: e.type for e in module.exports}
     if not isinstance(exports.get("memory"), wasmtime.MemoryType):
@@ -182,8 +190,7 @@ def _check_abi(module: wasmtime.Module, label: str) -> None:
             [str(r) for r in expected[1]],
         ):
             problems.append(f"import pipeline.{imp.name} has the wrong signature")
-    if problems:
-        raise GuestABIError(f"{label} does not implement guest ABI v{ABI_VERSION}: " + "; ".join(problems))
+    return problems
 
 
 @dataclass

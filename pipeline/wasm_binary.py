@@ -195,6 +195,14 @@ def _exported_global_indices(data: bytes, start: int, end: int) -> tuple[int, in
     return count, entries_start, indices
 
 
+def exported_global_indices(data: bytes) -> set[int]:
+    """Absolute indices of the globals the module exports."""
+    for section_id, start, end in _sections(data):
+        if section_id == _SECTION_EXPORT:
+            return _exported_global_indices(data, start, end)[2]
+    return set()
+
+
 def export_mutable_globals(data: bytes) -> bytes:
     """Return the module with every unexported mutable defined global exported.
 

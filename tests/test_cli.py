@@ -93,3 +93,27 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--debug", "run", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 1
     assert result.exception is not None
+
+
+def test_inspect_describes_a_module(tmp_path: Path) -> None:
+    path = wat_guests.write(wat_guests.ECHO_SUM, tmp_path / "echo.wasm")
+    result = CliRunner().invoke(cli, ["inspect", str(path)])
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert lines[3] == "abi      v1: ok"
+    assert "import   pipeline.pl_emit: func (i32, i32, i32) -> i32" in lines
+    assert "export   memory: memory 20 pages (1.25 MiB), no max" in lines
+    assert lines[-1] == "globals  1 defined, 1 mutable (1 unexported, snapshotted via rewritten exports)"
+
+
+def test_inspect_lists_what_breaks_the_abi(tmp_path: Path) -> None:
+    path = wat_guests.write(wat_guests.MISSING_FINISH, tmp_path / "bad.wasm")
+    result = CliRunner().invoke(cli, ["inspect", str(path)])
+    assert result.exit_code == 0
+    assert "abi      v1: NOT compatible: missing export pl_finish" in result.output
+
+
+def test_inspect_unknown_builtin() -> None:
+    result = CliRunner().invoke(cli, ["inspect", "builtin:nope"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ")
