@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 import xxhash
-from pipeline.stores.memory import MemoryStore
 
 from pipeline.runtime import Guest, GuestModule
 from pipeline.snapshot import PAGE_SIZE, PageWriter, encode_blob, restore
+from pipeline.stores.memory import MemoryStore
 from pipeline.testing import wat
 from pipeline.testing.data import _row
 

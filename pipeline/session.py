@@ -71,17 +71,16 @@ class SessionStore:
         A damaged head is skipped with a warning. Sets :attr:`version` to the head's version
         (damaged or not), so the first commit replaces it.
         """
-        try:
-            blob, self.version = self.store.head(self.head_key)
-        except KeyNotFound:
-            return
         head_seq: int | None = None
         try:
-            head = Manifest.from_bytes(blob, self.head_key)
-            head_seq = head.seq
-            yield Candidate(head, self.head_key)
+            head = self.read_head()
         except SnapshotCorrupt as exc:
             log.warning("%s; trying the checkpoint before it", exc)
+        else:
+            if head is None:
+                return
+            head_seq = head.seq
+            yield Candidate(head, self.head_key)
         for key in sorted(self.store.list(self.history_prefix), reverse=True):
             try:
                 manifest = Manifest.from_bytes(self.store.get(key), key)
@@ -92,11 +91,18 @@ class SessionStore:
                 yield Candidate(manifest, key)
 
     def read_head(self) -> Manifest | None:
-        """The head manifest, or None when the session does not exist (damaged = error)."""
+        """The head manifest, or None when the session does not exist.
+
+        A damaged head raises ``SnapshotCorrupt``, with :attr:`version` still set to the damaged
+        value's version so a commit can replace it.
+        """
         try:
             blob, self.version = self.store.head(self.head_key)
         except KeyNotFound:
             return None
+        except SnapshotCorrupt as exc:  # an encrypting store checks integrity as it reads
+            self.version = getattr(exc, "version", None)
+            raise
         return Manifest.from_bytes(blob, self.head_key)
 
     # -- committing -----------------------------------------------------------------------

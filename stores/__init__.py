@@ -15,7 +15,9 @@ Five operations make the protocol (DESIGN §5)::
 the value only if the stored version is still ``expected``. ``head`` returns the current value
 and its version together, which is what a compare-and-swap loop needs.
 
-Backends are chosen by URL with :func:`open_store`; see ``docs/stores.md``.
+Backends are chosen by URL with :func:`open_store`; see ``docs/stores.md``. A new backend can
+subclass :class:`BaseStore` (key checks, retries with :class:`Retry`, ``close`` twice) and
+prove itself with ``pipeline.testing.StoreConformance``.
 """
 
 from __future__ import annotations
@@ -23,10 +25,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
-from pipeline.stores._keys import validate_key
+from pipeline.stores._base import BaseStore
+from pipeline.stores._keys import validate_key, validate_prefix
 from pipeline.stores._registry import open_store, registered_stores
+from pipeline.stores._retry import Retry, RetryPolicy, TransientError
 
-__all__ = ["SnapshotStore", "Version", "open_store", "registered_stores", "validate_key"]
+__all__ = [
+    "BaseStore",
+    "Retry",
+    "RetryPolicy",
+    "SnapshotStore",
+    "TransientError",
+    "Version",
+    "open_store",
+    "registered_stores",
+    "validate_key",
+    "validate_prefix",
+]
 
 Version = str
 """An opaque token naming one stored value of a key (a content hash, an ETag, a row version)."""
@@ -48,7 +63,7 @@ class SnapshotStore(Protocol):
         """Store an immutable blob; putting the same bytes again is a no-op."""
 
     def cas(self, key: str, data: bytes, expected: Version | None) -> Version:
-        """Replace the value if its version is ``expected`` (create if ``None``); else ``Conflict``."""
+        """Replace the value if its version is ``expected`` (create if None), else ``Conflict``."""
 
     def list(self, prefix: str) -> Iterator[str]:
         """Yield every key that starts with ``prefix``, in no particular order."""

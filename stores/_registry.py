@@ -1,4 +1,4 @@
-"""Choosing a store backend by URL: a lazy built-in table plus the ``pipeline.stores`` entry points."""
+"""Choosing a store backend by URL: a lazy built-in table plus ``pipeline.stores`` entry points."""
 
 from __future__ import annotations
 
@@ -12,11 +12,15 @@ from pipeline.errors import SpecError
 
 if TYPE_CHECKING:
     from pipeline.stores import SnapshotStore
+    from pipeline.stores._retry import RetryPolicy
 
 # scheme -> ("module:Class", extra to install when the import fails)
 _BUILTIN: dict[str, tuple[str, str | None]] = {
     "memory": ("pipeline.stores.memory:MemoryStore", None),
     "file": ("pipeline.stores.directory:DirectoryStore", None),
+    "s3": ("pipeline.stores.s3:S3Store", "s3"),
+    "postgresql": ("pipeline.stores.postgres:PostgresStore", "postgres"),
+    "postgres": ("pipeline.stores.postgres:PostgresStore", "postgres"),
 }
 
 
@@ -46,12 +50,27 @@ def _load_class(scheme: str) -> Any:
     raise SpecError(f"no snapshot store is registered for {scheme}:// (known: {known})")
 
 
-def open_store(url: str, *, base_dir: Path | None = None) -> SnapshotStore:
+def open_store(
+    url: str,
+    *,
+    base_dir: Path | None = None,
+    key: str | bytes | None = None,
+    retry: RetryPolicy | None = None,
+) -> SnapshotStore:
     """Open the store named by ``url``.
 
     A URL without a scheme is a directory path, relative to ``base_dir`` (the job file's folder)
     when it is not absolute.
+
+    Values are encrypted at rest when a key is configured: ``key`` (32 raw bytes, or hex /
+    base64 text), else ``PIPELINE_STORE_KEY`` / ``PIPELINE_STORE_KEY_FILE``. Without one, reading
+    a value that was written encrypted is a clear ``StoreError``. ``retry`` overrides the retry
+    policy of the built-in backends (default: ``RetryPolicy.from_env()``). See ``docs/stores.md``.
     """
+    # Imported here: the wrapper module needs nothing optional until a key is really used.
+    from pipeline.stores.encrypted import load_key, wrap
+
+    store_key = load_key(key)  # before connecting: a bad key fails fast, with no side effects
     scheme = urlsplit(url).scheme if "://" in url else "file"
     if scheme == "file":
         path = Path(url.removeprefix("file://")).expanduser()
@@ -59,4 +78,6 @@ def open_store(url: str, *, base_dir: Path | None = None) -> SnapshotStore:
             path = base_dir / path
         url = str(path)
     store_class = _load_class(scheme)
-    return store_class(url)
+    # Third-party backends take the URL alone; the retry policy goes only to those asked to.
+    store = store_class(url) if retry is None else store_class(url, retry=retry)
+    return wrap(store, store_key)

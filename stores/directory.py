@@ -1,9 +1,12 @@
 """The default store: a directory on the local filesystem (``.pipeline/`` next to the job file).
 
 Each key is a file below the root. Writes go to a temporary file that is fsynced and renamed
-into place, so a reader never sees half a value and a crash leaves either the old or the new
-value. ``cas`` serialises writers of one key with an ``flock`` on a sidecar lock file, which works
-across threads and processes on one machine; versions are content hashes.
+into place (and the directory fsynced), so a reader never sees half a value and a crash leaves
+either the old or the new value. ``cas`` serialises writers of one key with an ``flock`` on a
+sidecar lock file, which works across threads and processes on one machine (not across
+machines: use S3 or PostgreSQL for a store shared by several hosts); versions are content
+hashes. The store's own files (temporary files, lock files) start with ``.~``; no key segment
+may, and ``list`` never shows them.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from pathlib import Path
 import xxhash
 
 from pipeline.errors import Conflict, KeyNotFound, StoreError
-from pipeline.stores._keys import validate_key
+from pipeline.stores._base import BaseStore
+from pipeline.stores._retry import RetryPolicy
 
 _PRIVATE = ".~"  # prefix of the store's own temporary and lock files; never a key segment
 
@@ -27,37 +31,34 @@ def _version(data: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
-class DirectoryStore:
+class DirectoryStore(BaseStore):
     """A snapshot store in a local directory."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, url: str, *, retry: RetryPolicy | None = None) -> None:
+        super().__init__(url, retry=retry)
         self.root = Path(url)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create store directory {self.root}: {exc.strerror}") from exc
 
-    def _path(self, key: str) -> Path:
-        validate_key(key)
+    def _check(self, key: str) -> None:
+        super()._check(key)
         if any(seg.startswith(_PRIVATE) for seg in key.split("/")):
-            raise StoreError(f"invalid store key {key!r}: segments may not start with {_PRIVATE!r}")
-        return self.root / key
+            raise StoreError(f"{self.url}: invalid store key {key!r}: segments may not start with {_PRIVATE!r}")
 
-    def get(self, key: str) -> bytes:
-        return self.head(key)[0]
-
-    def head(self, key: str) -> tuple[bytes, str]:
-        path = self._path(key)
+    def _head(self, key: str) -> tuple[bytes, str]:
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+            data = (self.root / key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            # "a/b" where "a" is a file, or "a" where "a/b" exists: no object at that key.
             raise KeyNotFound(f"{self.url}: no object at {key!r}") from None
         except OSError as exc:
             raise StoreError(f"{self.url}: cannot read {key!r}: {exc.strerror}") from exc
         return data, _version(data)
 
-    def _write_atomically(self, path: Path, data: bytes) -> None:
+    def _write_atomically(self, key: str, data: bytes) -> None:
+        path = self.root / key
         tmp = path.with_name(f"{_PRIVATE}{path.name}.{uuid.uuid4().hex}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,13 +71,15 @@ class DirectoryStore:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise StoreError(f"{self.url}: cannot write {path.relative_to(self.root)}: {exc.strerror}") from exc
+            raise StoreError(f"{self.url}: cannot write {key!r}: {exc.strerror}") from exc
 
-    def put(self, key: str, data: bytes) -> None:
-        self._write_atomically(self._path(key), data)
+    def _put(self, key: str, data: bytes) -> None:
+        self._write_atomically(key, data)
 
-    def cas(self, key: str, data: bytes, expected: str | None) -> str:
-        path = self._path(key)
+    def _cas(self, key: str, data: bytes, expected: str | None) -> str:
+        path = self.root / key
+        # Lock files are never removed: unlinking one while another writer holds or waits on
+        # it would let a third writer lock a fresh inode and break mutual exclusion.
         lock_path = path.with_name(f"{_PRIVATE}{path.name}.lock")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,12 +94,12 @@ class DirectoryStore:
                 current = None
             if current != expected:
                 raise Conflict(f"{self.url}: {key!r} changed underneath (compare-and-swap lost)")
-            self._write_atomically(path, data)
+            self._write_atomically(key, data)
         finally:
             os.close(lock_fd)  # closing releases the flock
         return _version(data)
 
-    def list(self, prefix: str) -> Iterator[str]:
+    def _list(self, prefix: str) -> Iterator[str]:
         # Walk only the deepest directory the prefix names in full, not the whole store.
         head, _, _ = prefix.rpartition("/")
         start = self.root / head if head else self.root
@@ -112,17 +115,13 @@ class DirectoryStore:
                 if key.startswith(prefix):
                     yield key
 
-    def delete(self, key: str) -> None:
-        path = self._path(key)
+    def _delete(self, key: str) -> None:
         try:
-            path.unlink()
-        except FileNotFoundError:
+            (self.root / key).unlink()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             pass
         except OSError as exc:
             raise StoreError(f"{self.url}: cannot delete {key!r}: {exc.strerror}") from exc
-
-    def close(self) -> None:
-        pass
 
 
 def _fsync_dir(path: Path) -> None:

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from pipeline.connectors import FileSink
-from pipeline.stores import open_store
 from support import Interrupt, interrupt_at, make_echo_job
 
 from pipeline.cli import cli
+from pipeline.connectors import FileSink
 from pipeline.runner import run_session
 from pipeline.spec import load_job
+from pipeline.stores import open_store
 
 
 @pytest.fixture

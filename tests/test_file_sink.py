@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from pipeline.connectors import FileSink
 
+from pipeline.connectors import FileSink
 from pipeline.errors import SinkError
 
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from pipeline.stores import open_store
 from support import ECHO_JOB, Interrupt, echo_expected, interrupt_at, make_echo_job
 
 from pipeline.errors import GuestTimeout, SnapshotCorrupt
@@ -16,6 +15,8 @@ from pipeline.runner import run_session
 from pipeline.session import SessionStore, list_sessions
 from pipeline.snapshot import Manifest
 from pipeline.spec import load_job
+from pipeline.stores import open_store
+from pipeline.stores.directory import DirectoryStore
 from pipeline.testing import wat
 
 
@@ -145,3 +146,20 @@ def test_guest_failure_names_stage_and_input_and_a_rerun_resumes_from_the_last_g
     result = run_session(load_job(job))
     assert result.resumed_from == 1_310_720
     assert _published(tmp_path) == data
+
+
+def test_encrypted_store_damaged_head_falls_back_and_nothing_is_plaintext(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("PIPELINE_STORE_KEY", "ab" * 32)
+    job = make_echo_job(tmp_path)
+    with pytest.raises(Interrupt):
+        run_session(load_job(job), on_progress=interrupt_at(2_000_000))
+    raw = DirectoryStore(str(tmp_path / ".pipeline"))  # the bytes at rest, without the key
+    head = raw.get("sessions/echo/manifest")
+    assert b"in.bin" not in head and b"echo" not in head
+    raw.put("sessions/echo/manifest", head[:-1] + bytes([head[-1] ^ 1]))
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        run_session(load_job(job))
+    assert "sessions/echo/manifest" in caplog.text
+    assert _published(tmp_path) == echo_expected(tmp_path)

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-from pipeline.stores import open_store
 from support import ECHO_JOB, Interrupt, echo_expected, interrupt_at, make_echo_job
 
 from pipeline.errors import Conflict, ResumeMismatch, SpecError
@@ -14,6 +13,7 @@ from pipeline.runner import run_session
 from pipeline.session import SessionStore
 from pipeline.snapshot import Manifest
 from pipeline.spec import load_job
+from pipeline.stores import open_store
 from pipeline.testing import wat as wat_guests
 
 JOB = ECHO_JOB

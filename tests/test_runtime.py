@@ -47,7 +47,10 @@ def test_memory_bomb_hits_the_memory_limit() -> None:
 
 
 def test_trap_is_a_guest_trap() -> None:
-    with _guest(wat_guests.TRAP) as guest, pytest.raises(GuestTrap, match=r"stage 1 \(t.wasm\) at input bytes 0-3 \(pl_process\): trapped: "):
+    with (
+        _guest(wat_guests.TRAP) as guest,
+        pytest.raises(GuestTrap, match=r"stage 1 \(t.wasm\) at input bytes 0-3 \(pl_process\): trapped: "),
+    ):
         guest.feed(b"abc")
 
 

@@ -7,7 +7,6 @@ import gzip
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pipeline.stores.memory import MemoryStore
 
 from pipeline.errors import SnapshotCorrupt
 from pipeline.runtime import Guest, GuestModule
@@ -21,6 +20,7 @@ from pipeline.snapshot import (
     encode_blob,
     restore,
 )
+from pipeline.stores.memory import MemoryStore
 from pipeline.testing import wat as wat_guests
 
 PREFIX = "sessions/t/pages/"
