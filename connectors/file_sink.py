@@ -1,7 +1,7 @@
 """A local file written exactly once (DESIGN §6).
 
 Guarantee: **exactly-once.** Output goes to an in-progress file beside the target
-(``.NAME.SESSION.part``). At a checkpoint :meth:`FileSink.persist` flushes and fsyncs it and
+(``.NAME~SESSION.part``). At a checkpoint :meth:`FileSink.persist` flushes and fsyncs it and
 returns a handle holding its length; the snapshot points after the last byte in that length.
 After a crash :meth:`FileSink.recover` truncates the in-progress file back to the handle's
 length, dropping whatever was written after the checkpoint, so the bytes written again on
@@ -9,9 +9,12 @@ resume appear once. :meth:`FileSink.commit` renames the in-progress file onto th
 atomically: the target path never holds partial output. A commit repeated after it succeeded
 is a no-op.
 
-Fencing: the in-progress file is held under an exclusive ``flock`` for the life of the run, so
-a second run on the same session cannot write it while the first is alive; the kernel drops the
-lock when a process dies, even by SIGKILL.
+Fencing: a run holds an exclusive ``flock`` on ``.NAME~SESSION.lock`` from :meth:`acquire` to
+:meth:`close` — past the publish, until the run has recorded that it published — so a second run
+of the session can neither write the in-progress file nor resume a session whose first run is
+still finishing. The kernel drops the lock when a process dies, even by SIGKILL. The lock file
+is never renamed; it is unlinked by its holder at close, and a waiter that finds it unlinked or
+replaced after getting the lock simply locks the new one.
 """
 
 from __future__ import annotations
@@ -35,21 +38,25 @@ class FileSink:
         self.url = url
         self.session = session
         self.path = Path(url.removeprefix("file://"))
-        self.part = self.path.with_name(f".{self.path.name}.{session}.part")
+        # "~" cannot occur in a session id, so NAME~SESSION names one (target, session) pair.
+        self.part = self.path.with_name(f".{self.path.name}~{session}.part")
+        self.lock_path = self.path.with_name(f".{self.path.name}~{session}.lock")
         self.length = 0
+        self._lock_fd: int | None = None
         self._file: BinaryIO | None = None
 
+    # -- fencing --------------------------------------------------------------------------
     def acquire(self, *, wait: bool = False) -> None:
-        """Open the in-progress file under an exclusive lock.
-
-        If another run holds it, fail at once, or with ``wait`` block until that run ends.
-        """
+        """Take the session's lock on this output; fail at once, or with ``wait`` block, if held."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SinkError(f"sink {self.url}: cannot create {self.path.parent}: {exc.strerror}") from exc
         while True:
-            fd = self._open_part()
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise SinkError(f"sink {self.url}: cannot open {self.lock_path}: {exc.strerror}") from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -58,60 +65,57 @@ class FileSink:
                     f"session {self.session!r} is held by another run (it is writing {self.path})",
                     hint="pass --wait to wait for it, or stop that run first",
                 ) from None
-            if self._is_current(fd):
-                break
-            os.close(fd)  # published or removed while we waited for the lock: lock the new one
-        self._file = os.fdopen(fd, "r+b", buffering=_WRITE_BUFFER)
+            if _same_file(fd, self.lock_path):
+                self._lock_fd = fd
+                return
+            os.close(fd)  # its holder unlinked it while we waited: lock the current one
 
-    def _open_part(self) -> int:
+    def _check_held(self) -> None:
+        if self._lock_fd is None:
+            raise SinkError(f"sink {self.url}: used before acquire()")
+
+    # -- writing --------------------------------------------------------------------------
+    def _open_part(self, *, truncate: bool) -> BinaryIO:
+        self._check_held()
+        flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if truncate else 0)
         try:
-            return os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.part, flags, 0o644)
         except OSError as exc:
             raise SinkError(f"sink {self.url}: cannot open {self.part}: {exc.strerror}") from exc
-
-    def _is_current(self, fd: int) -> bool:
-        """Whether ``fd`` is still the file at the in-progress path (not renamed or unlinked)."""
-        try:
-            on_disk = os.stat(self.part)
-        except FileNotFoundError:
-            return False
-        held = os.fstat(fd)
-        return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
+        return os.fdopen(fd, "r+b", buffering=_WRITE_BUFFER)
 
     def start(self) -> None:
         """Begin a fresh session: an empty in-progress file."""
-        self._locked().truncate(0)
+        self._file = self._open_part(truncate=True)
         self.length = 0
 
     def recover(self, handle: dict[str, Any]) -> None:
         """Resume from a checkpoint's handle: drop every byte written after it."""
-        file = self._locked()
+        self._check_held()
         length = int(handle["length"])
+        if not self.part.exists() and self.path.exists() and self.path.stat().st_size == length:
+            self.length = length  # published before the crash; commit() has nothing left to do
+            return
+        file = self._open_part(truncate=False)
         actual = os.fstat(file.fileno()).st_size
-        if actual == 0 and length > 0 and self.path.exists() and self.path.stat().st_size == length:
-            # Published before the crash: the empty file is the one acquire() just created.
-            self.part.unlink()
-            self.close()
-        elif actual < length:
+        if actual < length:
+            file.close()
             raise SinkError(
                 f"sink {self.url}: in-progress file {self.part} has {actual} bytes, "
                 f"fewer than the {length} the checkpoint committed",
                 hint="it was changed or removed outside pipeline; rerun with --fresh",
             )
-        else:
-            file.truncate(length)
-            file.seek(length)
+        file.truncate(length)
+        file.seek(length)
+        self._file = file
         self.length = length
-
-    def _locked(self) -> BinaryIO:
-        if self._file is None:
-            raise SinkError(f"sink {self.url}: used before acquire()")
-        return self._file
 
     def write(self, data: memoryview | bytes) -> None:
         """Append bytes (a view of guest memory is written without copying it first)."""
+        if self._file is None:
+            raise SinkError(f"sink {self.url}: written before start() or recover()")
         try:
-            self._locked().write(data)
+            self._file.write(data)
         except OSError as exc:
             raise SinkError(f"sink {self.url}: write failed: {exc.strerror}") from exc
         self.length += len(data)
@@ -124,30 +128,48 @@ class FileSink:
                 os.fsync(self._file.fileno())
             except OSError as exc:
                 raise SinkError(f"sink {self.url}: cannot persist: {exc.strerror}") from exc
-        return {"part": str(self.part), "length": self.length}
+        return {"length": self.length}
 
     def commit(self) -> None:
         """Publish: atomically rename the in-progress file onto the target. Idempotent."""
-        if self._file is None or not self.part.exists():
-            return  # recover() found it already published, or this sink already committed
+        if self._file is None:
+            return  # recover() found it already published
         self.persist()
         try:
             os.replace(self.part, self.path)
             fsync_dir(self.path.parent)
         except OSError as exc:
             raise SinkError(f"sink {self.url}: cannot publish: {exc.strerror}") from exc
-        # The lock stays held (now on the published file) until close(): a waiting run must not
-        # get in before this run has marked the session complete.
+        self._close_file()
 
     def discard(self) -> None:
         """Remove the in-progress file: a run with nothing to write, or an output a job dropped."""
+        self._close_file()
         with contextlib.suppress(FileNotFoundError):
             self.part.unlink()
-        self.close()
 
-    def close(self) -> None:
-        """Close the file and release the lock; safe to call twice."""
+    # -- closing --------------------------------------------------------------------------
+    def _close_file(self) -> None:
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()
             self._file = None
+
+    def close(self) -> None:
+        """Close the file and release the lock (removing the lock file); safe to call twice."""
+        self._close_file()
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                self.lock_path.unlink()  # while still holding it: waiters re-check and retry
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``fd`` is still the file at ``path`` (not unlinked or replaced)."""
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)

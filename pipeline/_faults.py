@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import signal
 
+from pipeline.errors import SpecError
+
 ENV = "PIPELINE_TEST_KILL_AT"
 STEPS = ("sinks-persisted", "blobs-written", "manifest-committed", "released", "published")
 
@@ -26,8 +28,8 @@ class FaultPoints:
         self._step, self._remaining = None, 0
         if spec:
             step, _, nth = spec.partition(":")
-            if step not in STEPS:
-                raise ValueError(f"{ENV}: unknown step {step!r} (steps: {', '.join(STEPS)})")
+            if step not in STEPS or not (nth or "1").isdigit():
+                raise SpecError(f"{ENV}={spec!r}: expected STEP[:N] with STEP one of {', '.join(STEPS)}")
             self._step, self._remaining = step, int(nth or 1)
 
     def reached(self, step: str) -> None:

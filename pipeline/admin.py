@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from pipeline.connectors.file_sink import FileSink
+from pipeline.connectors.base import open_sink
 from pipeline.errors import KeyNotFound, SinkError, SnapshotCorrupt
 from pipeline.session import SessionStore, list_sessions
 from pipeline.snapshot import PAGE_SIZE, Manifest
@@ -94,11 +94,10 @@ def format_time(timestamp: float | None) -> str:
 @contextlib.contextmanager
 def holding(session: str, manifest: Manifest | None) -> Iterator[None]:
     """Hold the locks of a session's in-progress outputs: fails if a run is active."""
-    sinks = [FileSink(entry["url"], session) for entry in (manifest.sinks if manifest else [])]
+    sinks = [open_sink(entry["url"], session) for entry in (manifest.sinks if manifest else [])]
     try:
         for sink in sinks:
-            if sink.part.exists():
-                sink.acquire()
+            sink.acquire()
         yield
     finally:
         for sink in sinks:
@@ -117,7 +116,7 @@ def remove_session(store: SnapshotStore, session: str) -> None:
             raise KeyNotFound(f"{store.url}: no session {session!r}", hint="`pipeline sessions` lists them")
     with holding(session, manifest):
         for entry in manifest.sinks if manifest else []:
-            FileSink(entry["url"], session).discard()
+            open_sink(entry["url"], session).discard()
         state.delete_all()
 
 

@@ -34,7 +34,7 @@ def inspect_module(data: bytes, label: str) -> list[str]:
         module = wasmtime.Module(wasmtime.Engine(), data)
     except wasmtime.WasmtimeError as exc:
         raise GuestABIError(f"{label}: not a valid WebAssembly module: {str(exc).strip().splitlines()[0]}") from exc
-    problems = abi_problems(module)
+    problems = abi_problems(module, data)
     globals_ = defined_globals(data)
     exported = exported_global_indices(data)
     lines = [

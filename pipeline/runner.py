@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline._faults import FaultPoints
-from pipeline.connectors.file_sink import FileSink
-from pipeline.connectors.source import Source, describe_change
+from pipeline.connectors.base import Sink, open_sink
+from pipeline.connectors.source import Source, describe_change, is_verifiable
 from pipeline.errors import ResumeMismatch, SnapshotCorrupt, SpecError
 from pipeline.runtime import Guest, GuestModule
 from pipeline.session import SessionStore
@@ -99,9 +99,9 @@ class _Run:
         self.modules = [
             GuestModule.load(stage.guest, name=stage.label, fuel=stage.limits.fuel is not None) for stage in job.stages
         ]
-        self.sinks: dict[int, FileSink] = {PORT_MAIN: FileSink(job.sink.url, session)}
+        self.sinks: dict[int, Sink] = {PORT_MAIN: open_sink(job.sink.url, session)}
         if job.rejects:
-            self.sinks[PORT_REJECTS] = FileSink(job.rejects.url, session)
+            self.sinks[PORT_REJECTS] = open_sink(job.rejects.url, session)
         self.guests: list[Guest] = []
         self.pages = PageWriter(store, self.state.pages_prefix)
         self.manifest: Manifest | None = None
@@ -149,9 +149,11 @@ class _Run:
         since_checkpoint = 0
         source.open(self.offset)
         while True:
-            view = first.input_view()[:chunk]
+            area = first.input_view()
+            view = area[:chunk]
             n = source.readinto(view)
             view.release()
+            area.release()
             if n == 0:
                 break
             first.process(n)
@@ -174,6 +176,8 @@ class _Run:
         first_error: SnapshotCorrupt | None = None
         for candidate in self.state.candidates():
             manifest = candidate.manifest
+            if manifest.state == "starting":
+                return None  # the previous run died before it wrote anything: start again
             self._check_resumable(manifest, source)
             if manifest.state != "running":
                 return manifest
@@ -199,6 +203,12 @@ class _Run:
 
     def _check_resumable(self, manifest: Manifest, source: Source) -> None:
         hint = "rerun with --fresh to start this session over"
+        if manifest.state != "complete" and not is_verifiable(source.identity):
+            raise ResumeMismatch(
+                f"source {source.url} reports neither an ETag nor a modification time, so resuming "
+                f"session {self.session!r} could splice two different files",
+                hint=hint,
+            )
         if manifest.source["identity"] != source.identity:
             change = describe_change(manifest.source["identity"], source.identity)
             raise ResumeMismatch(
@@ -221,8 +231,8 @@ class _Run:
                 )
 
     def _already_complete(self, manifest: Manifest) -> RunResult:
-        for sink in self.sinks.values():
-            sink.discard()  # the empty in-progress file acquire() created
+        self.state.adopt(manifest)
+        self.state.sweep()  # whatever a crash right after the 'complete' commit left behind
         stats = manifest.stats
         return RunResult(
             session=self.session,
@@ -232,7 +242,7 @@ class _Run:
             records_in=stats.get("records_in"),
             records_out=stats.get("records_out"),
             records_rejected=stats.get("records_rejected"),
-            outputs={_PORT_NAMES[p]: str(s.path) for p, s in self.sinks.items()},
+            outputs={_PORT_NAMES[p]: s.url for p, s in self.sinks.items()},
         )
 
     def _new_guests(self) -> None:
@@ -243,25 +253,33 @@ class _Run:
 
     def _start_fresh(self, source: Source) -> None:
         old = self._old_head()
-        for sink in self.sinks.values():
-            sink.start()
-        if old:
-            ours = {str(s.part) for s in self.sinks.values()}
-            for entry in old.sinks:  # in-progress outputs the job no longer writes to
-                if entry["handle"]["part"] not in ours:
-                    FileSink(entry["url"], self.session).discard()
-        self._new_guests()
-        for guest, stage in zip(self.guests, self.job.stages, strict=True):
-            guest.start(json.dumps(stage.config).encode())
+        # Take the lease before touching any output: until this CAS the previous manifest, and
+        # the in-progress files it points into, stay intact. A "starting" head resumes as a
+        # fresh start.
         self.manifest = Manifest(
             session=self.session,
-            seq=old.seq if old else 0,
+            seq=(old.seq if old else 0) + 1,
             lease_epoch=(old.lease_epoch if old else 0) + 1,
             spec_sha256=self.spec_sha,
-            state="running",
+            state="starting",
             source={"url": source.url, "identity": source.identity, "offset": 0, "size": source.size},
             stats={"started_at": time.time()},
         )
+        self.state.commit(self.manifest)
+        self.state.adopt(self.manifest)
+        ours = {sink.url for sink in self.sinks.values()}
+        for entry in old.sinks if old else []:  # in-progress outputs the job no longer writes to
+            if entry["url"] not in ours:
+                dropped = open_sink(entry["url"], self.session)
+                dropped.acquire()
+                dropped.discard()
+                dropped.close()
+        for sink in self.sinks.values():
+            sink.start()
+        self._new_guests()
+        # Last stage first: a stage may emit from pl_init into the next, which must be ready.
+        for guest, stage in reversed(list(zip(self.guests, self.job.stages, strict=True))):
+            guest.start(json.dumps(stage.config).encode())
         self._checkpoint("running", counted=False)
 
     def _old_head(self) -> Manifest | None:
@@ -361,7 +379,7 @@ class _Run:
             records_rejected=stats.get("records_rejected"),
             seconds=seconds,
             checkpoints=self.checkpoints,
-            outputs={_PORT_NAMES[p]: str(s.path) for p, s in self.sinks.items()},
+            outputs={_PORT_NAMES[p]: s.url for p, s in self.sinks.items()},
         )
 
     def _close_guests(self) -> None:

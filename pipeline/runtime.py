@@ -20,6 +20,7 @@ import ctypes
 import functools
 import hashlib
 import logging
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,12 +37,14 @@ from pipeline.errors import (
     GuestTrap,
     SpecError,
 )
-from pipeline.wasm_binary import export_mutable_globals
+from pipeline.wasm_binary import defined_globals, export_mutable_globals
 
 ABI_VERSION = 1
 WASM_PAGE = 65536
 EPOCH_TICK_SECONDS = 0.01
 MiB = 1024 * 1024
+MAX_TABLE_ELEMENTS = 1_000_000  # tables live outside linear memory: cap them too
+MAX_TABLES = 4
 
 log = logging.getLogger("pipeline.guest")
 
@@ -63,6 +66,7 @@ _HOST_IMPORTS: dict[str, tuple[list[wasmtime.ValType], list[wasmtime.ValType]]] 
     "pl_fail": ([_I32, _I32], []),
     "pl_log": ([_I32, _I32, _I32], []),
 }
+_SNAPSHOT_TYPES = {"i32", "i64", "f32", "f64"}
 _LOG_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
 
 
@@ -92,13 +96,21 @@ class _Ticker:
             self._engine.increment_epoch()
 
 
-@functools.cache
+_ENGINE_LOCK = threading.Lock()
+
+
 def _engine(fuel: bool) -> wasmtime.Engine:
     """The process's engine for one sandbox flavour (fuel metering costs speed, so it's opt-in).
 
     Engines are thread-safe and cached, like compiled modules: a cache, not state a run
-    depends on.
+    depends on. The lock matters: a module compiled by one engine cannot run in another's store.
     """
+    with _ENGINE_LOCK:
+        return _new_engine(fuel)
+
+
+@functools.cache
+def _new_engine(fuel: bool) -> wasmtime.Engine:
     config = wasmtime.Config()
     config.epoch_interruption = True
     config.consume_fuel = fuel
@@ -152,7 +164,7 @@ def _compile(data: bytes, label: str, fuel: bool) -> GuestModule:
     except wasmtime.WasmtimeError as exc:
         first_line = str(exc).strip().splitlines()[0]
         raise GuestABIError(f"{label}: not a valid WebAssembly module: {first_line}") from exc
-    _check_abi(module, label)
+    _check_abi(module, label, data)
     return GuestModule(label, sha, module, fuel)
 
 
@@ -160,15 +172,19 @@ def _signature(ty: wasmtime.FuncType) -> tuple[list[str], list[str]]:
     return [str(p) for p in ty.params], [str(r) for r in ty.results]
 
 
-def _check_abi(module: wasmtime.Module, label: str) -> None:
-    problems = abi_problems(module)
+def _check_abi(module: wasmtime.Module, label: str, data: bytes) -> None:
+    problems = abi_problems(module, data)
     if problems:
         raise GuestABIError(f"{label} does not implement guest ABI v{ABI_VERSION}: " + "; ".join(problems))
 
 
-def abi_problems(module: wasmtime.Module) -> list[str]:
-    """Everything about a module's exports and imports that breaks guest ABI v1."""
-    problems: list[str] = []
+def abi_problems(module: wasmtime.Module, data: bytes) -> list[str]:
+    """Everything about a module (its exports, imports and globals) that breaks guest ABI v1."""
+    problems: list[str] = [
+        f"mutable global {g.index} is {g.valtype}; snapshots hold only i32, i64, f32 and f64 globals"
+        for g in defined_globals(data)
+        if g.mutable and g.valtype not in _SNAPSHOT_TYPES
+    ]
     exports = {e.name: e.type for e in module.exports}
     if not isinstance(exports.get("memory"), wasmtime.MemoryType):
         problems.append("no exported memory named 'memory'")
@@ -191,6 +207,15 @@ def abi_problems(module: wasmtime.Module) -> list[str]:
         ):
             problems.append(f"import pipeline.{imp.name} has the wrong signature")
     return problems
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def guest_text(raw: memoryview | bytes) -> str:
+    """Text from a guest, made safe for one terminal line: control characters escaped."""
+    text = bytes(raw).decode("utf-8", errors="replace")
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 @dataclass
@@ -228,8 +253,15 @@ class Guest:
         self._closed = False
 
         self._store = wasmtime.Store(_engine(module.fuel))
-        self._store.set_limits(memory_size=self.limits.memory)
+        self._store.set_limits(
+            memory_size=self.limits.memory,
+            table_elements=MAX_TABLE_ELEMENTS,
+            instances=1,
+            tables=MAX_TABLES,
+            memories=1,
+        )
         imports = [self._host_import(imp.name or "") for imp in module.module.imports]
+        self._arm()  # a start function runs during instantiation: it gets a deadline too
         try:
             self._instance = wasmtime.Instance(self._store, module.module, imports)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
@@ -277,24 +309,26 @@ class Guest:
         return 0
 
     def _import_pl_fail(self, caller: wasmtime.Caller, ptr: int, length: int) -> None:
-        self._failure = bytes(self._guest_view(caller, ptr, min(length, 4096), "pl_fail")).decode(
-            "utf-8", errors="replace"
-        )
+        self._failure = guest_text(self._guest_view(caller, ptr, min(length, 4096), "pl_fail"))
 
     def _import_pl_log(self, caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
-        text = bytes(self._guest_view(caller, ptr, min(length, 4096), "pl_log"))
-        log.log(_LOG_LEVELS.get(level, logging.INFO), "%s: %s", self.stage, text.decode("utf-8", "replace"))
+        text = guest_text(self._guest_view(caller, ptr, min(length, 4096), "pl_log"))
+        log.log(_LOG_LEVELS.get(level, logging.INFO), "%s: %s", self.stage, text)
 
     # -- calls ----------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError(f"guest {self.stage} is closed")
 
-    def _call(self, name: str, *args: int) -> Any:
-        self._check_open()
+    def _arm(self) -> None:
+        """Give the next guest call its deadline (and fuel)."""
         self._store.set_epoch_deadline(max(1, round(self.limits.call_timeout / EPOCH_TICK_SECONDS)))
         if self.module.fuel and self.limits.fuel is not None:
             self._store.set_fuel(self.limits.fuel)
+
+    def _call(self, name: str, *args: int) -> Any:
+        self._check_open()
+        self._arm()
         try:
             return self._funcs[name](self._store, *args)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
@@ -382,6 +416,7 @@ class Guest:
 
     def feed(self, data: memoryview | bytes) -> None:
         """Copy ``data`` into the input area piece by piece and process each piece."""
+        self._check_open()
         view = memoryview(data)
         for start in range(0, len(view), self._input_cap):
             piece = view[start : start + self._input_cap]
@@ -394,13 +429,13 @@ class Guest:
 
     def counters(self) -> tuple[int, int, int] | None:
         """``(records_in, records_out, records_rejected)`` if the guest exports ``pl_counters``."""
+        self._check_open()
         if "pl_counters" not in self._funcs:
             return None
-        ptr = self._call("pl_counters")
-        raw = self._memory.read(self._store, ptr, ptr + 24)
-        if len(raw) != 24:
+        ptr = self._call("pl_counters") & 0xFFFFFFFF  # an i32 that is really a u32 address
+        if ptr + 24 > self._memory.data_len(self._store):
             raise GuestABIError(f"{self.stage}: pl_counters returned an out-of-bounds pointer {ptr}")
-        values = memoryview(raw).cast("Q")
+        values = memoryview(self._memory.read(self._store, ptr, ptr + 24)).cast("Q")
         return values[0], values[1], values[2]
 
     # -- state ----------------------------------------------------------------------------
@@ -417,17 +452,21 @@ class Guest:
     def grow_to(self, pages: int) -> None:
         """Grow memory to ``pages`` (restoring a snapshot taken after the guest grew)."""
         current = self.memory_pages()
-        if pages > current and self._memory.grow(self._store, pages - current) < 0:
-            raise GuestMemoryLimit(
-                f"{self.stage}: cannot restore {pages * WASM_PAGE // MiB} MiB of memory "
-                f"under its {self.limits.memory // MiB} MiB limit",
-                hint="raise limits.memory for this stage",
-            )
+        if pages > current:
+            try:
+                self._memory.grow(self._store, pages - current)
+            except wasmtime.WasmtimeError as exc:
+                raise GuestMemoryLimit(
+                    f"{self.stage}: cannot restore {pages * WASM_PAGE / MiB:g} MiB of memory "
+                    f"under its {self.limits.memory / MiB:g} MiB limit",
+                    hint="raise limits.memory for this stage",
+                ) from exc
         if pages < current:
             raise GuestABIError(f"{self.stage}: snapshot has {pages} pages but a fresh instance already has {current}")
 
     def read_globals(self) -> list[GlobalState]:
-        """Every mutable global's value, floats as their raw bits so NaNs survive."""
+        """Every mutable global's value, floats as their raw bits."""
+        self._check_open()
         states = []
         for name, glob in self._globals.items():
             valtype = str(glob.type(self._store).content)
@@ -436,6 +475,7 @@ class Guest:
 
     def write_globals(self, states: list[GlobalState]) -> None:
         """Restore mutable globals captured by :meth:`read_globals`."""
+        self._check_open()
         for state in states:
             glob = self._globals.get(state.name)
             if glob is None:
@@ -467,9 +507,7 @@ def _to_bits(valtype: str, value: Any) -> int:
         return int.from_bytes(ctypes.c_float(value), "little")
     if valtype == "f64":
         return int.from_bytes(ctypes.c_double(value), "little")
-    if valtype in ("i32", "i64"):
-        return int(value)
-    raise GuestABIError(f"cannot snapshot a mutable {valtype} global")
+    return int(value)  # i32 / i64: other types are refused when the module loads
 
 
 def _from_bits(valtype: str, bits: int) -> int | float:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pipeline.errors import Conflict, KeyNotFound, SnapshotCorrupt
-from pipeline.snapshot import Manifest
+from pipeline.snapshot import Manifest, blob_key
 from pipeline.stores import SnapshotStore
 
 log = logging.getLogger("pipeline")
@@ -51,20 +51,12 @@ class SessionStore:
         self._window: deque[tuple[int, frozenset[str]]] = deque()
 
     def page_key(self, blob_id: str) -> str:
-        return f"{self.pages_prefix}{blob_id}"
+        return blob_key(self.pages_prefix, blob_id)
 
     def _history_key(self, seq: int) -> str:
         return f"{self.history_prefix}{seq:012d}"
 
     # -- reading --------------------------------------------------------------------------
-    def exists(self) -> bool:
-        """Whether the session has a head manifest (damaged or not)."""
-        try:
-            self.store.head(self.head_key)
-        except KeyNotFound:
-            return False
-        return True
-
     def candidates(self) -> Iterator[Candidate]:
         """Committed manifests, newest first: the head, then the kept copies older than it.
 
@@ -115,10 +107,12 @@ class SessionStore:
         self._window = deque(sorted((c.manifest.seq, frozenset(c.manifest.blob_ids())) for c in self.candidates()))
 
     def commit(self, manifest: Manifest) -> None:
-        """Write a copy, CAS the head (``Conflict`` = lease lost), then release old state."""
+        """CAS the head (``Conflict`` = the lease was lost), then keep a copy of it.
+
+        The copy is written only after the CAS wins, so a run that lost its lease never
+        overwrites the winner's copies. A crash between the two loses only a fallback.
+        """
         data = manifest.to_bytes()
-        if manifest.state != "complete":  # nothing resumes from a complete session
-            self.store.put(self._history_key(manifest.seq), data)
         try:
             self.version = self.store.cas(self.head_key, data, self.version)
         except Conflict:
@@ -126,6 +120,8 @@ class SessionStore:
                 f"session {self.session!r} is held by another run (its checkpoint moved underneath this one)",
                 hint="only one run per session may proceed; this run stopped without publishing",
             ) from None
+        if manifest.state != "complete":  # nothing resumes from a complete session
+            self.store.put(self._history_key(manifest.seq), data)
 
     def release(self, manifest: Manifest) -> None:
         """After a commit: forget manifests beyond the window and blobs only they referenced."""

@@ -149,6 +149,11 @@ class Manifest:
             raise SnapshotCorrupt(f"{key}: manifest is not valid: {exc}") from exc
 
 
+def blob_key(prefix: str, blob_id: str) -> str:
+    """The store key of a page blob under a session's pages prefix."""
+    return f"{prefix}{blob_id}"
+
+
 def _skipped_pages(guest: Guest) -> range:
     """Pages lying wholly inside the input area, whose contents the ABI does not preserve."""
     ptr, cap = guest.input_area
@@ -168,9 +173,6 @@ class PageWriter:
         self.bytes_written = 0
         self.blobs_written = 0
 
-    def key(self, blob_id: str) -> str:
-        return f"{self.prefix}{blob_id}"
-
     def capture(self, guest: Guest, name: str) -> StageState:
         """Snapshot one stage: hash every page, store the ones not already held."""
         memory = guest.memory_view()
@@ -186,7 +188,7 @@ class PageWriter:
                     continue
                 if blob_id not in self.known:
                     blob = encode_blob(page)
-                    self.store.put(self.key(blob_id), blob)
+                    self.store.put(blob_key(self.prefix, blob_id), blob)
                     self.known[blob_id] = len(blob)
                     self.bytes_written += len(blob)
                     self.blobs_written += 1
@@ -225,7 +227,7 @@ def restore(guest: Guest, state: StageState, store: SnapshotStore, prefix: str) 
             if blob_id is None:  # a zero page, or input area whose contents are undefined
                 memory[offset : offset + PAGE_SIZE] = _ZERO_PAGE
                 continue
-            key = f"{prefix}{blob_id}"
+            key = blob_key(prefix, blob_id)
             try:
                 blob = store.get(key)
             except KeyNotFound:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from pipeline.runtime import GuestLimits
 DEFAULT_STORE = ".pipeline"
 DEFAULT_CHECKPOINT_EVERY = 8 * 1024 * 1024
 DEFAULT_CHUNK_SIZE = 1024 * 1024
+MAX_CALL_TIMEOUT = 24 * 3600.0  # longer is "forever" for a chunk; also keeps the epoch count finite
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1}
@@ -93,25 +95,40 @@ class JobSpec:
 
 
 def parse_size(value: Any, where: str) -> int:
-    """``8MiB`` / ``512 KiB`` / ``1GB`` / ``1048576`` -> bytes."""
+    """``8MiB`` / ``512 KiB`` / ``1GB`` / ``1048576`` -> bytes (at least 1)."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     match = _SIZE.match(str(value)) if isinstance(value, str) else None
     unit = (match.group(2) or "").lower() if match else ""
-    if not match or unit not in _UNITS or float(match.group(1)) <= 0:
-        raise SpecError(f"{where}: expected a size like 8MiB, 512KiB or 1GiB, got {value!r}")
-    return int(float(match.group(1)) * _UNITS[unit])
+    size = int(float(match.group(1)) * _UNITS[unit]) if match and unit in _UNITS else 0
+    if size < 1:
+        raise SpecError(f"{where}: expected a size of at least 1 byte like 8MiB, 512KiB or 1GiB, got {value!r}")
+    return size
 
 
 def parse_duration(value: Any, where: str, *, allow_zero: bool = False) -> float:
-    """``5s`` / ``500ms`` / ``2m`` / ``1h`` / ``7d`` / ``10`` (seconds) -> seconds."""
-    floor = 0 if allow_zero else 1e-9
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= floor:
-        return float(value)
-    match = _DURATION.match(value) if isinstance(value, str) else None
-    if not match or float(match.group(1)) < floor:
-        raise SpecError(f"{where}: expected a duration like 5s, 500ms or 2m, got {value!r}")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    """``5s`` / ``500ms`` / ``2m`` / ``1h`` / ``7d`` / ``10`` (seconds) -> seconds (finite)."""
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds is None or not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        raise SpecError(f"{where}: expected a finite duration like 5s, 500ms or 2m, got {value!r}")
+    return seconds
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses duplicate keys instead of keeping the last one silently."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 class _Checker:
@@ -143,11 +160,20 @@ class _Checker:
         return value
 
     def url(self, value: Any, where: str) -> str:
+        """A URL as is, or a path (or ``file://`` URL) resolved against the job's folder."""
         text = self.string(value, where)
-        if "://" in text:
+        if "://" in text and not text.startswith("file://"):
             return text
-        path = Path(text).expanduser()
+        path = Path(text.removeprefix("file://")).expanduser()
         return str(path if path.is_absolute() else (self.path.parent / path).resolve())
+
+    def local_path(self, value: Any, where: str) -> str:
+        """An output location: a local path for now (remote sinks come with their connectors)."""
+        text = self.string(value, where)
+        if "://" in text and not text.startswith("file://"):
+            scheme = text.split("://", 1)[0]
+            raise self.fail(where, f"{scheme}:// outputs are not supported yet; use a local path")
+        return self.url(text, where)
 
     def wrap(self, where: str, parse: Any, value: Any) -> Any:
         try:
@@ -170,7 +196,7 @@ def load_job(path: str | Path) -> JobSpec:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: cannot read job file: {exc}") from exc
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -209,7 +235,14 @@ def parse_job(document: Any, path: Path) -> JobSpec:
 
     def output(key: str) -> OutputSpec:
         doc = check.mapping(top[key], key, required={"url"}, optional=set())
-        return OutputSpec(url=check.url(doc["url"], f"{key}.url"))
+        return OutputSpec(url=check.local_path(doc["url"], f"{key}.url"))
+
+    sink = output("sink")
+    rejects = output("rejects") if "rejects" in top else None
+    if sink.url == source.url or (rejects and rejects.url == source.url):
+        raise check.fail("sink" if sink.url == source.url else "rejects", "output would overwrite the source")
+    if rejects and rejects.url == sink.url:
+        raise check.fail("rejects.url", "is the same file as sink.url; give rejects its own file")
 
     checkpoint = check.mapping(top.get("checkpoint", {}), "checkpoint", required=set(), optional={"every"})
     store = top.get("store", DEFAULT_STORE)
@@ -218,8 +251,8 @@ def parse_job(document: Any, path: Path) -> JobSpec:
         name=name,
         source=source,
         stages=stages,
-        sink=output("sink"),
-        rejects=output("rejects") if "rejects" in top else None,
+        sink=sink,
+        rejects=rejects,
         store=check.string(store, "store"),
         checkpoint_every=check.wrap("checkpoint.every", parse_size, checkpoint.get("every", DEFAULT_CHECKPOINT_EVERY)),
     )
@@ -242,8 +275,11 @@ def _parse_stage(check: _Checker, doc: Any, where: str) -> StageSpec:
         raise check.fail(f"{where}.limits.fuel", f"expected a positive integer, got {fuel!r}")
     limits = GuestLimits(
         memory=check.wrap(f"{where}.limits.memory", parse_size, limits_doc.get("memory", defaults.memory)),
-        call_timeout=check.wrap(
-            f"{where}.limits.call_timeout", parse_duration, limits_doc.get("call_timeout", defaults.call_timeout)
+        call_timeout=min(
+            MAX_CALL_TIMEOUT,
+            check.wrap(
+                f"{where}.limits.call_timeout", parse_duration, limits_doc.get("call_timeout", defaults.call_timeout)
+            ),
         ),
         fuel=fuel,
     )

@@ -50,12 +50,15 @@ def test_spec_hash_ignores_checkpoint_interval_but_not_config(tmp_path: Path) ->
     [
         (GOOD.replace("sink:", "sinks:"), "top level: unknown key 'sinks' (did you mean 'sink'?)"),
         (GOOD.replace("name: csv-map\n", ""), "top level: missing required key 'name'"),
-        (GOOD.replace("every: 8MiB", "every: lots"), "checkpoint.every: expected a size like 8MiB"),
+        (GOOD.replace("every: 8MiB", "every: lots"), "checkpoint.every: expected a size of at least 1 byte like 8MiB"),
         (
             GOOD.replace("memory: 64MiB", "memroy: 64MiB"),
             "stages[0].limits: unknown key 'memroy' (did you mean 'memory'?)",
         ),
-        (GOOD.replace("call_timeout: 5s", "call_timeout: soon"), "stages[0].limits.call_timeout: expected a duration"),
+        (
+            GOOD.replace("call_timeout: 5s", "call_timeout: soon"),
+            "stages[0].limits.call_timeout: expected a finite duration",
+        ),
         (GOOD.replace("{url: out/mapped.csv}", "out/mapped.csv"), "sink: expected a mapping, got str"),
         (GOOD.replace("config: {select: [id]}", "config: [id]"), "stages[0].config: expected a mapping, got list"),
         (GOOD.replace("name: csv-map", "name: ../evil"), "name: '../evil' must be letters"),
