@@ -5,7 +5,8 @@ thread, in a subprocess or on a Dask worker (DESIGN §9). It keeps no process-gl
 
 The loop reads each chunk with ``readinto`` straight into the first guest's input area and
 calls ``pl_process``; output a guest emits on port 0 goes to the next stage's input area or,
-from the last stage, to the main sink; port 1 goes to the rejects sink.
+from the last stage, to the main sink; any other port goes to the job output its name routes to
+(``rejects``, or whatever a guest declares with ``pl_outputs``).
 
 A checkpoint is taken between chunks, when no guest call is active, in the commit order of
 DESIGN §4: sinks persist -> page blobs written -> manifest compare-and-swap -> blobs the new
@@ -25,7 +26,7 @@ from typing import Any
 from pipeline._faults import FaultPoints
 from pipeline.connectors.base import Sink, open_sink
 from pipeline.connectors.source import Source, describe_change, is_verifiable
-from pipeline.errors import ResumeMismatch, SnapshotCorrupt, SpecError
+from pipeline.errors import GuestABIError, ResumeMismatch, SnapshotCorrupt, SpecError
 from pipeline.runtime import Guest, GuestModule
 from pipeline.session import SessionStore
 from pipeline.snapshot import Manifest, PageWriter, restore
@@ -34,8 +35,8 @@ from pipeline.stores import SnapshotStore, open_store
 
 log = logging.getLogger("pipeline")
 
-PORT_MAIN, PORT_REJECTS = 0, 1
-_PORT_NAMES = {PORT_MAIN: "main", PORT_REJECTS: "rejects"}
+PORT_MAIN = 0
+MAIN = "main"
 
 ProgressCallback = Callable[[int, int | None], None]
 """Called after each chunk with (bytes of input done, total input size or None)."""
@@ -99,9 +100,9 @@ class _Run:
         self.modules = [
             GuestModule.load(stage.guest, name=stage.label, fuel=stage.limits.fuel is not None) for stage in job.stages
         ]
-        self.sinks: dict[int, Sink] = {PORT_MAIN: open_sink(job.sink.url, session)}
-        if job.rejects:
-            self.sinks[PORT_REJECTS] = open_sink(job.rejects.url, session)
+        self.sinks: dict[str, Sink] = {MAIN: open_sink(job.sink.url, session)}
+        self.sinks |= {name: open_sink(out.url, session) for name, out in job.outputs.items()}
+        self.routes = self._routes()
         self.guests: list[Guest] = []
         self.pages = PageWriter(store, self.state.pages_prefix)
         self.manifest: Manifest | None = None
@@ -242,8 +243,33 @@ class _Run:
             records_in=stats.get("records_in"),
             records_out=stats.get("records_out"),
             records_rejected=stats.get("records_rejected"),
-            outputs={_PORT_NAMES[p]: s.url for p, s in self.sinks.items()},
+            outputs={name: sink.url for name, sink in self.sinks.items()},
         )
+
+    def _routes(self) -> list[dict[int, str]]:
+        """Per stage, port -> job output name; every declared output routed, every output declared."""
+        routes: list[dict[int, str]] = []
+        declared: set[str] = set()
+        for index, module in enumerate(self.modules):
+            table: dict[int, str] = {}
+            for name, port in module.outputs.items():
+                declared.add(name)
+                if name in self.job.outputs:
+                    table[port] = name
+                elif module.declared:
+                    raise SpecError(
+                        f"{self.job.path}: stage {index + 1} ({module.name}) writes an output {name!r} "
+                        "that the job does not route",
+                        hint=f"add `outputs: {{{name}: {{url: ...}}}}` to the job",
+                    )
+            routes.append(table)
+        for name in self.job.outputs:
+            if name not in declared:
+                raise SpecError(
+                    f"{self.job.path}: outputs.{name}: no stage writes an output named {name!r} "
+                    f"(they write: {', '.join(sorted(declared)) or 'only main'})"
+                )
+        return routes
 
     def _new_guests(self) -> None:
         self.guests = [
@@ -298,27 +324,35 @@ class _Run:
         self.pages.remember(manifest)
         self.manifest = manifest
         self.offset = manifest.source["offset"]
-        handles = {entry["port"]: entry["handle"] for entry in manifest.sinks}
-        for port, sink in self.sinks.items():
-            sink.recover(handles[port])
+        handles = {entry["name"]: entry["handle"] for entry in manifest.sinks}
+        for name, sink in self.sinks.items():
+            sink.recover(handles[name])
 
     # -- output routing -------------------------------------------------------------------
     def _emitter(self, index: int) -> Callable[[int, memoryview], None]:
-        is_last = index == len(self.job.stages) - 1
+        next_stage = index + 1 if index + 1 < len(self.job.stages) else None
+        module = self.modules[index]
 
         def emit(port: int, data: memoryview) -> None:
-            if port == PORT_MAIN and not is_last:
-                self.guests[index + 1].feed(data)
+            if port == PORT_MAIN:
+                if next_stage is None:
+                    self.sinks[MAIN].write(data)
+                else:
+                    self.guests[next_stage].feed(data)
                 return
-            sink = self.sinks.get(port)
-            if sink is None:
-                name = _PORT_NAMES.get(port, f"port {port}")
-                raise SpecError(
-                    f"{self.job.path.name}: stage {index + 1} ({self.modules[index].name}) emitted to "
-                    f"its {name} output, which the job does not route anywhere",
-                    hint=f"add `{name}: {{url: ...}}` to the job" if port == PORT_REJECTS else None,
-                )
-            sink.write(data)
+            name = self.routes[index].get(port)
+            if name is not None:
+                self.sinks[name].write(data)
+                return
+            known = {p: n for n, p in module.outputs.items()}
+            if module.declared or port not in known:
+                stage = f"stage {index + 1} ({module.name})"
+                raise GuestABIError(f"{stage} wrote to port {port}, which it does not declare")
+            raise SpecError(
+                f"{self.job.path.name}: stage {index + 1} ({module.name}) emitted to its {known[port]} output, "
+                "which the job does not route anywhere",
+                hint=f"add `{known[port]}: {{url: ...}}` to the job",
+            )
 
         return emit
 
@@ -327,10 +361,7 @@ class _Run:
         """Commit a manifest: sinks persist -> page blobs -> manifest CAS -> release old blobs."""
         manifest = self.manifest
         assert manifest is not None
-        sinks = [
-            {"name": _PORT_NAMES[port], "port": port, "url": sink.url, "handle": sink.persist()}
-            for port, sink in self.sinks.items()
-        ]
+        sinks = [{"name": name, "url": sink.url, "handle": sink.persist()} for name, sink in self.sinks.items()]
         self.faults.reached("sinks-persisted")
         if state == "running":
             manifest.stages = [self.pages.capture(guest, guest.stage) for guest in self.guests]
@@ -379,7 +410,7 @@ class _Run:
             records_rejected=stats.get("records_rejected"),
             seconds=seconds,
             checkpoints=self.checkpoints,
-            outputs={_PORT_NAMES[p]: s.url for p, s in self.sinks.items()},
+            outputs={name: sink.url for name, sink in self.sinks.items()},
         )
 
     def _close_guests(self) -> None:

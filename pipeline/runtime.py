@@ -17,6 +17,7 @@ each time and never kept.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -60,7 +61,10 @@ _REQUIRED_EXPORTS: dict[str, tuple[list[wasmtime.ValType], list[wasmtime.ValType
     "pl_process": ([_I32], [_I32]),
     "pl_finish": ([], [_I32]),
 }
-_OPTIONAL_EXPORTS = {"pl_counters": ([], [_I32]), "_initialize": ([], [])}
+_OPTIONAL_EXPORTS = {"pl_counters": ([], [_I32]), "pl_outputs": ([], [_I32]), "_initialize": ([], [])}
+DEFAULT_OUTPUTS = {"rejects": 1}
+"""What a guest without ``pl_outputs`` may emit besides port 0 (main)."""
+_OUTPUT_LINE = re.compile(r"^([a-z][a-z0-9_-]{0,31})=([1-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])$")
 _HOST_IMPORTS: dict[str, tuple[list[wasmtime.ValType], list[wasmtime.ValType]]] = {
     "pl_emit": ([_I32, _I32, _I32], [_I32]),
     "pl_fail": ([_I32, _I32], []),
@@ -128,6 +132,10 @@ class GuestModule:
     sha256: str
     module: wasmtime.Module
     fuel: bool
+    outputs: dict[str, int]
+    """Named outputs the guest declares (``pl_outputs``), name -> port; port 0 is always main."""
+    declared: bool
+    """Whether the guest declares its outputs (then each must be routed) or uses the default."""
 
     @classmethod
     def load(
@@ -165,7 +173,16 @@ def _compile(data: bytes, label: str, fuel: bool) -> GuestModule:
         first_line = str(exc).strip().splitlines()[0]
         raise GuestABIError(f"{label}: not a valid WebAssembly module: {first_line}") from exc
     _check_abi(module, label, data)
-    return GuestModule(label, sha, module, fuel)
+    guest_module = GuestModule(label, sha, module, fuel, dict(DEFAULT_OUTPUTS), declared=False)
+    if any(e.name == "pl_outputs" for e in module.exports):
+        with Guest(guest_module, stage=label, on_emit=_refuse_emit) as probe:
+            outputs = probe.declared_outputs()
+        guest_module = dataclasses.replace(guest_module, outputs=outputs, declared=True)
+    return guest_module
+
+
+def _refuse_emit(port: int, view: memoryview) -> None:
+    raise GuestABIError(f"guest emitted to port {port} while the host only read its declarations")
 
 
 def _signature(ty: wasmtime.FuncType) -> tuple[list[str], list[str]]:
@@ -426,6 +443,26 @@ class Guest:
     def finish(self) -> None:
         """Signal end of stream: the guest flushes partial state and all buffered output."""
         self._call_status("pl_finish")
+
+    def declared_outputs(self) -> dict[str, int]:
+        """Parse ``pl_outputs``: NUL-terminated UTF-8 ``name=port`` lines, ports 1-255."""
+        ptr = self._call("pl_outputs") & 0xFFFFFFFF
+        memory = self.memory_view()
+        try:
+            end = bytes(memory[ptr : ptr + 4096]).find(b"\0") if ptr < len(memory) else -1
+            raw = bytes(memory[ptr : ptr + end]) if end >= 0 else None
+        finally:
+            memory.release()
+        if raw is None:
+            raise GuestABIError(f"{self.stage}: pl_outputs must point at a NUL-terminated text inside memory")
+        outputs: dict[str, int] = {}
+        for line in raw.decode("utf-8", "replace").split():
+            match = _OUTPUT_LINE.match(line)
+            if not match or match.group(1) in outputs or int(match.group(2)) in outputs.values():
+                shown = guest_text(line.encode())
+                raise GuestABIError(f"{self.stage}: pl_outputs line {shown!r} is not a new name=port (ports 1-255)")
+            outputs[match.group(1)] = int(match.group(2))
+        return outputs
 
     def counters(self) -> tuple[int, int, int] | None:
         """``(records_in, records_out, records_rejected)`` if the guest exports ``pl_counters``."""

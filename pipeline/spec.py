@@ -33,6 +33,7 @@ for _power, _letter in enumerate("kmgt", start=1):  # k/kb = 1000, ki/kib = 1024
     _UNITS |= {f"{_letter}i": 1024**_power, f"{_letter}ib": 1024**_power}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_OUTPUT_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -75,7 +76,8 @@ class JobSpec:
     source: SourceSpec
     stages: list[StageSpec]
     sink: OutputSpec
-    rejects: OutputSpec | None
+    outputs: dict[str, OutputSpec]
+    """Named guest outputs (``rejects``, ``summary``, ...) and where each goes."""
     store: str
     checkpoint_every: int
 
@@ -89,7 +91,7 @@ class JobSpec:
             "source": self.source.url,
             "stages": [{"guest": s.guest, "config": s.config} for s in self.stages],
             "sink": self.sink.url,
-            "rejects": self.rejects.url if self.rejects else None,
+            "outputs": {name: out.url for name, out in self.outputs.items()},
         }
         return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
@@ -212,7 +214,7 @@ def parse_job(document: Any, path: Path) -> JobSpec:
         document,
         "top level",
         required={"name", "source", "stages", "sink"},
-        optional={"rejects", "store", "checkpoint"},
+        optional={"rejects", "outputs", "store", "checkpoint"},
     )
     name = check.string(top["name"], "name")
     if not _SESSION_NAME.match(name):
@@ -233,16 +235,31 @@ def parse_job(document: Any, path: Path) -> JobSpec:
         raise check.fail("stages", "expected a non-empty list of stages")
     stages = [_parse_stage(check, doc, f"stages[{i}]") for i, doc in enumerate(stages_doc)]
 
-    def output(key: str) -> OutputSpec:
-        doc = check.mapping(top[key], key, required={"url"}, optional=set())
-        return OutputSpec(url=check.local_path(doc["url"], f"{key}.url"))
+    def output(doc: Any, where: str) -> OutputSpec:
+        doc = check.mapping(doc, where, required={"url"}, optional=set())
+        return OutputSpec(url=check.local_path(doc["url"], f"{where}.url"))
 
-    sink = output("sink")
-    rejects = output("rejects") if "rejects" in top else None
-    if sink.url == source.url or (rejects and rejects.url == source.url):
-        raise check.fail("sink" if sink.url == source.url else "rejects", "output would overwrite the source")
-    if rejects and rejects.url == sink.url:
-        raise check.fail("rejects.url", "is the same file as sink.url; give rejects its own file")
+    sink = output(top["sink"], "sink")
+    outputs_doc = top.get("outputs", {})
+    if not isinstance(outputs_doc, dict):
+        raise check.fail("outputs", f"expected a mapping of output names, got {_kind(outputs_doc)}")
+    outputs = {}
+    for name, doc in outputs_doc.items():
+        if not isinstance(name, str) or not _OUTPUT_NAME.match(name) or name == "main":
+            raise check.fail("outputs", f"{name!r} is not an output name (lowercase letters, digits, _ or -)")
+        outputs[name] = output(doc, f"outputs.{name}")
+    if "rejects" in top:
+        if "rejects" in outputs:
+            raise check.fail("rejects", "is also given as outputs.rejects; keep one")
+        outputs["rejects"] = output(top["rejects"], "rejects")
+    seen = {source.url: "source.url", sink.url: "sink.url"}
+    if sink.url == source.url:
+        raise check.fail("sink.url", "output would overwrite the source")
+    for name, out in outputs.items():
+        where = "rejects.url" if name == "rejects" and "rejects" in top else f"outputs.{name}.url"
+        if out.url in seen:
+            raise check.fail(where, f"is the same file as {seen[out.url]}; give each output its own file")
+        seen[out.url] = where
 
     checkpoint = check.mapping(top.get("checkpoint", {}), "checkpoint", required=set(), optional={"every"})
     store = top.get("store", DEFAULT_STORE)
@@ -252,7 +269,7 @@ def parse_job(document: Any, path: Path) -> JobSpec:
         source=source,
         stages=stages,
         sink=sink,
-        rejects=rejects,
+        outputs=outputs,
         store=check.string(store, "store"),
         checkpoint_every=check.wrap("checkpoint.every", parse_size, checkpoint.get("every", DEFAULT_CHECKPOINT_EVERY)),
     )

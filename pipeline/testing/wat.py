@@ -57,6 +57,22 @@ SLOW_ON_FF = f"""(module {_EMIT} {_ABI}
   (func (export "pl_finish") (result i32) i32.const 0))
 """
 
+# Declares one output, summary=2 (pl_outputs); echoes its input to main and, at the end,
+# emits the total byte count (8 bytes, little-endian) to "summary".
+WITH_SUMMARY = f"""(module {_EMIT} {_ABI}
+  (data (i32.const 32) "summary=2\\00")
+  (global $total (mut i64) (i64.const 0))
+  (func (export "pl_outputs") (result i32) i32.const 32)
+  (func (export "pl_process") (param $len i32) (result i32)
+    (global.set $total (i64.add (global.get $total) (i64.extend_i32_u (local.get $len))))
+    (drop (call $emit (i32.const 0) (i32.const 65536) (local.get $len)))
+    i32.const 0)
+  (func (export "pl_finish") (result i32)
+    (i64.store (i32.const 0) (global.get $total))
+    (drop (call $emit (i32.const 2) (i32.const 0) (i32.const 8)))
+    i32.const 0))
+"""
+
 SPIN = f"""(module {_ABI}
   (func (export "pl_process") (param i32) (result i32) (loop $forever (br $forever)) i32.const 0)
   (func (export "pl_finish") (result i32) i32.const 0))
