@@ -114,3 +114,39 @@ def test_csv_map_chunk_1mib(benchmark) -> None:  # type: ignore[no-untyped-def]
         guest.start(json.dumps(config).encode())
         benchmark(guest.feed, chunk)
     benchmark.extra_info["MB/s"] = MiB / 1e6 / benchmark.stats.stats.mean
+
+
+def test_cold_resume_new_process(benchmark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A new process resumes an interrupted session 256 KiB from its end and finishes it."""
+    import subprocess
+    import sys
+
+    from pipeline.runner import run_session
+    from pipeline.spec import load_job
+
+    class Stop(Exception):
+        pass
+
+    def stop_near_end(done: int, total: int | None) -> None:
+        if done >= 4 * MiB - 256 * 1024:
+            raise Stop
+
+    rounds = iter(range(10**6))
+
+    def setup() -> tuple[tuple[str, ...], dict[str, object]]:
+        work = tmp_path / f"run{next(rounds)}"
+        work.mkdir()
+        wat.write(wat.ECHO_SUM, work / "echo.wasm")
+        (work / "in.bin").write_bytes(bytes(4 * MiB))
+        (work / "job.yaml").write_text(
+            "name: echo\nsource: {url: in.bin}\nstages:\n  - guest: echo.wasm\n"
+            "sink: {url: out/echo.bin}\ncheckpoint: {every: 256KiB}\n"
+        )
+        with pytest.raises(Stop):
+            run_session(load_job(work / "job.yaml"), on_progress=stop_near_end)
+        return (str(work / "job.yaml"),), {}
+
+    def resume(job: str) -> None:
+        subprocess.run([sys.executable, "-m", "pipeline", "run", job, "--quiet"], check=True)
+
+    benchmark.pedantic(resume, setup=setup, rounds=5)
