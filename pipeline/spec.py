@@ -244,10 +244,10 @@ def parse_job(document: Any, path: Path) -> JobSpec:
     if not isinstance(outputs_doc, dict):
         raise check.fail("outputs", f"expected a mapping of output names, got {_kind(outputs_doc)}")
     outputs = {}
-    for name, doc in outputs_doc.items():
-        if not isinstance(name, str) or not _OUTPUT_NAME.match(name) or name == "main":
-            raise check.fail("outputs", f"{name!r} is not an output name (lowercase letters, digits, _ or -)")
-        outputs[name] = output(doc, f"outputs.{name}")
+    for output_name, doc in outputs_doc.items():
+        if not isinstance(output_name, str) or not _OUTPUT_NAME.match(output_name) or output_name == "main":
+            raise check.fail("outputs", f"{output_name!r} is not an output name (lowercase letters, digits, _ or -)")
+        outputs[output_name] = output(doc, f"outputs.{output_name}")
     if "rejects" in top:
         if "rejects" in outputs:
             raise check.fail("rejects", "is also given as outputs.rejects; keep one")
@@ -255,8 +255,8 @@ def parse_job(document: Any, path: Path) -> JobSpec:
     seen = {source.url: "source.url", sink.url: "sink.url"}
     if sink.url == source.url:
         raise check.fail("sink.url", "output would overwrite the source")
-    for name, out in outputs.items():
-        where = "rejects.url" if name == "rejects" and "rejects" in top else f"outputs.{name}.url"
+    for output_name, out in outputs.items():
+        where = "rejects.url" if output_name == "rejects" and "rejects" in top else f"outputs.{output_name}.url"
         if out.url in seen:
             raise check.fail(where, f"is the same file as {seen[out.url]}; give each output its own file")
         seen[out.url] = where

@@ -30,6 +30,8 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_good_job_resolves_relative_paths_against_the_job_folder(tmp_path: Path) -> None:
     job = load_job(_write(tmp_path, GOOD))
+    assert job.name == "csv-map"
+    assert set(job.outputs) == {"rejects"}
     assert job.source.url == str(tmp_path / "data" / "orders.csv")
     assert job.sink.url == str(tmp_path / "out" / "mapped.csv")
     assert job.stages[0].guest == "builtin:csv-map"
