@@ -1,0 +1,1616 @@
+/*
+ * pipeline_guest.h — C SDK for wasm-pipeline guests (guest ABI v1).
+ *
+ * Header-only. Include it in exactly one translation unit: a guest is one .c file built with
+ *
+ *   python -m ziglang cc -target wasm32-wasi -O2 -s -mexec-model=reactor -msimd128 \
+ *       -Wl,-z,stack-size=65536 -I guests/sdk -o x.wasm x.c
+ *
+ * What it gives a guest, section by section:
+ *   1. The ABI: host imports (pl_emit, pl_fail, pl_log) and, in section 4, the exports every
+ *      guest has (pl_abi_version, pl_input_buffer, pl_input_capacity, pl_counters, pl_init,
+ *      pl_process, pl_finish). The guest implements three hooks instead of the raw exports:
+ *
+ *          static int pl_guest_init(const uint8_t *config, size_t len);
+ *          static int pl_guest_process(const uint8_t *data, size_t len);
+ *          static int pl_guest_finish(void);
+ *
+ *      `config` and `data` point into the input area, whose contents are NOT preserved across
+ *      checkpoints: copy anything needed after the hook returns. pl_finish flushes every output
+ *      port after pl_guest_finish returns 0. The guest keeps pl_stats (the counters) current.
+ *   2. Allocation sizing and a growable byte buffer (pl_buf) for messages and scratch data.
+ *   3. Buffered output ports (pl_out): bytes are gathered in a PL_OUT_CAP buffer per port and
+ *      handed to the host only when a buffer is full and at the end of the stream.
+ *   4. The ABI exports.
+ *   5. UTF-8 byte order mark handling for the framers.
+ *   6. A line framer (pl_lines) for JSON Lines style input.
+ *   7. A CSV record framer (pl_csv) that reproduces Python's csv.reader (excel dialect,
+ *      strict=False, file opened with newline='') byte for byte, fed arbitrary chunks.
+ *   8. CSV field writing, ASCII/Latin-1 case mapping, decimal number parsing.
+ *   9. A small pull-style JSON reader for configuration objects.
+ *
+ * Error contract, everywhere in this SDK: a function returns 0 on success and non-zero on
+ * failure. The code that detects a failure calls pl_fail() exactly once with a message for the
+ * user; everything above it only propagates the non-zero status. Hooks return that status to the
+ * host unchanged.
+ *
+ * All state lives in linear memory (static data and malloc), so a memory snapshot taken between
+ * calls captures a guest completely.
+ */
+#ifndef PIPELINE_GUEST_H
+#define PIPELINE_GUEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __wasm_simd128__
+#include <wasm_simd128.h>
+#endif
+
+#define PL_API static inline __attribute__((unused))
+/* For functions off the hot path: keeping them out of line keeps the hot loops small, which
+ * matters to the JIT compiling the module (fewer live values, no register spills). */
+#define PL_COLD static __attribute__((unused, noinline))
+#define PL_EXPORT(name) __attribute__((export_name(name), visibility("default")))
+#define PL_IMPORT(name) __attribute__((import_module("pipeline"), import_name(name)))
+
+#define PL_ABI_VERSION 1
+
+/* Input area: 1 MiB, the host's default chunk size. */
+#ifndef PL_INPUT_CAP
+#define PL_INPUT_CAP (1u << 20)
+#endif
+/* Output buffer per port; flushed through pl_emit when full. */
+#ifndef PL_OUT_CAP
+#define PL_OUT_CAP (256u << 10)
+#endif
+/* Number of output ports the guest uses (0 main, 1 rejects, 2.. named outputs). */
+#ifndef PL_OUTPUT_PORTS
+#define PL_OUTPUT_PORTS 2
+#endif
+
+/* Log levels for pl_log. */
+enum { PL_LOG_DEBUG = 0, PL_LOG_INFO = 1, PL_LOG_WARN = 2, PL_LOG_ERROR = 3 };
+
+/* ------------------------------------------------------------------------------------------ */
+/* 1. ABI                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Hands `len` bytes at `ptr` to output `port`. Non-zero: the host refused them. */
+PL_IMPORT("pl_emit") int32_t pl_emit(int32_t port, const void *ptr, int32_t len);
+/* Sets the error message of the current call (the call then returns non-zero). */
+PL_IMPORT("pl_fail") void pl_fail(const void *ptr, int32_t len);
+/* One log line at `level` (PL_LOG_*). */
+PL_IMPORT("pl_log") void pl_log(int32_t level, const void *ptr, int32_t len);
+
+/* The guest's hooks (see the top of this file). */
+static int pl_guest_init(const uint8_t *config, size_t len);
+static int pl_guest_process(const uint8_t *data, size_t len);
+static int pl_guest_finish(void);
+
+/* Record counters read by the host through pl_counters(); the guest keeps them current. */
+typedef struct pl_counters_t {
+    uint64_t records_in;       /* data records read (not headers, not blank lines) */
+    uint64_t records_out;      /* records written to the main output */
+    uint64_t records_rejected; /* records written to the rejects output */
+} pl_counters_t;
+
+static pl_counters_t pl_stats;
+/* Bytes readable past the end of any span the SDK hands out, so that short copies can move
+ * whole 16-byte blocks (see pl_copy_over). */
+#define PL_PAD 16u
+static uint8_t pl__input[PL_INPUT_CAP + PL_PAD] __attribute__((aligned(16)));
+/* An empty span with PL_PAD readable bytes. */
+static const uint8_t pl__empty[PL_PAD];
+
+/* Reports `s` (NUL-terminated) as the error of the current call; returns -1 for chaining. */
+PL_API int pl_fail_str(const char *s) {
+    pl_fail(s, (int32_t)strlen(s));
+    return -1;
+}
+
+/* Logs the NUL-terminated string `s` at `level`. */
+PL_API void pl_log_str(int32_t level, const char *s) { pl_log(level, s, (int32_t)strlen(s)); }
+
+/* ------------------------------------------------------------------------------------------ */
+/* 2. Allocation sizes and pl_buf, a growable byte buffer                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * Allocation sizes. malloc (zig's libc for wasm32) adds a 16-byte header and a 4-byte free-list
+ * link to each block and serves blocks in power-of-two sizes (64 KiB pages and up for large
+ * ones), keeping freed blocks for reuse at the same size. A buffer grown by realloc should ask for
+ * 2^k - PL_MALLOC_HEADER bytes: a few bytes more take a block twice as large.
+ */
+#define PL_MALLOC_HEADER 32u
+
+/* The allocation size to grow a buffer of `current` bytes to when it must hold `need`: more than
+ * 1.5 x `current` (amortised growth), of the form 2^k - PL_MALLOC_HEADER; 0 if too large. */
+PL_COLD size_t pl_grow_size(size_t current, size_t need) {
+    size_t size = 256;
+    while (size - PL_MALLOC_HEADER < need || size - PL_MALLOC_HEADER < current + current / 2) {
+        if (size > SIZE_MAX / 2) return 0;
+        size *= 2;
+    }
+    return size - PL_MALLOC_HEADER;
+}
+
+/*
+ * A malloc-backed byte buffer. Appends never fail visibly: on allocation failure the buffer
+ * sets `oom` and ignores further appends; check `oom` once at the end. Zero-initialise
+ * (pl_buf b = {0};) to start; pl_buf_free releases it.
+ */
+typedef struct pl_buf {
+    uint8_t *data;
+    size_t len;
+    size_t cap;
+    bool oom;
+} pl_buf;
+
+/* Makes room for `extra` more bytes; false (and `oom` set) if memory ran out. */
+PL_COLD bool pl__buf_grow(pl_buf *b, size_t extra) {
+    size_t cap = extra > SIZE_MAX / 2 - b->len ? 0 : pl_grow_size(b->cap, b->len + extra);
+    uint8_t *d = cap ? (uint8_t *)realloc(b->data, cap) : NULL;
+    if (!d) {
+        b->oom = true;
+        return false;
+    }
+    b->data = d;
+    b->cap = cap;
+    return true;
+}
+
+PL_API bool pl_buf_reserve(pl_buf *b, size_t extra) {
+    if (b->oom) return false;
+    return extra <= b->cap - b->len || pl__buf_grow(b, extra);
+}
+
+PL_API void pl_buf_put(pl_buf *b, const void *p, size_t n) {
+    if (n && pl_buf_reserve(b, n)) {
+        memcpy(b->data + b->len, p, n);
+        b->len += n;
+    }
+}
+
+PL_API void pl_buf_putc(pl_buf *b, uint8_t c) {
+    if (pl_buf_reserve(b, 1)) b->data[b->len++] = c;
+}
+
+PL_API void pl_buf_puts(pl_buf *b, const char *s) { pl_buf_put(b, s, strlen(s)); }
+
+/* Appends `v` in decimal. */
+PL_API void pl_buf_put_u64(pl_buf *b, uint64_t v) {
+    char tmp[20];
+    size_t i = sizeof tmp;
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    pl_buf_put(b, tmp + i, sizeof tmp - i);
+}
+
+PL_API void pl_buf_free(pl_buf *b) {
+    free(b->data);
+    *b = (pl_buf){0};
+}
+
+/* Reports the buffer's contents through pl_fail (or "out of memory" if building it failed),
+ * frees the buffer and returns -1. */
+PL_API int pl_fail_buf(pl_buf *b) {
+    if (b->oom)
+        pl_fail_str("out of memory");
+    else
+        pl_fail(b->data, (int32_t)b->len);
+    pl_buf_free(b);
+    return -1;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* 3. Output ports                                                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * A buffered output port. Write with pl_out_write/pl_out_putc, or reserve space and write
+ * directly:
+ *
+ *     uint8_t *d = pl_out_reserve(o, n);   // n <= PL_OUT_CAP; flushes if needed
+ *     if (!d) return -1;
+ *     ... write at most n bytes at d ...
+ *     o->len += written;
+ *
+ * The buffer has PL_OUT_SLACK spare bytes past PL_OUT_CAP: after pl_out_reserve(o, n), code may
+ * scribble up to PL_OUT_SLACK bytes beyond the n reserved ones (pl_copy_over, pl_case_map_padded
+ * do); only what o->len covers is output. A port's number is its index: use pl_port(n).
+ */
+#define PL_OUT_SLACK 32u
+typedef struct pl_out {
+    uint32_t len;
+    uint8_t buf[PL_OUT_CAP + PL_OUT_SLACK] __attribute__((aligned(16)));
+} pl_out;
+
+static pl_out pl__ports[PL_OUTPUT_PORTS];
+
+/* The output port number `port` (0 main, 1 rejects, ...). */
+#define pl_port(port) (&pl__ports[(port)])
+
+PL_COLD int pl__emit(int32_t port, const void *p, size_t n) {
+    if (pl_emit(port, p, (int32_t)n) == 0) return 0;
+    pl_buf m = {0};
+    pl_buf_puts(&m, "the host refused output on port ");
+    pl_buf_put_u64(&m, (uint64_t)port);
+    return pl_fail_buf(&m);
+}
+
+/* Hands the buffered bytes of `o` to the host. */
+PL_COLD int pl_out_flush(pl_out *o) {
+    if (!o->len) return 0;
+    uint32_t n = o->len;
+    o->len = 0;
+    return pl__emit((int32_t)(o - pl__ports), o->buf, n);
+}
+
+/* Flushes every port; pl_finish calls this after pl_guest_finish. */
+PL_API int pl_out_flush_all(void) {
+    for (int i = 0; i < PL_OUTPUT_PORTS; i++)
+        if (pl_out_flush(&pl__ports[i])) return -1;
+    return 0;
+}
+
+/* Returns a pointer to `n` (<= PL_OUT_CAP) contiguous free bytes, flushing first if fewer are
+ * free; NULL if the flush failed. Advance o->len by what was written. */
+PL_API uint8_t *pl_out_reserve(pl_out *o, size_t n) {
+    if (n > PL_OUT_CAP - o->len && pl_out_flush(o)) return NULL;
+    return o->buf + o->len;
+}
+
+/*
+ * Copies n bytes; tuned for the short spans of CSV fields (one or two unaligned loads and
+ * stores per copy, no library call below 64 bytes). Never reads or writes outside
+ * [src, src+n) and [dst, dst+n).
+ */
+PL_API void pl_copy(uint8_t *dst, const uint8_t *src, size_t n) {
+    if (n <= 16) {
+        if (n >= 8) {
+            uint64_t a, b;
+            memcpy(&a, src, 8);
+            memcpy(&b, src + n - 8, 8);
+            memcpy(dst, &a, 8);
+            memcpy(dst + n - 8, &b, 8);
+        } else if (n >= 4) {
+            uint32_t a, b;
+            memcpy(&a, src, 4);
+            memcpy(&b, src + n - 4, 4);
+            memcpy(dst, &a, 4);
+            memcpy(dst + n - 4, &b, 4);
+        } else if (n) {
+            uint8_t a = src[0], b = src[n / 2], c = src[n - 1];
+            dst[0] = a;
+            dst[n / 2] = b;
+            dst[n - 1] = c;
+        }
+        return;
+    }
+#ifdef __wasm_simd128__
+    if (n <= 64) {
+        /* 17..64 bytes: 16-byte blocks from the front, then one (overlapping) last block. */
+        v128_t last = wasm_v128_load(src + n - 16);
+        for (size_t i = 0; i + 16 < n; i += 16) wasm_v128_store(dst + i, wasm_v128_load(src + i));
+        wasm_v128_store(dst + n - 16, last);
+        return;
+    }
+#endif
+    memcpy(dst, src, n);
+}
+
+/*
+ * Copies n bytes from src to dst in whole 16-byte blocks: fast for short spans of varying
+ * length, but it reads up to 15 bytes past src+n (so src must have PL_PAD readable bytes after
+ * it, as every span from the input area and the CSV framer has) and writes up to 15 bytes past
+ * dst+n (which the caller owns, e.g. PL_OUT_SLACK).
+ */
+PL_API void pl_copy_over(uint8_t *dst, const uint8_t *src, size_t n) {
+#ifdef __wasm_simd128__
+    wasm_v128_store(dst, wasm_v128_load(src));
+    if (n <= 16) return;
+#pragma clang loop unroll(disable)
+    for (size_t i = 16; i < n; i += 16) wasm_v128_store(dst + i, wasm_v128_load(src + i));
+#else
+    memcpy(dst, src, n);
+#endif
+}
+
+PL_COLD int pl__out_write_slow(pl_out *o, const uint8_t *p, size_t n) {
+    if (pl_out_flush(o)) return -1;
+    if (n >= PL_OUT_CAP) return pl__emit((int32_t)(o - pl__ports), p, n);
+    memcpy(o->buf, p, n);
+    o->len = (uint32_t)n;
+    return 0;
+}
+
+/* Appends n bytes to the port. Blocks larger than the buffer go to the host directly. */
+PL_API int pl_out_write(pl_out *o, const void *p, size_t n) {
+    if (n <= PL_OUT_CAP - o->len) {
+        pl_copy(o->buf + o->len, (const uint8_t *)p, n);
+        o->len += (uint32_t)n;
+        return 0;
+    }
+    return pl__out_write_slow(o, (const uint8_t *)p, n);
+}
+
+PL_API int pl_out_putc(pl_out *o, uint8_t c) {
+    if (o->len == PL_OUT_CAP && pl_out_flush(o)) return -1;
+    o->buf[o->len++] = c;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* 4. ABI exports                                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+PL_EXPORT("pl_abi_version") int32_t pl_abi_version(void) { return PL_ABI_VERSION; }
+PL_EXPORT("pl_input_buffer") int32_t pl_input_buffer(void) { return (int32_t)(uintptr_t)pl__input; }
+PL_EXPORT("pl_input_capacity") int32_t pl_input_capacity(void) { return (int32_t)PL_INPUT_CAP; }
+PL_EXPORT("pl_counters") int32_t pl_counters(void) { return (int32_t)(uintptr_t)&pl_stats; }
+
+/* A guest with named outputs besides main and rejects defines PL_OUTPUTS before including this
+ * header, as "name=port" lines (ports 1-255), e.g. "rejects=1\nerrors=2", and sets
+ * PL_OUTPUT_PORTS to the highest port + 1. Without it the host assumes "rejects=1". */
+#ifdef PL_OUTPUTS
+PL_EXPORT("pl_outputs") int32_t pl_outputs(void) { return (int32_t)(uintptr_t)PL_OUTPUTS; }
+#endif
+
+PL_COLD int pl__check_len(const char *what, int32_t len) {
+    if (len >= 0 && (uint32_t)len <= PL_INPUT_CAP) return 0;
+    pl_buf m = {0};
+    pl_buf_puts(&m, what);
+    pl_buf_puts(&m, ": length ");
+    if (len < 0) {
+        pl_buf_putc(&m, '-');
+        pl_buf_put_u64(&m, (uint64_t)(-(int64_t)len));
+    } else {
+        pl_buf_put_u64(&m, (uint64_t)len);
+    }
+    pl_buf_puts(&m, " is outside the input area (capacity ");
+    pl_buf_put_u64(&m, PL_INPUT_CAP);
+    pl_buf_puts(&m, ")");
+    return pl_fail_buf(&m);
+}
+
+PL_EXPORT("pl_init") int32_t pl_init(int32_t len) {
+    if (pl__check_len("pl_init", len)) return 1;
+    return pl_guest_init(pl__input, (size_t)len) ? 1 : 0;
+}
+
+PL_EXPORT("pl_process") int32_t pl_process(int32_t len) {
+    if (pl__check_len("pl_process", len)) return 1;
+    return pl_guest_process(pl__input, (size_t)len) ? 1 : 0;
+}
+
+PL_EXPORT("pl_finish") int32_t pl_finish(void) {
+    if (pl_guest_finish()) return 1;
+    return pl_out_flush_all() ? 1 : 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* 5. UTF-8 byte order mark at stream start (shared by the framers)                            */
+/* ------------------------------------------------------------------------------------------ */
+
+static const uint8_t pl__bom_bytes[3] = {0xEF, 0xBB, 0xBF};
+
+/*
+ * Strips a UTF-8 BOM from the start of a stream that arrives in arbitrary chunks.
+ * `*state` is the number of BOM bytes matched so far (0..2) or 3 once detection is over.
+ * Returns how many leading bytes of `d` were consumed as BOM. If the bytes matched so far turn
+ * out not to be a BOM, `*replay` is set to their count: the caller must process
+ * pl__bom_bytes[0..*replay) as data before the rest of `d`.
+ */
+PL_API size_t pl__bom_skip(uint8_t *state, const uint8_t *d, size_t n, size_t *replay) {
+    size_t i = 0;
+    *replay = 0;
+    while (*state < 3 && i < n) {
+        if (d[i] == pl__bom_bytes[*state]) {
+            ++*state;
+            ++i;
+        } else {
+            *replay = *state;
+            *state = 3;
+        }
+    }
+    return i;
+}
+
+/* End-of-stream counterpart: how many matched bytes of an incomplete BOM are data. */
+PL_API size_t pl__bom_end(uint8_t *state) {
+    size_t replay = *state < 3 ? *state : 0;
+    *state = 3;
+    return replay;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* 6. Line framer                                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * Splits a byte stream into lines at '\n'. A '\r' right before the '\n' is dropped (CRLF files);
+ * a lone '\r' is ordinary data. A UTF-8 BOM at stream start is stripped. Every line is
+ * delivered, empty ones included; a last line without '\n' is delivered by pl_lines_finish
+ * (unless it is empty).
+ *
+ * The callback gets the line without its terminator and its 1-based line number. `line` may
+ * point into the chunk being fed or into the framer's own buffer: it is valid only during the
+ * callback (and, unlike CSV fields, has no PL_PAD guarantee). A non-zero return stops the
+ * framer, which returns that status.
+ *
+ * Lines split across chunks are copied into the framer's buffer, so the input area may be
+ * reused between feeds. A line longer than max_line_bytes (default 64 MiB) fails the call.
+ */
+typedef int (*pl_line_fn)(void *ctx, const uint8_t *line, size_t len, uint64_t line_no);
+
+typedef struct pl_lines {
+    pl_line_fn on_line;
+    void *ctx;
+    uint64_t max_line_bytes;
+    uint64_t line_no; /* number of the next line (1-based) */
+    pl_buf partial;   /* a line whose end has not been seen yet */
+    uint8_t bom;
+} pl_lines;
+
+PL_API void pl_lines_init(pl_lines *l, pl_line_fn fn, void *ctx) {
+    *l = (pl_lines){.on_line = fn, .ctx = ctx, .max_line_bytes = 64u << 20, .line_no = 1};
+}
+
+PL_COLD int pl__lines_too_long(pl_lines *l) {
+    pl_buf m = {0};
+    pl_buf_puts(&m, "line ");
+    pl_buf_put_u64(&m, l->line_no);
+    pl_buf_puts(&m, ": line exceeds max_line_bytes (");
+    pl_buf_put_u64(&m, l->max_line_bytes);
+    pl_buf_puts(&m, "); raise max_line_bytes in the stage config");
+    return pl_fail_buf(&m);
+}
+
+PL_API int pl__lines_deliver(pl_lines *l, const uint8_t *p, size_t n) {
+    if (n && p[n - 1] == '\r') n--;
+    if (n > l->max_line_bytes) return pl__lines_too_long(l);
+    int r = l->on_line(l->ctx, p, n, l->line_no);
+    l->line_no++;
+    return r;
+}
+
+PL_API int pl__lines_scan(pl_lines *l, const uint8_t *d, size_t n) {
+    const uint8_t *end = d + n;
+    while (d < end) {
+        const uint8_t *nl = (const uint8_t *)memchr(d, '\n', (size_t)(end - d));
+        if (!nl) break;
+        int r;
+        if (l->partial.len) {
+            pl_buf_put(&l->partial, d, (size_t)(nl - d));
+            if (l->partial.oom) return pl_fail_str("out of memory");
+            r = pl__lines_deliver(l, l->partial.data, l->partial.len);
+            l->partial.len = 0;
+        } else {
+            r = pl__lines_deliver(l, d, (size_t)(nl - d));
+        }
+        if (r) return r;
+        d = nl + 1;
+    }
+    if (d < end) {
+        /* +1: the part held may still end with the '\r' of a CRLF split across chunks. */
+        if (l->partial.len + (uint64_t)(end - d) > l->max_line_bytes + 1) return pl__lines_too_long(l);
+        pl_buf_put(&l->partial, d, (size_t)(end - d));
+        if (l->partial.oom) return pl_fail_str("out of memory");
+    }
+    return 0;
+}
+
+/* Feeds the next `n` bytes of the stream. */
+PL_API int pl_lines_feed(pl_lines *l, const uint8_t *d, size_t n) {
+    if (l->bom < 3) {
+        size_t replay, used = pl__bom_skip(&l->bom, d, n, &replay);
+        if (replay && pl__lines_scan(l, pl__bom_bytes, replay)) return -1;
+        d += used;
+        n -= used;
+    }
+    return pl__lines_scan(l, d, n);
+}
+
+/* Ends the stream: delivers a last line that has no '\n'. */
+PL_API int pl_lines_finish(pl_lines *l) {
+    size_t replay = pl__bom_end(&l->bom);
+    if (replay && pl__lines_scan(l, pl__bom_bytes, replay)) return -1;
+    if (!l->partial.len) return 0;
+    int r = pl__lines_deliver(l, l->partial.data, l->partial.len);
+    l->partial.len = 0;
+    return r;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* 7. CSV record framer                                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * pl_csv turns a byte stream fed in arbitrary chunks into CSV records, exactly as Python's
+ *
+ *     csv.reader(open(path, encoding="utf-8-sig", newline=""))      # excel dialect, strict=False
+ *
+ * would read them, but on bytes (no UTF-8 validation; NUL is an ordinary byte):
+ *   - fields are separated by ','; records end at CRLF, LF or a lone CR outside quotes, or at
+ *     the end of the stream;
+ *   - a field that starts with '"' is quoted: ',', CR and LF inside it are data, '""' is one '"';
+ *   - a '"' inside an unquoted field is data (x"y -> x"y);
+ *   - bytes after a closing quote are appended to the field ("ab"c -> abc), and a '"' among them
+ *     is data;
+ *   - the end of the stream inside an open quoted field ends the field ("abc<EOF> -> abc);
+ *   - a blank line (a line break at the start of a record) is not a record: it is skipped;
+ *   - a UTF-8 BOM at the start of the stream is stripped.
+ *
+ * Each complete record is handed to the callback as an array of fields. A field is a byte span
+ * holding its decoded value (quotes removed, doubled quotes undoubled). Spans point into the
+ * chunk being fed when possible and into the framer's own arena otherwise (records split across
+ * chunks, fields with doubled quotes or bytes after the closing quote): either way they are valid
+ * only during the callback. A record still open when a feed returns is copied into the arena,
+ * so the caller may overwrite its input between feeds.
+ *
+ * `line` is the 1-based physical line where the record starts: CRLF, LF and a lone CR each end a
+ * line, including those inside quoted fields and blank lines.
+ *
+ * A record whose raw bytes (terminator excluded) exceed max_record_bytes (default 64 MiB) fails
+ * the feed; so does running out of memory.
+ */
+
+/* The field was quoted in the input. */
+#define PL_FIELD_QUOTED 1u
+/* The value contains ',', '"', CR or LF: written back as CSV it must be quoted. */
+#define PL_FIELD_NEEDS_QUOTING 2u
+/* Internal: the field's bytes are in the framer's arena; `ptr` holds an arena offset. */
+#define PL__FIELD_ARENA 0x80000000u
+
+/* A field's value: `len` bytes at `ptr`, followed by at least PL_PAD readable bytes (provided
+ * the chunks fed to the framer are, as the input area is). */
+typedef struct pl_field {
+    const uint8_t *ptr;
+    size_t len;
+    uint32_t flags; /* PL_FIELD_* */
+} pl_field;
+
+typedef struct pl_csv_record {
+    const pl_field *fields;
+    uint32_t count;
+    uint32_t flags;     /* OR of the fields' flags */
+    uint64_t line;      /* physical line where the record starts (1-based) */
+    const uint8_t *raw; /* the record as it appears in the input, terminator excluded, if it */
+    size_t raw_len;     /*   lies in the chunk being fed; NULL if it was split across chunks */
+} pl_csv_record;
+
+/* Called once per record; non-zero stops the framer, which returns that status. */
+typedef int (*pl_csv_record_fn)(void *ctx, const pl_csv_record *rec);
+
+enum {
+    PL__CSV_RECORD,   /* between records (a lone CR just seen is tracked through `after_cr`) */
+    PL__CSV_FIELD,    /* right after a ',' */
+    PL__CSV_UNQUOTED, /* in an unquoted field, or after the closing quote of a quoted one */
+    PL__CSV_QUOTED,   /* inside quotes */
+    PL__CSV_QUOTE,    /* right after a '"' inside quotes: closing quote or first of '""' */
+};
+
+typedef struct pl_csv {
+    pl_csv_record_fn on_record;
+    void *ctx;
+    uint64_t max_record_bytes;
+    /* Position. */
+    uint64_t line;        /* current physical line */
+    uint64_t record_line; /* line where the open record started */
+    uint64_t carried;     /* raw bytes of the open record in earlier chunks */
+    /* The open record: fields so far, and the arena holding bytes that outlive a chunk. */
+    pl_field *fields;
+    uint32_t nfields, fields_cap;
+    uint8_t *arena;
+    size_t arena_len, arena_cap;
+    size_t field_start;   /* arena offset of the open field's bytes (with PL__FIELD_ARENA) */
+    uint32_t field_flags; /* flags of the open field */
+    uint32_t record_flags;
+    uint8_t state;
+    uint8_t bom;
+    bool prev_cr; /* the last chunk ended with '\r' */
+} pl_csv;
+
+PL_API void pl_csv_init(pl_csv *p, pl_csv_record_fn fn, void *ctx) {
+    *p = (pl_csv){.on_record = fn, .ctx = ctx, .max_record_bytes = 64u << 20, .line = 1};
+}
+
+PL_COLD int pl__csv_oom(pl_csv *p) {
+    pl_buf m = {0};
+    pl_buf_puts(&m, "out of memory at line ");
+    pl_buf_put_u64(&m, p->record_line);
+    return pl_fail_buf(&m);
+}
+
+PL_COLD int pl__csv_too_big(pl_csv *p) {
+    pl_buf m = {0};
+    pl_buf_puts(&m, "line ");
+    pl_buf_put_u64(&m, p->record_line);
+    pl_buf_puts(&m, ": record exceeds max_record_bytes (");
+    pl_buf_put_u64(&m, p->max_record_bytes);
+    pl_buf_puts(&m, "); raise max_record_bytes in the stage config");
+    return pl_fail_buf(&m);
+}
+
+PL_COLD int pl__csv_arena_grow(pl_csv *p, size_t n) {
+    /* PL_PAD spare bytes past the capacity: see pl_field. */
+    size_t size = n > SIZE_MAX / 2 - p->arena_len ? 0 : pl_grow_size(p->arena_cap + PL_PAD, p->arena_len + n + PL_PAD);
+    uint8_t *a = size ? (uint8_t *)realloc(p->arena, size) : NULL;
+    if (!a) return pl__csv_oom(p);
+    p->arena = a;
+    p->arena_cap = size - PL_PAD;
+    return 0;
+}
+
+/* Appends [from, to) of the chunk, part of the record that starts at `rec` in it, to the arena.
+ * The record's size is checked first: the arena never holds more than max_record_bytes. */
+PL_COLD int pl__csv_arena_add(pl_csv *p, const uint8_t *rec, const uint8_t *from, const uint8_t *to) {
+    if (p->carried + (uint64_t)(to - rec) > p->max_record_bytes) return pl__csv_too_big(p);
+    size_t n = (size_t)(to - from);
+    if (n > p->arena_cap - p->arena_len && pl__csv_arena_grow(p, n)) return -1;
+    memcpy(p->arena + p->arena_len, from, n);
+    p->arena_len += n;
+    return 0;
+}
+
+/* Makes room for at least `need` fields. */
+PL_COLD int pl__csv_grow_fields(pl_csv *p, uint32_t need) {
+    size_t size = need > SIZE_MAX / 2 / sizeof(pl_field)
+                      ? 0
+                      : pl_grow_size((size_t)p->fields_cap * sizeof(pl_field), (size_t)need * sizeof(pl_field));
+    pl_field *f = size && size / sizeof(pl_field) <= UINT32_MAX ? (pl_field *)realloc(p->fields, size) : NULL;
+    if (!f) return pl__csv_oom(p);
+    p->fields = f;
+    p->fields_cap = (uint32_t)(size / sizeof(pl_field));
+    return 0;
+}
+
+/* Hands the record made of fields[0..nf) to the callback and resets the record state. */
+PL_API int pl__csv_deliver(pl_csv *p, uint32_t nf, const uint8_t *raw, size_t raw_len) {
+    uint64_t size = p->carried + raw_len;
+    if (size > p->max_record_bytes) return pl__csv_too_big(p);
+    if (p->carried || p->arena_len) {
+        /* Arena offsets become pointers now that the arena will not move any more (a record of
+         * empty fields may have no arena at all). */
+        const uint8_t *base = p->arena ? p->arena : pl__empty;
+        for (uint32_t i = 0; i < nf; i++) {
+            pl_field *f = &p->fields[i];
+            if (f->flags & PL__FIELD_ARENA) {
+                f->ptr = base + (uintptr_t)f->ptr;
+                f->flags &= ~PL__FIELD_ARENA;
+            }
+        }
+    }
+    pl_csv_record rec = {
+        .fields = p->fields,
+        .count = nf,
+        .flags = p->record_flags & ~PL__FIELD_ARENA,
+        .line = p->record_line,
+        .raw = p->carried ? NULL : raw,
+        .raw_len = p->carried ? 0 : raw_len,
+    };
+    p->carried = 0;
+    p->arena_len = 0;
+    p->record_flags = 0;
+    return p->on_record(p->ctx, &rec);
+}
+
+/*
+ * End of a chunk inside a record: moves everything the record holds in the chunk into the arena,
+ * so the caller may reuse its buffer. `open` says whether a field is open; its pending bytes are
+ * [pending, pending + pending_len). `raw` is the record's byte count in this chunk.
+ */
+PL_COLD int pl__csv_carry(pl_csv *p, bool open, const uint8_t *pending, size_t pending_len, uint64_t raw) {
+    if (p->carried + raw > p->max_record_bytes) return pl__csv_too_big(p);
+    /* The fields finished in this chunk go into the arena. The open field's bytes must stay
+     * contiguous at the end of the arena, so if part of it is there already, the finished fields
+     * go in before that part, which moves up to make room. */
+    size_t moved = 0;
+    for (uint32_t i = 0; i < p->nfields; i++)
+        if (!(p->fields[i].flags & PL__FIELD_ARENA)) moved += p->fields[i].len;
+    if (moved + pending_len > p->arena_cap - p->arena_len && pl__csv_arena_grow(p, moved + pending_len)) return -1;
+    const bool open_in_arena = open && (p->field_flags & PL__FIELD_ARENA);
+    size_t at = p->arena_len;
+    if (open_in_arena) {
+        at = p->field_start;
+        memmove(p->arena + at + moved, p->arena + at, p->arena_len - at);
+        p->field_start += moved;
+    }
+    for (uint32_t i = 0; i < p->nfields; i++) {
+        pl_field *f = &p->fields[i];
+        if (!(f->flags & PL__FIELD_ARENA)) {
+            memcpy(p->arena + at, f->ptr, f->len);
+            f->ptr = (const uint8_t *)(uintptr_t)at;
+            f->flags |= PL__FIELD_ARENA;
+            at += f->len;
+        }
+    }
+    p->arena_len += moved;
+    if (open) {
+        if (!open_in_arena) {
+            p->field_start = p->arena_len;
+            p->field_flags |= PL__FIELD_ARENA;
+        }
+        memcpy(p->arena + p->arena_len, pending, pending_len);
+        p->arena_len += pending_len;
+    }
+    p->carried += raw;
+    return 0;
+}
+
+/* The special bytes among the 64 at `s`, as bitmasks (bit i = byte i): the commas, and the
+ * others ('"', '\r', '\n'). */
+typedef struct pl__csv_masks {
+    uint64_t commas, others;
+} pl__csv_masks;
+
+PL_API pl__csv_masks pl__csv_mask64(const uint8_t *s) {
+    pl__csv_masks m = {0, 0};
+#ifdef __wasm_simd128__
+    const v128_t comma = wasm_i8x16_splat(','), quote = wasm_i8x16_splat('"');
+    const v128_t cr = wasm_i8x16_splat('\r'), lf = wasm_i8x16_splat('\n');
+    for (int i = 0; i < 4; i++) {
+        v128_t v = wasm_v128_load(s + 16 * i);
+        v128_t other = wasm_v128_or(wasm_i8x16_eq(v, quote), wasm_v128_or(wasm_i8x16_eq(v, cr), wasm_i8x16_eq(v, lf)));
+        m.commas |= (uint64_t)wasm_i8x16_bitmask(wasm_i8x16_eq(v, comma)) << (16 * i);
+        m.others |= (uint64_t)wasm_i8x16_bitmask(other) << (16 * i);
+    }
+#else
+    for (int i = 0; i < 64; i++) {
+        uint8_t c = s[i];
+        m.commas |= (uint64_t)(c == ',') << i;
+        m.others |= (uint64_t)(c == '"' || c == '\r' || c == '\n') << i;
+    }
+#endif
+    return m;
+}
+
+/* pl__csv_mask64 for the last n < 64 bytes of a chunk (never reads past them). */
+PL_COLD pl__csv_masks pl__csv_mask_tail(const uint8_t *s, size_t n) {
+    uint8_t tmp[64] __attribute__((aligned(16))) = {0};
+    memcpy(tmp, s, n);
+    return pl__csv_mask64(tmp);
+}
+
+/*
+ * The scanner. Only the special bytes (',', '"', CR, LF) change state, so it walks their
+ * positions, found 64 bytes at a time with SIMD, and never touches a field's bytes one by one.
+ * The common case, unquoted fields ended by commas, goes four fields per round without a
+ * branch on the data; everything else goes through a byte-exact state machine, one special
+ * byte at a time.
+ *
+ * `cur` is the first byte after the last special byte handled. Between fields
+ * (PL__CSV_RECORD, PL__CSV_FIELD) the field under way is simply [cur, r); the other states keep
+ * its start in `span`, with bytes already in the arena before it when it has PL__FIELD_ARENA.
+ */
+PL_API int pl__csv_scan(pl_csv *p, const uint8_t *data, size_t n) {
+    const uint8_t *const end = data + n;
+    const uint8_t *cur = data;                          /* first byte not yet consumed */
+    const uint8_t *rec = data;                          /* start of the open record in this chunk */
+    const uint8_t *span = data;                         /* start of the open field's pending bytes */
+    const uint8_t *qpos = data;                         /* the '"' that put us in PL__CSV_QUOTE */
+    const uint8_t *after_cr = p->prev_cr ? data : NULL; /* the byte after the last '\r' */
+    unsigned state = p->state;
+    uint32_t fflags = p->field_flags;
+    uint32_t nf = p->nfields;
+    uint64_t line = p->line;
+    pl_field *fields = p->fields;
+
+/* Ends the open field (the one tracked by `span`) at `endp`. */
+#define PL__CSV_SAVE(endp)                                                                         \
+    do {                                                                                           \
+        pl_field *f_ = &fields[nf++];                                                              \
+        if (fflags & PL__FIELD_ARENA) {                                                            \
+            if (pl__csv_arena_add(p, rec, span, (endp))) return -1;                                \
+            f_->ptr = (const uint8_t *)(uintptr_t)p->field_start;                                  \
+            f_->len = p->arena_len - p->field_start;                                               \
+        } else {                                                                                   \
+            f_->ptr = span;                                                                        \
+            f_->len = (size_t)((endp) - span);                                                     \
+        }                                                                                          \
+        f_->flags = fflags;                                                                        \
+        p->record_flags |= fflags;                                                                 \
+    } while (0)
+
+/* Moves the open field's pending bytes [span, endp) to the arena. */
+#define PL__CSV_TO_ARENA(endp)                                                                     \
+    do {                                                                                           \
+        if (!(fflags & PL__FIELD_ARENA)) {                                                         \
+            p->field_start = p->arena_len;                                                         \
+            fflags |= PL__FIELD_ARENA;                                                             \
+        }                                                                                          \
+        if (pl__csv_arena_add(p, rec, span, (endp))) return -1;                                    \
+    } while (0)
+
+/* Ends the record at the line break `r` (its last field saved), delivers it, counts the line. */
+#define PL__CSV_END_RECORD(r)                                                                      \
+    do {                                                                                           \
+        line++;                                                                                    \
+        int rc_ = pl__csv_deliver(p, nf, rec, (size_t)((r) - rec));                                \
+        if (rc_) return rc_;                                                                       \
+        nf = 0;                                                                                    \
+        state = PL__CSV_RECORD;                                                                    \
+        if (*(r) == '\r') after_cr = (r) + 1;                                                      \
+    } while (0)
+
+/* In PL__CSV_RECORD, a line break at `r` right where a record would start: a blank line, or
+ * the LF of a CRLF that ended a record or a blank line. */
+#define PL__CSV_BLANK(r, c)                                                                        \
+    do {                                                                                           \
+        if ((c) == '\r') {                                                                         \
+            line++;                                                                                \
+            after_cr = (r) + 1;                                                                    \
+        } else if ((r) != after_cr) {                                                              \
+            line++;                                                                                \
+        }                                                                                          \
+        cur = (r) + 1;                                                                             \
+    } while (0)
+
+    for (const uint8_t *blk = data; blk < end; blk += 64) {
+        pl__csv_masks mk = (size_t)(end - blk) >= 64 ? pl__csv_mask64(blk)
+                                                     : pl__csv_mask_tail(blk, (size_t)(end - blk));
+        uint64_t commas = mk.commas, others = mk.others;
+        /* At most one field ends per special byte, plus 3 scratch entries for the rounds of four
+         * below: reserve room for the block's once. */
+        if (p->fields_cap - nf < 64 + 3) {
+            if (pl__csv_grow_fields(p, nf + 64 + 3)) return -1;
+            fields = p->fields;
+        }
+        for (;;) {
+            if (state == PL__CSV_FIELD) {
+                /* The fields ended by the commas before the next other special byte. */
+                uint64_t run = commas & ((others & (0 - others)) - 1);
+                if (run) {
+                    const unsigned last = 63u - (unsigned)__builtin_clzll(run);
+                    const uint64_t last_bit = 1ull << last;
+                    commas &= ~((last_bit << 1) - 1);
+                    pl_field *f = fields + nf;
+                    int k = __builtin_popcountll(run);
+                    nf += (uint32_t)k;
+                    /* Rounds past the last comma redo it into scratch entries beyond nf (with a
+                     * wrong length); `cur` is set right after the loop. */
+                    do {
+#define PL__CSV_COMMA(j)                                                                           \
+    do {                                                                                           \
+        const uint8_t *r_ = blk + __builtin_ctzll(run | last_bit);                                 \
+        run &= run - 1;                                                                            \
+        f[j] = (pl_field){cur, (size_t)(r_ - cur), 0};                                             \
+        cur = r_ + 1;                                                                              \
+    } while (0)
+                        PL__CSV_COMMA(0);
+                        PL__CSV_COMMA(1);
+                        PL__CSV_COMMA(2);
+                        PL__CSV_COMMA(3);
+#undef PL__CSV_COMMA
+                        f += 4;
+                        k -= 4;
+                    } while (k > 0);
+                    cur = blk + last + 1;
+                }
+                if (!others) break;
+            }
+            const uint64_t m = commas | others;
+            if (!m) break;
+            const uint64_t bit = m & (0 - m);
+            const uint8_t *r = blk + __builtin_ctzll(m);
+            const uint8_t c = *r;
+            commas &= ~bit;
+            others &= ~bit;
+            if (state == PL__CSV_RECORD) {
+                if (r == cur && (c == '\r' || c == '\n')) {
+                    PL__CSV_BLANK(r, c);
+                    continue;
+                }
+                rec = cur;
+                p->record_line = line;
+                state = PL__CSV_FIELD;
+            }
+            if (state == PL__CSV_FIELD) {
+                if (c == ',') {
+                    fields[nf++] = (pl_field){cur, (size_t)(r - cur), 0};
+                } else if (c == '"') {
+                    if (r == cur) {
+                        span = r + 1;
+                        fflags = PL_FIELD_QUOTED;
+                        state = PL__CSV_QUOTED;
+                    } else { /* x"y: a quote inside an unquoted field is data */
+                        span = cur;
+                        fflags = PL_FIELD_NEEDS_QUOTING;
+                        state = PL__CSV_UNQUOTED;
+                    }
+                } else {
+                    fields[nf++] = (pl_field){cur, (size_t)(r - cur), 0};
+                    PL__CSV_END_RECORD(r);
+                }
+                cur = r + 1;
+                continue;
+            }
+            if (state == PL__CSV_QUOTE && r != cur) {
+                /* "ab"c: bytes after the closing quote continue the field, unquoted. */
+                PL__CSV_TO_ARENA(qpos);
+                span = cur;
+                state = PL__CSV_UNQUOTED;
+            }
+            cur = r + 1;
+            switch (state) {
+            case PL__CSV_QUOTED:
+                if (c == '"') {
+                    qpos = r;
+                    state = PL__CSV_QUOTE;
+                } else {
+                    fflags |= PL_FIELD_NEEDS_QUOTING;
+                    if (c == '\r') {
+                        line++;
+                        after_cr = r + 1;
+                    } else if (c == '\n' && r != after_cr) {
+                        line++;
+                    }
+                }
+                break;
+            case PL__CSV_QUOTE:
+                if (c == '"') {
+                    /* '""': keep the bytes up to and including one of the two quotes. */
+                    PL__CSV_TO_ARENA(qpos + 1);
+                    span = r + 1;
+                    fflags |= PL_FIELD_NEEDS_QUOTING;
+                    state = PL__CSV_QUOTED;
+                } else {
+                    PL__CSV_SAVE(qpos);
+                    if (c == ',')
+                        state = PL__CSV_FIELD;
+                    else
+                        PL__CSV_END_RECORD(r);
+                }
+                break;
+            default: /* PL__CSV_UNQUOTED */
+                if (c == ',') {
+                    PL__CSV_SAVE(r);
+                    state = PL__CSV_FIELD;
+                } else if (c == '"') {
+                    fflags |= PL_FIELD_NEEDS_QUOTING;
+                } else {
+                    PL__CSV_SAVE(r);
+                    PL__CSV_END_RECORD(r);
+                }
+                break;
+            }
+        }
+    }
+    if (cur != end) {
+        /* Ordinary bytes end the chunk: they open a field, or continue one. */
+        switch (state) {
+        case PL__CSV_RECORD:
+            rec = cur;
+            p->record_line = line;
+            /* fallthrough */
+        case PL__CSV_FIELD:
+            span = cur;
+            fflags = 0;
+            state = PL__CSV_UNQUOTED;
+            break;
+        case PL__CSV_QUOTE:
+            PL__CSV_TO_ARENA(qpos);
+            span = cur;
+            state = PL__CSV_UNQUOTED;
+            break;
+        default:
+            break;
+        }
+    }
+#undef PL__CSV_SAVE
+#undef PL__CSV_TO_ARENA
+#undef PL__CSV_END_RECORD
+#undef PL__CSV_BLANK
+
+    p->line = line;
+    p->state = (uint8_t)state;
+    p->prev_cr = n && end[-1] == '\r';
+    p->nfields = nf;
+    p->field_flags = fflags;
+    if (state == PL__CSV_RECORD) return 0;
+    /* The record goes on in the next chunk. Its pending bytes: those of the open field, up to the
+     * end of the chunk or, after a quote, up to that quote (the next chunk's first byte decides
+     * whether it closes the field). */
+    const bool open = state != PL__CSV_FIELD;
+    const uint8_t *pend = state == PL__CSV_QUOTE ? qpos : end;
+    return pl__csv_carry(p, open, span, open ? (size_t)(pend - span) : 0, (uint64_t)(end - rec));
+}
+
+/* Feeds the next `n` bytes of the stream; records completed by them are delivered. `data` must
+ * be followed by PL_PAD readable bytes (the input area is). */
+PL_API int pl_csv_feed(pl_csv *p, const uint8_t *data, size_t n) {
+    if (p->bom < 3) {
+        size_t replay, used = pl__bom_skip(&p->bom, data, n, &replay);
+        if (replay && pl__csv_scan(p, pl__bom_bytes, replay)) return -1;
+        data += used;
+        n -= used;
+    }
+    return n ? pl__csv_scan(p, data, n) : 0;
+}
+
+/* Ends the stream: delivers the open record, if any (last line without a line break, or an
+ * unterminated quoted field). */
+PL_API int pl_csv_finish(pl_csv *p) {
+    size_t replay = pl__bom_end(&p->bom);
+    if (replay && pl__csv_scan(p, pl__bom_bytes, replay)) return -1;
+    if (p->state == PL__CSV_RECORD) return 0;
+    /* All of the open record's bytes are in the arena (moved there at the end of the last feed). */
+    if (p->nfields == p->fields_cap && pl__csv_grow_fields(p, p->nfields + 1)) return -1;
+    pl_field *f = &p->fields[p->nfields++];
+    if (p->state == PL__CSV_FIELD) {
+        f->ptr = pl__empty;
+        f->len = 0;
+        f->flags = 0;
+    } else {
+        f->ptr = (const uint8_t *)(uintptr_t)p->field_start;
+        f->len = p->arena_len - p->field_start;
+        f->flags = p->field_flags;
+    }
+    p->record_flags |= f->flags;
+    p->state = PL__CSV_RECORD;
+    uint32_t nf = p->nfields;
+    p->nfields = 0;
+    return pl__csv_deliver(p, nf, NULL, 0);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* 8. CSV writing, case mapping, numbers                                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+/* True if the value must be quoted when written as a CSV field: it holds ',', '"', CR or LF. */
+PL_API bool pl_csv_needs_quoting(const uint8_t *p, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c = p[i];
+        if (c == ',' || c == '"' || c == '\r' || c == '\n') return true;
+    }
+    return false;
+}
+
+/* Writes `"` + the value with each '"' doubled + `"` at dst (room for 2n+2 bytes needed);
+ * returns the end of what was written. */
+PL_API uint8_t *pl_csv_quote_into(uint8_t *dst, const uint8_t *p, size_t n) {
+    const uint8_t *end = p + n;
+    *dst++ = '"';
+    for (;;) {
+        const uint8_t *q = (const uint8_t *)memchr(p, '"', (size_t)(end - p));
+        if (!q) break;
+        pl_copy(dst, p, (size_t)(q - p) + 1);
+        dst += q - p + 1;
+        *dst++ = '"';
+        p = q + 1;
+    }
+    pl_copy(dst, p, (size_t)(end - p));
+    dst += end - p;
+    *dst++ = '"';
+    return dst;
+}
+
+/* Writes one CSV field, quoted (with doubled quotes) if `quote`. Any size. */
+PL_API int pl_csv_put_field(pl_out *o, const uint8_t *p, size_t n, bool quote) {
+    if (!quote) return pl_out_write(o, p, n);
+    if (n <= (PL_OUT_CAP - 2) / 2) {
+        uint8_t *d = pl_out_reserve(o, 2 * n + 2);
+        if (!d) return -1;
+        o->len = (uint32_t)(pl_csv_quote_into(d, p, n) - o->buf);
+        return 0;
+    }
+    const uint8_t *end = p + n;
+    if (pl_out_putc(o, '"')) return -1;
+    for (;;) {
+        const uint8_t *q = (const uint8_t *)memchr(p, '"', (size_t)(end - p));
+        if (!q) break;
+        if (pl_out_write(o, p, (size_t)(q - p) + 1) || pl_out_putc(o, '"')) return -1;
+        p = q + 1;
+    }
+    if (pl_out_write(o, p, (size_t)(end - p))) return -1;
+    return pl_out_putc(o, '"');
+}
+
+/*
+ * Case mapping in place. Mapped: ASCII a-z <-> A-Z, and the Latin-1 Supplement letters
+ * U+00E0..U+00FE except U+00F7 (÷) <-> U+00C0..U+00DE except U+00D7 (×), i.e. the UTF-8 pairs
+ * C3 A0..C3 BE <-> C3 80..C3 9E (same code-point offset 0x20). Not mapped: ß (U+00DF), ÿ (U+00FF),
+ * µ (U+00B5) and every other code point, whose case forms lie outside Latin-1 or change length.
+ * Every other byte is left as is, so invalid UTF-8 passes through.
+ *
+ * `padded`: the 15 bytes after p+n may be rewritten too (whole 16-byte blocks are processed).
+ */
+PL_COLD void pl__case_map(uint8_t *p, size_t n, bool upper, bool padded) {
+    const uint8_t from = upper ? 'a' : 'A';
+    /* Latin-1 pair second bytes to map: upper A0..BE, lower 80..9E; skipping B7 / 97. */
+    const uint8_t l1_from = upper ? 0xA0 : 0x80, l1_skip = upper ? 0xB7 : 0x97;
+    bool latin1 = false;
+    size_t i = 0;
+#ifdef __wasm_simd128__
+    const v128_t vfrom = wasm_i8x16_splat((int8_t)from), v26 = wasm_i8x16_splat(26);
+    const v128_t v20 = wasm_i8x16_splat(0x20), vc3 = wasm_i8x16_splat((int8_t)0xC3);
+    v128_t seen = wasm_i8x16_splat(0);
+    const size_t blocks_end = padded ? n : n & ~(size_t)15;
+#pragma clang loop unroll(disable)
+    for (; i < blocks_end; i += 16) {
+        v128_t v = wasm_v128_load(p + i);
+        v128_t letter = wasm_u8x16_lt(wasm_i8x16_sub(v, vfrom), v26);
+        wasm_v128_store(p + i, wasm_v128_xor(v, wasm_v128_and(letter, v20)));
+        seen = wasm_v128_or(seen, wasm_i8x16_eq(v, vc3));
+    }
+    latin1 = wasm_v128_any_true(seen);
+#else
+    (void)padded;
+#endif
+    for (; i < n; i++) {
+        uint8_t c = p[i];
+        if ((uint8_t)(c - from) < 26) p[i] = c ^ 0x20;
+        latin1 |= c == 0xC3;
+    }
+    if (!latin1) return;
+    for (i = 0; i + 1 < n; i++) {
+        if (p[i] != 0xC3) continue;
+        uint8_t c = p[++i];
+        if ((uint8_t)(c - l1_from) < 0x1F && c != l1_skip) p[i] = c ^ 0x20;
+    }
+}
+
+/* Upper-cases `n` bytes in place (see pl__case_map for what is mapped). */
+PL_API void pl_upper(uint8_t *p, size_t n) { pl__case_map(p, n, true, false); }
+/* Lower-cases `n` bytes in place (see pl__case_map for what is mapped). */
+PL_API void pl_lower(uint8_t *p, size_t n) { pl__case_map(p, n, false, false); }
+/* pl_upper (upper) or pl_lower that may also rewrite the 15 bytes after p+n: faster on short
+ * spans, for text just written into an output buffer (PL_OUT_SLACK). */
+PL_API void pl_case_map_padded(uint8_t *p, size_t n, bool upper) {
+#ifdef __wasm_simd128__
+    if (n <= 16) { /* one block, inline; Latin-1 letters (lead byte C3) take the full path */
+        v128_t v = wasm_v128_load(p);
+        if (!wasm_v128_any_true(wasm_i8x16_eq(v, wasm_i8x16_splat((int8_t)0xC3)))) {
+            v128_t letter = wasm_u8x16_lt(wasm_i8x16_sub(v, wasm_i8x16_splat(upper ? 'a' : 'A')), wasm_i8x16_splat(26));
+            wasm_v128_store(p, wasm_v128_xor(v, wasm_v128_and(letter, wasm_i8x16_splat(0x20))));
+            return;
+        }
+    }
+#endif
+    pl__case_map(p, n, upper, true);
+}
+
+/* strtod on `len` bytes already checked to be a decimal number. */
+PL_COLD bool pl__strtod(const uint8_t *s, size_t len, double *out) {
+    char small[64];
+    char *buf = len < sizeof small ? small : (char *)malloc(len + 1);
+    if (!buf) return false;
+    memcpy(buf, s, len);
+    buf[len] = 0;
+    *out = strtod(buf, NULL);
+    if (buf != small) free(buf);
+    return true;
+}
+
+/*
+ * Parses a decimal number: optional spaces/tabs, an optional sign, digits with an optional
+ * fraction (at least one digit overall: "5", "5.", ".5"), an optional exponent ("e" or "E", an
+ * optional sign, digits), optional spaces/tabs; nothing else (no inf, nan, hex or '_').
+ * The result is the correctly rounded double (overflow gives +-inf). Returns false if the text
+ * is not such a number.
+ */
+PL_API bool pl_parse_number(const uint8_t *s, size_t n, double *out) {
+    static const double pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                   1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                   1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+    const uint8_t *p = s, *const end = s + n;
+    while (p < end && (*p == ' ' || *p == '\t')) p++;
+    const uint8_t *const start = p;
+    bool neg = false;
+    if (p < end && ((unsigned)(*p - '+') & ~2u) == 0) neg = *p++ == '-'; /* '+' or '-' */
+    /* Digits with at most one '.', in one loop: the common case costs a few operations a byte. */
+    uint64_t mant = 0;
+    int digits = 0, frac = -1; /* frac: digits after the '.', -1 before it */
+    for (; p < end; p++) {
+        const unsigned d = (unsigned)(*p - '0');
+        if (d < 10) {
+            mant = mant * 10 + d;
+            digits++;
+            frac += frac >= 0;
+        } else if (*p == '.' && frac < 0) {
+            frac = 0;
+        } else {
+            break;
+        }
+    }
+    if (!digits) return false;
+    int64_t exp10 = frac > 0 ? -frac : 0;
+    if (p < end && (*p | 0x20) == 'e') {
+        p++;
+        bool eneg = false;
+        if (p < end && ((unsigned)(*p - '+') & ~2u) == 0) eneg = *p++ == '-';
+        if (p == end || (unsigned)(*p - '0') >= 10) return false;
+        int64_t e = 0;
+        for (; p < end && (unsigned)(*p - '0') < 10; p++)
+            if (e < 100000) e = e * 10 + (*p - '0');
+        exp10 += eneg ? -e : e;
+    }
+    const uint8_t *const num_end = p;
+    while (p < end && (*p == ' ' || *p == '\t')) p++;
+    if (p != end) return false;
+    /* Clinger's fast path: an exact mantissa below 2^53 times an exact power of ten is one
+     * correctly rounded operation. Everything else goes to strtod (correctly rounded). */
+    if (digits <= 19 && mant <= (1ull << 53) && exp10 >= -22 && exp10 <= 22) {
+        double v = (double)mant;
+        v = exp10 < 0 ? v / pow10[-exp10] : v * pow10[exp10];
+        *out = neg ? -v : v;
+        return true;
+    }
+    return pl__strtod(start, (size_t)(num_end - start), out);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* 9. JSON reader                                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * A pull reader over a JSON text held in memory (RFC 8259; nesting limited to 64 levels).
+ * The caller walks the document, checking each value's type with pl_json_peek before reading it:
+ *
+ *     pl_json j;
+ *     pl_json_init(&j, text, len);
+ *     if (pl_json_peek(&j) != PL_JSON_OBJECT) ...              // not an object
+ *     pl_json_enter(&j);
+ *     pl_str key;
+ *     int more;
+ *     while ((more = pl_json_next(&j, &key)) > 0) {            // cursor is now at key's value
+ *         if (strcmp(key.ptr, "name") == 0 && pl_json_peek(&j) == PL_JSON_STRING)
+ *             pl_json_string(&j, &name);
+ *         else
+ *             pl_json_skip(&j);                                // any value, validated
+ *         pl_str_free(&key);
+ *     }
+ *     if (more < 0 || pl_json_done(&j)) ...                    // syntax error: j.error, j.error_at
+ *
+ * Functions return 0 (or a positive count) on success and -1 on error; on a syntax error
+ * `error` is set to a short description and `error_at` to the byte offset. pl_json_peek returns
+ * PL_JSON_INVALID at a syntax error. These functions do not call pl_fail: the guest words the
+ * message (pl_json_fail does it in a standard form).
+ */
+typedef enum pl_json_type {
+    PL_JSON_INVALID,
+    PL_JSON_NULL,
+    PL_JSON_BOOL,
+    PL_JSON_NUMBER,
+    PL_JSON_STRING,
+    PL_JSON_ARRAY,
+    PL_JSON_OBJECT,
+} pl_json_type;
+
+typedef struct pl_json {
+    const uint8_t *start, *p, *end;
+    const char *error; /* NULL until a syntax error */
+    size_t error_at;
+    int depth;
+} pl_json;
+
+/* A decoded string: UTF-8 bytes, NUL-terminated (it may also contain NULs from "\u0000"). */
+typedef struct pl_str {
+    char *ptr;
+    size_t len;
+} pl_str;
+
+PL_API void pl_str_free(pl_str *s) {
+    free(s->ptr);
+    s->ptr = NULL;
+    s->len = 0;
+}
+
+/* True if the string equals the `n` bytes at `p`. */
+PL_API bool pl_str_eq(const pl_str *s, const void *p, size_t n) {
+    return s->len == n && memcmp(s->ptr, p, n) == 0;
+}
+
+#define PL_JSON_MAX_DEPTH 64
+
+PL_API void pl_json_init(pl_json *j, const void *text, size_t len) {
+    *j = (pl_json){.start = (const uint8_t *)text, .p = (const uint8_t *)text};
+    j->end = j->start + len;
+}
+
+PL_API int pl__json_err(pl_json *j, const char *what) {
+    if (!j->error) {
+        j->error = what;
+        j->error_at = (size_t)(j->p - j->start);
+    }
+    return -1;
+}
+
+PL_API void pl__json_ws(pl_json *j) {
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) j->p++;
+}
+
+/* The type of the value at the cursor (whitespace skipped). */
+PL_API pl_json_type pl_json_peek(pl_json *j) {
+    if (j->error) return PL_JSON_INVALID;
+    pl__json_ws(j);
+    if (j->p == j->end) {
+        pl__json_err(j, "unexpected end of JSON");
+        return PL_JSON_INVALID;
+    }
+    switch (*j->p) {
+    case 'n': return PL_JSON_NULL;
+    case 't':
+    case 'f': return PL_JSON_BOOL;
+    case '"': return PL_JSON_STRING;
+    case '[': return PL_JSON_ARRAY;
+    case '{': return PL_JSON_OBJECT;
+    default:
+        if (*j->p == '-' || (uint8_t)(*j->p - '0') < 10) return PL_JSON_NUMBER;
+        pl__json_err(j, "expected a JSON value");
+        return PL_JSON_INVALID;
+    }
+}
+
+PL_API int pl__json_literal(pl_json *j, const char *word) {
+    size_t n = strlen(word);
+    if ((size_t)(j->end - j->p) < n || memcmp(j->p, word, n) != 0)
+        return pl__json_err(j, "expected a JSON value");
+    j->p += n;
+    return 0;
+}
+
+/* Reads null. */
+PL_API int pl_json_null(pl_json *j) {
+    if (pl_json_peek(j) != PL_JSON_NULL) return pl__json_err(j, "expected null");
+    return pl__json_literal(j, "null");
+}
+
+/* Reads true or false. */
+PL_API int pl_json_bool(pl_json *j, bool *out) {
+    if (pl_json_peek(j) != PL_JSON_BOOL) return pl__json_err(j, "expected true or false");
+    *out = *j->p == 't';
+    return pl__json_literal(j, *out ? "true" : "false");
+}
+
+/* Reads a number (JSON grammar; the double nearest to it). */
+PL_API int pl_json_number(pl_json *j, double *out) {
+    if (pl_json_peek(j) != PL_JSON_NUMBER) return pl__json_err(j, "expected a number");
+    const uint8_t *s = j->p, *e = j->end, *p = s;
+    if (*p == '-') p++;
+    if (p < e && *p == '0') {
+        p++;
+    } else if (p < e && (uint8_t)(*p - '1') < 9) {
+        while (p < e && (uint8_t)(*p - '0') < 10) p++;
+    } else {
+        j->p = p;
+        return pl__json_err(j, "invalid number");
+    }
+    if (p < e && *p == '.') {
+        if (++p == e || (uint8_t)(*p - '0') >= 10) {
+            j->p = p;
+            return pl__json_err(j, "invalid number");
+        }
+        while (p < e && (uint8_t)(*p - '0') < 10) p++;
+    }
+    if (p < e && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < e && (*p == '+' || *p == '-')) p++;
+        if (p == e || (uint8_t)(*p - '0') >= 10) {
+            j->p = p;
+            return pl__json_err(j, "invalid number");
+        }
+        while (p < e && (uint8_t)(*p - '0') < 10) p++;
+    }
+    j->p = p;
+    if (!pl_parse_number(s, (size_t)(p - s), out)) return pl__json_err(j, "invalid number");
+    return 0;
+}
+
+PL_API int pl__json_hex4(pl_json *j, const uint8_t *p, uint32_t *out) {
+    uint32_t v = 0;
+    if (j->end - p < 4) return -1;
+    for (int i = 0; i < 4; i++) {
+        uint8_t c = p[i];
+        uint32_t d;
+        if ((uint8_t)(c - '0') < 10)
+            d = c - '0';
+        else if ((uint8_t)((c | 0x20) - 'a') < 6)
+            d = (uint32_t)((c | 0x20) - 'a' + 10);
+        else
+            return -1;
+        v = v * 16 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Reads a string, decoding escapes (\uXXXX and surrogate pairs to UTF-8) into a malloc'd,
+ * NUL-terminated pl_str the caller frees. Raw control characters and lone surrogates are
+ * errors. With `out` NULL the string is validated and skipped. */
+PL_API int pl_json_string(pl_json *j, pl_str *out) {
+    if (pl_json_peek(j) != PL_JSON_STRING) return pl__json_err(j, "expected a string");
+    pl_buf b = {0};
+    const uint8_t *p = j->p + 1, *e = j->end;
+    for (;;) {
+        const uint8_t *run = p;
+        while (p < e && *p != '"' && *p != '\\' && *p >= 0x20) p++;
+        if (out) pl_buf_put(&b, run, (size_t)(p - run));
+        if (p == e) {
+            j->p = p;
+            pl_buf_free(&b);
+            return pl__json_err(j, "unterminated string");
+        }
+        if (*p == '"') break;
+        if (*p < 0x20) {
+            j->p = p;
+            pl_buf_free(&b);
+            return pl__json_err(j, "control character in string");
+        }
+        /* A backslash escape. */
+        const uint8_t *esc = p++;
+        uint32_t cp;
+        if (p == e) {
+            j->p = esc;
+            pl_buf_free(&b);
+            return pl__json_err(j, "unterminated string");
+        }
+        switch (*p++) {
+        case '"': cp = '"'; break;
+        case '\\': cp = '\\'; break;
+        case '/': cp = '/'; break;
+        case 'b': cp = '\b'; break;
+        case 'f': cp = '\f'; break;
+        case 'n': cp = '\n'; break;
+        case 'r': cp = '\r'; break;
+        case 't': cp = '\t'; break;
+        case 'u':
+            if (pl__json_hex4(j, p, &cp)) {
+                j->p = esc;
+                pl_buf_free(&b);
+                return pl__json_err(j, "invalid \\u escape");
+            }
+            p += 4;
+            if (cp >= 0xD800 && cp < 0xDC00) {
+                uint32_t lo;
+                if (e - p < 6 || p[0] != '\\' || p[1] != 'u' || pl__json_hex4(j, p + 2, &lo) ||
+                    lo < 0xDC00 || lo >= 0xE000) {
+                    j->p = esc;
+                    pl_buf_free(&b);
+                    return pl__json_err(j, "invalid \\u escape (unpaired surrogate)");
+                }
+                p += 6;
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            } else if (cp >= 0xDC00 && cp < 0xE000) {
+                j->p = esc;
+                pl_buf_free(&b);
+                return pl__json_err(j, "invalid \\u escape (unpaired surrogate)");
+            }
+            break;
+        default:
+            j->p = esc;
+            pl_buf_free(&b);
+            return pl__json_err(j, "invalid escape in string");
+        }
+        if (!out) continue;
+        uint8_t u[4];
+        size_t k;
+        if (cp < 0x80) {
+            u[0] = (uint8_t)cp;
+            k = 1;
+        } else if (cp < 0x800) {
+            u[0] = (uint8_t)(0xC0 | (cp >> 6));
+            u[1] = (uint8_t)(0x80 | (cp & 0x3F));
+            k = 2;
+        } else if (cp < 0x10000) {
+            u[0] = (uint8_t)(0xE0 | (cp >> 12));
+            u[1] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+            u[2] = (uint8_t)(0x80 | (cp & 0x3F));
+            k = 3;
+        } else {
+            u[0] = (uint8_t)(0xF0 | (cp >> 18));
+            u[1] = (uint8_t)(0x80 | ((cp >> 12) & 0x3F));
+            u[2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+            u[3] = (uint8_t)(0x80 | (cp & 0x3F));
+            k = 4;
+        }
+        pl_buf_put(&b, u, k);
+    }
+    j->p = p + 1;
+    if (!out) return 0;
+    pl_buf_putc(&b, 0);
+    if (b.oom) {
+        pl_buf_free(&b);
+        return pl__json_err(j, "out of memory");
+    }
+    out->ptr = (char *)b.data;
+    out->len = b.len - 1;
+    return 0;
+}
+
+/* Steps into the array or object at the cursor; then iterate with pl_json_next. */
+PL_API int pl_json_enter(pl_json *j) {
+    pl_json_type t = pl_json_peek(j);
+    if (t != PL_JSON_ARRAY && t != PL_JSON_OBJECT) return pl__json_err(j, "expected an array or object");
+    if (j->depth == PL_JSON_MAX_DEPTH) return pl__json_err(j, "nesting too deep");
+    j->depth++;
+    j->p++;
+    return 0;
+}
+
+/*
+ * Moves to the next element of the array or object most recently entered. Returns 1 with the
+ * cursor at the element's value (for an object, the member's key is stored in *key, which the
+ * caller frees; pass key = NULL in arrays), 0 after the closing bracket, -1 on error. The
+ * previous element must have been read or skipped.
+ */
+PL_API int pl_json_next(pl_json *j, pl_str *key) {
+    if (j->error) return -1;
+    /* First element iff the last non-blank byte before the cursor is the opening bracket. */
+    const uint8_t *b = j->p;
+    while (b > j->start && (b[-1] == ' ' || b[-1] == '\t' || b[-1] == '\n' || b[-1] == '\r')) b--;
+    bool first = b > j->start && (b[-1] == '[' || b[-1] == '{');
+    bool object = key != NULL;
+    pl__json_ws(j);
+    if (j->p == j->end) return pl__json_err(j, "unexpected end of JSON");
+    if (*j->p == (object ? '}' : ']')) {
+        j->p++;
+        j->depth--;
+        return 0;
+    }
+    if (!first) {
+        if (*j->p != ',') return pl__json_err(j, object ? "expected ',' or '}'" : "expected ',' or ']'");
+        j->p++;
+    }
+    if (!object) return 1;
+    pl__json_ws(j);
+    if (j->p == j->end || *j->p != '"') return pl__json_err(j, "expected a member name");
+    if (pl_json_string(j, key)) return -1;
+    pl__json_ws(j);
+    if (j->p == j->end || *j->p != ':') {
+        pl_str_free(key);
+        return pl__json_err(j, "expected ':'");
+    }
+    j->p++;
+    return 1;
+}
+
+/* Skips (and validates) the value at the cursor, whatever its type. */
+PL_API int pl_json_skip(pl_json *j) {
+    double d;
+    bool bv;
+    switch (pl_json_peek(j)) {
+    case PL_JSON_NULL: return pl_json_null(j);
+    case PL_JSON_BOOL: return pl_json_bool(j, &bv);
+    case PL_JSON_NUMBER: return pl_json_number(j, &d);
+    case PL_JSON_STRING: return pl_json_string(j, NULL);
+    case PL_JSON_ARRAY:
+    case PL_JSON_OBJECT: {
+        bool object = *j->p == '{';
+        if (pl_json_enter(j)) return -1;
+        pl_str key;
+        int more;
+        while ((more = pl_json_next(j, object ? &key : NULL)) > 0) {
+            if (object) pl_str_free(&key);
+            if (pl_json_skip(j)) return -1;
+        }
+        return more;
+    }
+    default: return -1;
+    }
+}
+
+/* Checks that only whitespace follows the cursor. */
+PL_API int pl_json_done(pl_json *j) {
+    if (j->error) return -1;
+    pl__json_ws(j);
+    return j->p == j->end ? 0 : pl__json_err(j, "unexpected data after the JSON value");
+}
+
+/* Fails the call with "<what>: invalid JSON at byte N: <error>"; returns -1. */
+PL_API int pl_json_fail(const pl_json *j, const char *what) {
+    pl_buf m = {0};
+    pl_buf_puts(&m, what);
+    pl_buf_puts(&m, ": invalid JSON at byte ");
+    pl_buf_put_u64(&m, j->error_at);
+    pl_buf_puts(&m, ": ");
+    pl_buf_puts(&m, j->error ? j->error : "syntax error");
+    return pl_fail_buf(&m);
+}
+
+#endif /* PIPELINE_GUEST_H */

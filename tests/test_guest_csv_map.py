@@ -1,0 +1,613 @@
+"""The csv-map guest: parity with Python's csv.reader, mapping, filtering, rejects and errors.
+
+Every case runs at several chunk sizes (down to 1 byte) and is checked against a small Python
+model of the guest (``expected``) built on ``csv.reader``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import wasmtime
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.errors import GuestError
+from pipeline.guests import builtin_path
+from pipeline.runtime import Guest, GuestModule
+from pipeline.testing import run_guest
+
+CHUNK_SIZES = [None, 1, 2, 3, 5, 63, 64, 65, 1000]
+
+# -------------------------------------------------------------------------------------------------
+# A Python model of csv-map
+# -------------------------------------------------------------------------------------------------
+
+NUMBER = re.compile(r"[ \t]*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?[ \t]*\Z")
+OPS: dict[str, Callable[[int], bool]] = {
+    "==": lambda c: c == 0,
+    "!=": lambda c: c != 0,
+    ">": lambda c: c > 0,
+    ">=": lambda c: c >= 0,
+    "<": lambda c: c < 0,
+    "<=": lambda c: c <= 0,
+}
+
+
+def records(data: bytes) -> list[tuple[int, list[str]]]:
+    """(start line, fields) of each record, as csv.reader reads the file; blank lines dropped."""
+    reader = csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""))
+    out = []
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return out
+        if row:
+            out.append((start, row))
+
+
+def csv_row(fields: list[str]) -> str:
+    """One CSV row the way csv-map writes it (quote only when needed), '\\n'-terminated."""
+
+    def field(value: str) -> str:
+        if any(c in value for c in ',"\r\n') or (value == "" and len(fields) == 1):
+            return '"' + value.replace('"', '""') + '"'
+        return value
+
+    return ",".join(field(v) for v in fields) + "\n"
+
+
+def case_map(text: str, upper: bool) -> str:
+    """csv-map's case mapping: ASCII letters, and Latin-1 letters U+00C0..U+00FE but U+00D7 and U+00F7."""
+
+    def one(ch: str) -> str:
+        o = ord(ch)
+        if upper and (0x61 <= o <= 0x7A or (0xE0 <= o <= 0xFE and o != 0xF7)):
+            return chr(o - 0x20)
+        if not upper and (0x41 <= o <= 0x5A or (0xC0 <= o <= 0xDE and o != 0xD7)):
+            return chr(o + 0x20)
+        return ch
+
+    return "".join(one(ch) for ch in text)
+
+
+def model(config: dict[str, Any], data: bytes) -> tuple[list[list[str]], list[list[str]], tuple[int, int, int]]:
+    """csv-map's output rows (header first), reject rows and counters, for a valid config."""
+    recs = records(data)
+    if not recs:
+        return [], [], (0, 0, 0)
+    (_, header), rows = recs[0], recs[1:]
+    src = [header.index(n) for n in config["select"]] if "select" in config else list(range(len(header)))
+    names = [config.get("rename", {}).get(header[i], header[i]) for i in src]
+
+    def output_columns(name: str) -> list[int]:
+        return [k for k, n in enumerate(names) if n == name] or [k for k, i in enumerate(src) if header[i] == name]
+
+    casing: dict[int, bool] = {}
+    for key, upper in (("upper", True), ("lower", False)):
+        for name in config.get(key, []):
+            casing.update(dict.fromkeys(output_columns(name), upper))
+    flt = config.get("filter")
+    if flt:
+        by_name = [k for k, n in enumerate(names) if n == flt["column"]]
+        fsrc = src[by_name[0]] if by_name else header.index(flt["column"])
+    out, rejects, counters = [names], [], [0, 0, 0]
+
+    def reject(line: int, reason: str, row: list[str]) -> None:
+        counters[2] += 1
+        rejects.append([str(line), reason, csv_row(row)[:-1]])
+
+    for line, row in rows:
+        counters[0] += 1
+        if len(row) != len(header):
+            reject(line, f"expected {len(header)} field{'s' * (len(header) != 1)}, got {len(row)}", row)
+            continue
+        if flt:
+            value = row[fsrc]
+            a: bytes | float
+            b: bytes | float
+            if isinstance(flt["value"], str):
+                a, b = value.encode(), flt["value"].encode()
+            else:
+                if not NUMBER.match(value):
+                    raw = value.encode()
+                    cut = 64
+                    while len(raw) > 64 and raw[cut] & 0xC0 == 0x80:
+                        cut -= 1
+                    shown = value if len(raw) <= 64 else raw[:cut].decode() + "..."
+                    reject(line, f"column '{flt['column']}' is not a number: \"{shown}\"", row)
+                    continue
+                a, b = float(value.strip(" \t")), float(flt["value"])
+            if not OPS[flt["op"]]((a > b) - (a < b)):  # type: ignore[operator]
+                continue
+        counters[1] += 1
+        out.append([case_map(row[i], casing[k]) if k in casing else row[i] for k, i in enumerate(src)])
+    return out, rejects, (counters[0], counters[1], counters[2])
+
+
+def expected(config: dict[str, Any], data: bytes) -> tuple[bytes, bytes, tuple[int, int, int]]:
+    """What csv-map emits on ports 0 and 1, and its counters, for a valid config."""
+    out, rejects, counters = model(config, data)
+    reject_text = "".join(map(csv_row, [["line", "reason", "record"], *rejects])) if rejects else ""
+    return "".join(map(csv_row, out)).encode(), reject_text.encode(), counters
+
+
+def read_back(text: bytes) -> list[list[str]]:
+    """The rows csv.reader reads from text csv-map wrote."""
+    return list(csv.reader(io.StringIO(text.decode(), newline="")))
+
+
+def run(
+    config: dict[str, Any], data: bytes, chunk_size: int | None = None
+) -> tuple[bytes, bytes, tuple[int, int, int]]:
+    """Run csv-map; return (main output, rejects output, counters)."""
+    result = run_guest("csv-map", config, data, chunk_size=chunk_size)
+    assert result.counters is not None
+    assert set(result.outputs) <= {0, 1}
+    return result.outputs.get(0, b""), result.outputs.get(1, b""), result.counters
+
+
+def check(config: dict[str, Any], data: bytes, chunk_sizes: list[int | None] = CHUNK_SIZES) -> bytes:
+    """Run at every chunk size, compare with the model; return the main output."""
+    want = expected(config, data)
+    for size in chunk_sizes:
+        assert run(config, data, size) == want, f"chunk size {size}"
+    return want[0]
+
+
+def guest_error(config: dict[str, Any], data: bytes = b"", chunk_size: int | None = None) -> str:
+    """The message of the GuestError csv-map fails with (after the host's location prefix)."""
+    with pytest.raises(GuestError) as info:
+        run_guest("csv-map", config, data, chunk_size=chunk_size)
+    return str(info.value).split(": ", 1)[1]
+
+
+# -------------------------------------------------------------------------------------------------
+# Parsing: byte-for-byte what csv.reader reads
+# -------------------------------------------------------------------------------------------------
+
+PARSE_CASES = {
+    "lf": b"a,b\n1,2\n3,4\n",
+    "crlf": b"a,b\r\n1,2\r\n3,4\r\n",
+    "lone cr": b"a,b\r1,2\r3,4\r",
+    "mixed line ends": b"a,b\r\n1,2\n3,4\r5,6\r\n",
+    "no final newline": b"a,b\n1,2\n3,4",
+    "empty fields": b"a,b,c\n,,\n1,,\n,,3\n",
+    "quoted commas": b'a,b\n"1,5","x, y, z"\n',
+    "doubled quotes": b'a,b\n"say ""hi""",""""\n',
+    "embedded line breaks": b'a,b\n"one\ntwo","three\r\nfour"\n"five\rsix",7\n',
+    "quote inside unquoted field": b'a,b\nx"y,z""\n',
+    "text after closing quote": b'a,b\n"ab"c,"d"e"f"\n',
+    "eof inside quotes": b'a,b\n1,"abc',
+    "eof inside quotes with line break": b'a,b\n1,"abc\r\n',
+    "eof right after opening quote": b'a,b\n1,"',
+    "eof after comma": b"a,b\n1,",
+    "blank lines": b"\n\na,b\n\n1,2\r\n\r\n\r3,4\n\n",
+    "bom": b"\xef\xbb\xbfa,b\n1,2\n",
+    "bom then quoted header": b'\xef\xbb\xbf"a",b\n1,2\n',
+    "bom only": b"\xef\xbb\xbf",
+    "two boms": b"\xef\xbb\xbf\xef\xbb\xbfa\n1\n",
+    "spaces kept": b"a,b\n 1 , 2 \n",
+    "nul byte": b"a,b\n1\x002,3\n",
+    "unicode": "name,city\nZoë,São Paulo\n中文,😀\n".encode(),
+    "one column with empty field": b'a\n""\nx\n"",\n',
+    "header only": b"id,name,amount,city\n",
+    "header only without newline": b"id,name",
+    "empty input": b"",
+    "blank input": b"\r\n\n\r",
+    "quotes everywhere": b'"a""b"""x"y,"",""""\n"",,"\n',
+    "quote run": b'a\n""""""\n"""""\n',
+    "cr before quote": b'a,b\r"1",2\r',
+}
+
+
+@pytest.mark.parametrize("data", PARSE_CASES.values(), ids=PARSE_CASES.keys())
+def test_parses_like_csv_reader(data: bytes) -> None:
+    out = check({}, data)
+    assert read_back(out) == model({}, data)[0]  # reads back as what csv.reader read
+
+
+def test_quirks_give_what_python_gives() -> None:
+    data = b'h\nx"y\n"ab"c\n"a""b"""x"y\n"abc'
+    assert run({}, data)[0] == b'h\n"x""y"\nabc\n"a""b""x""y"\nabc\n'
+
+
+def test_a_partial_bom_is_data() -> None:
+    out, _, _ = run({}, b"\xef\xbbx\n1\n", chunk_size=1)
+    assert out == b"\xef\xbbx\n1\n"
+    assert run({}, b"\xef", chunk_size=1)[0] == b"\xef\n"
+
+
+def test_a_record_split_at_every_byte_matches_a_whole_read() -> None:
+    data = b'id,text\r\n1,"a ""quoted"", \r\nmulti-line\rvalue"tail\r\n2,plain\n3,"x"'
+    for size in range(1, len(data) + 1):
+        assert run({}, data, size) == expected({}, data), size
+
+
+# -------------------------------------------------------------------------------------------------
+# Mapping
+# -------------------------------------------------------------------------------------------------
+
+ORDERS = (
+    b"id,name,amount,city\n"
+    b"1,alice,12.50,Berlin\n"
+    b'2,"bob, jr.",-3.5,"New York, NY"\n'
+    b"3,zo\xc3\xab,1e3,S\xc3\xa3o Paulo\n"
+    b"4,\xc3\xa9mile, 7 ,Z\xc3\xbcrich\n"
+)
+
+
+def test_select_orders_columns() -> None:
+    out = check({"select": ["city", "id"]}, ORDERS)
+    assert out.splitlines()[:3] == [b"city,id", b"Berlin,1", b'"New York, NY",2']
+
+
+def test_a_column_may_be_selected_twice() -> None:
+    assert check({"select": ["id", "id"]}, ORDERS).splitlines()[:2] == [b"id,id", b"1,1"]
+
+
+def test_rename_changes_the_header_only() -> None:
+    out = check({"select": ["id", "amount"], "rename": {"amount": "total", "id": "order"}}, ORDERS)
+    assert out.splitlines()[:2] == [b"order,total", b"1,12.50"]
+
+
+def test_renamed_header_is_quoted_when_needed() -> None:
+    assert check({"select": ["id"], "rename": {"id": 'a "b", c'}}, ORDERS).startswith(b'"a ""b"", c"\n1\n')
+
+
+def test_upper_and_lower_map_ascii_and_latin1_letters() -> None:
+    data = "w,x\naàÿ\u00d7÷ßz,AÀÞ\u00d7÷ẞZ\n".encode()
+    out = check({"upper": ["w"], "lower": ["x"]}, data)
+    assert out.decode() == "w,x\nAÀÿ\u00d7÷ßZ,aàþ\u00d7÷ẞz\n"
+
+
+def test_case_names_may_be_output_or_header_names_output_first() -> None:
+    data = b"a,b\nx,y\n"
+    # "b" is the header name of the second column and the output name of the first: output wins.
+    assert check({"rename": {"a": "b", "b": "c"}, "upper": ["b"]}, data) == b"b,c\nX,y\n"
+    assert check({"rename": {"a": "z"}, "upper": ["a"]}, data) == b"z,b\nX,y\n"
+
+
+def test_case_mapping_keeps_quoting_intact() -> None:
+    data = b'a\n"x,""y"""\n'
+    assert check({"upper": ["a"]}, data) == b'a\n"X,""Y"""\n'
+
+
+# -------------------------------------------------------------------------------------------------
+# Filters
+# -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("value", [12.5, 7, -3.5, 1000, 0])
+def test_numeric_filter(op: str, value: float) -> None:
+    check({"filter": {"column": "amount", "op": op, "value": value}}, ORDERS, [None, 1, 7])
+
+
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("value", ["Berlin", "New York, NY", "", "Z", "São Paulo"])
+def test_string_filter_compares_bytes(op: str, value: str) -> None:
+    check({"filter": {"column": "city", "op": op, "value": value}}, ORDERS, [None, 1, 7])
+
+
+def test_numeric_filter_parses_decimal_numbers_only() -> None:
+    values = ["12", "-3.5", "1e3", " 7 ", "\t+.5e-1", "5.", "abc", "", "1,5", "0x10", "inf", "nan", "1_0", "1e", "--1"]
+    data = ("n,v\n" + "".join(f"{i},{csv_row([v])}" for i, v in enumerate(values))).encode()
+    out, rejects, counters = run({"filter": {"column": "v", "op": ">", "value": 0}}, data)
+    assert out == b"n,v\n0,12\n2,1e3\n3, 7 \n4,\t+.5e-1\n5,5.\n"
+    rejected = [row[2] for row in csv.reader(io.StringIO(rejects.decode(), newline=""))][1:]
+    assert [next(csv.reader([r]))[1] for r in rejected] == values[6:]
+    assert counters == (len(values), 5, 9)
+    assert rejects.splitlines()[1] == b'8,"column \'v\' is not a number: ""abc""","6,abc"'
+
+
+def test_filter_reason_shows_at_most_64_bytes_of_the_value() -> None:
+    value = "é" * 40
+    data = f"v\n{value}\n".encode()
+    _, rejects, _ = run({"filter": {"column": "v", "op": "==", "value": 1}}, data)
+    reason = list(csv.reader(io.StringIO(rejects.decode(), newline="")))[1][1]
+    assert reason == f"column 'v' is not a number: \"{'é' * 32}...\""
+
+
+def test_filter_column_may_be_unselected_or_renamed() -> None:
+    check({"select": ["id"], "filter": {"column": "city", "op": "==", "value": "Berlin"}}, ORDERS)
+    out = check({"rename": {"amount": "total"}, "filter": {"column": "total", "op": "<", "value": 0}}, ORDERS)
+    assert out.splitlines()[1:] == [b'2,"bob, jr.",-3.5,"New York, NY"']
+
+
+def test_filter_sees_values_before_case_mapping() -> None:
+    data = b"a\nx\nX\n"
+    assert check({"upper": ["a"], "filter": {"column": "a", "op": "==", "value": "x"}}, data) == b"a\nX\n"
+
+
+# -------------------------------------------------------------------------------------------------
+# Rejects
+# -------------------------------------------------------------------------------------------------
+
+
+def test_rejects_name_the_physical_line_where_the_record_starts() -> None:
+    data = b'a,b\r\n\r\n1,2,3\n"multi\r\nline",x,y\r\rok,ok\n"lone\rcr"\n4,5\n6'
+    out, rejects, counters = run({}, data)
+    assert out == b"a,b\nok,ok\n4,5\n"
+    assert rejects.decode().splitlines() == [
+        "line,reason,record",
+        '3,"expected 2 fields, got 3","1,2,3"',
+        '4,"expected 2 fields, got 3","""multi',
+        'line"",x,y"',
+        '8,"expected 2 fields, got 1","""lone',
+        'cr"""',
+        '11,"expected 2 fields, got 1",6',
+    ]
+    assert counters == (6, 2, 4)
+    check({}, data)
+
+
+def test_no_rejects_means_no_rejects_output() -> None:
+    result = run_guest("csv-map", {}, b"a\n1\n")
+    assert 1 not in result.outputs
+
+
+def test_rejects_are_lossless() -> None:
+    nasty = ["", 'x"y', "a,b", ' "q" ', "two\nlines", "cr\r", "crlf\r\n", '"', '""', "é,ü", "\x00"]
+    rows = [nasty[i : i + 3] for i in range(len(nasty) - 2)] + [[v] for v in nasty]
+    data = ("a,b\n" + "".join(csv_row(r) for r in rows)).encode()
+    for size in (None, 1, 4):
+        _, rejects, counters = run({}, data, size)
+        assert counters[2] == len(rows)
+        table = list(csv.reader(io.StringIO(rejects.decode(), newline="")))
+        assert table[0] == ["line", "reason", "record"]
+        assert [next(csv.reader(io.StringIO(rec, newline=""))) for _, _, rec in table[1:]] == rows
+
+
+# -------------------------------------------------------------------------------------------------
+# Errors
+# -------------------------------------------------------------------------------------------------
+
+CONFIG_ERRORS = [
+    ({"selcet": ["a"]}, "config: unknown key 'selcet' (known: select, rename, upper, lower, filter, max_record_bytes)"),
+    ({"select": "a"}, "config.select: expected a list of strings"),
+    ({"select": ["a", 1]}, "config.select: expected a list of strings"),
+    ({"select": []}, "config.select: expected at least one column"),
+    ({"rename": ["a"]}, "config.rename: expected an object mapping column names to new names"),
+    ({"rename": {"a": None}}, "config.rename: expected an object mapping column names to new names"),
+    ({"upper": "a"}, "config.upper: expected a list of strings"),
+    ({"lower": [True]}, "config.lower: expected a list of strings"),
+    ({"filter": []}, 'config.filter: expected an object {"column": ..., "op": ..., "value": ...}'),
+    (
+        {"filter": {"column": "a", "op": "~", "value": 1}},
+        "config.filter.op: expected one of ==, !=, >, >=, <, <= (got '~')",
+    ),
+    ({"filter": {"column": "a", "op": "==", "value": True}}, "config.filter.value: expected a number or a string"),
+    ({"filter": {"column": "a", "op": "==", "value": None}}, "config.filter.value: expected a number or a string"),
+    ({"filter": {"column": 1, "op": "==", "value": 1}}, "config.filter.column: expected a string"),
+    ({"filter": {"column": "a", "op": "=="}}, "config.filter: missing 'value'"),
+    (
+        {"filter": {"column": "a", "op": "==", "value": 1, "x": 1}},
+        "config.filter: unknown key 'x' (known: column, op, value)",
+    ),
+    ({"max_record_bytes": 0}, "config.max_record_bytes: expected a positive integer"),
+    ({"max_record_bytes": 1.5}, "config.max_record_bytes: expected a positive integer"),
+    ({"max_record_bytes": "1"}, "config.max_record_bytes: expected a positive integer"),
+]
+
+
+@pytest.mark.parametrize(("config", "message"), CONFIG_ERRORS)
+def test_config_errors(config: dict[str, Any], message: str) -> None:
+    assert guest_error(config) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"[1]", "config: expected a JSON object"),
+        (b'{"select": ["a"', "config: invalid JSON at byte 15: unexpected end of JSON"),
+        (b'{"select": ["a"]} x', "config: invalid JSON at byte 18: unexpected data after the JSON value"),
+        (b'{"select": ["a\\x"]}', "config: invalid JSON at byte 14: invalid escape in string"),
+        (b'{"select": ["\\ud800"]}', "config: invalid JSON at byte 13: invalid \\u escape (unpaired surrogate)"),
+        (b'{"select": ["a"], "select": ["b"]}', "config: duplicate key 'select'"),
+    ],
+)
+def test_config_json_errors(text: bytes, message: str) -> None:
+    module = GuestModule.load(builtin_path("csv-map"))
+    with Guest(module, stage="csv-map", on_emit=lambda port, view: None) as guest, pytest.raises(GuestError) as info:
+        guest.start(text)
+    assert str(info.value).split(": ", 1)[1] == message
+
+
+def test_config_strings_decode_json_escapes() -> None:
+    data = "a\tb,é😀\n1,2\n".encode()
+    config = json.loads('{"select": ["\\u00e9\\ud83d\\ude00", "a\\tb"]}')
+    assert check(config, data) == "é😀,a\tb\n2,1\n".encode()
+
+
+HEADER_ERRORS = [
+    ({"select": ["id", "foo"]}, "select: column 'foo' is not in the header (columns: id, name, amount, city)"),
+    ({"rename": {"foo": "x"}}, "rename: column 'foo' is not in the header (columns: id, name, amount, city)"),
+    ({"select": ["id"], "rename": {"city": "x"}}, "rename: column 'city' is not selected (selected: id)"),
+    ({"upper": ["foo"]}, "upper: column 'foo' is not in the header (columns: id, name, amount, city)"),
+    ({"select": ["id", "name"], "lower": ["city"]}, "lower: column 'city' is not selected (selected: id, name)"),
+    ({"upper": ["name"], "lower": ["name"]}, "lower: column 'name' is also in upper"),
+    (
+        {"filter": {"column": "foo", "op": "==", "value": 1}},
+        "filter: column 'foo' is not in the header (columns: id, name, amount, city)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("config", "message"), HEADER_ERRORS)
+def test_header_errors(config: dict[str, Any], message: str) -> None:
+    assert guest_error(config, ORDERS) == message
+    assert guest_error(config, ORDERS, chunk_size=1) == message
+
+
+def test_empty_input_never_sees_a_header() -> None:
+    assert run({"select": ["foo"]}, b"") == (b"", b"", (0, 0, 0))
+
+
+def test_record_larger_than_max_record_bytes_fails() -> None:
+    data = b"a,b\n1,2\n" + b"x" * 50 + b',"' + b"y" * 50 + b'"\n'
+    message = "line 3: record exceeds max_record_bytes (100); raise max_record_bytes in the stage config"
+    for size in (None, 1, 10):
+        assert guest_error({"max_record_bytes": 100}, data, size) == message
+    assert run({"max_record_bytes": 103}, data)[2] == (2, 2, 0)
+
+
+def test_default_record_limit_is_64_mib() -> None:
+    big = b'"' + b"z" * (64 << 20) + b'"\n'
+    message = "line 2: record exceeds max_record_bytes (67108864); raise max_record_bytes in the stage config"
+    # Chunks of 10^6 bytes: the record is refused before its held part grows past 64 MiB - 48
+    # bytes, which would take the next (128 MiB) allocation class.
+    assert guest_error({}, b"a\n" + big, chunk_size=1_000_000) == message
+
+
+@pytest.fixture
+def large_csv_fields() -> Iterator[None]:
+    """Let csv.reader read fields beyond its default 128 KiB limit during one test."""
+    old = csv.field_size_limit(1 << 30)
+    yield
+    csv.field_size_limit(old)
+
+
+@pytest.mark.usefixtures("large_csv_fields")
+def test_fields_larger_than_the_output_buffer() -> None:
+    value = ('say "x", ' * 40_000) + "é"
+    data = f"a,b\n1,{csv_row([value])}2,short\n".encode()
+    out = check({"upper": ["b"]}, data, [None, 100_000])
+    assert out.splitlines()[1].startswith(b'1,"SAY ""X"", ')
+    assert check({}, data, [None]).endswith(b'"\n2,short\n')
+
+
+# -------------------------------------------------------------------------------------------------
+# The module itself
+# -------------------------------------------------------------------------------------------------
+
+
+def test_module_imports_only_the_pipeline_host_functions() -> None:
+    module = wasmtime.Module.from_file(wasmtime.Engine(), builtin_path("csv-map"))
+    assert {(i.module, i.name) for i in module.imports} <= {
+        ("pipeline", "pl_emit"),
+        ("pipeline", "pl_fail"),
+        ("pipeline", "pl_log"),
+    }
+    memory = next(e.type for e in module.exports if e.name == "memory")
+    assert isinstance(memory, wasmtime.MemoryType)
+    assert memory.limits.min <= 32  # 1 MiB input, 2 x 256 KiB output, 64 KiB stack: ~1.7 MiB
+
+
+def test_output_is_emitted_in_large_blocks() -> None:
+    emits: list[tuple[int, int]] = []
+    module = GuestModule.load(builtin_path("csv-map"))
+    with Guest(module, stage="csv-map", on_emit=lambda port, view: emits.append((port, len(view)))) as guest:
+        guest.start(b"{}")
+        guest.feed(b"a,b\n")
+        for _ in range(8):
+            guest.feed(b"12345,abcdefghij\n" * 60_000)
+        assert all(size >= 64 << 10 for _, size in emits)  # only full buffers before the end
+        guest.finish()
+    assert sum(size for _, size in emits) == 4 + 8 * 17 * 60_000
+    assert {port for port, _ in emits} == {0}
+
+
+# -------------------------------------------------------------------------------------------------
+# Property: random CSV, random config, random chunking
+# -------------------------------------------------------------------------------------------------
+
+ALPHABET = st.sampled_from([*'ab Z,"\r\n1.5e-éÉ÷ßÿ中😀\x00\t', "12", "-3", ".5", "x", "plain text"])
+text = st.lists(ALPHABET, max_size=6).map("".join)
+
+
+@st.composite
+def csv_inputs(draw: st.DrawFn, max_rows: int = 8, max_len: int = 6) -> bytes:
+    """CSV text: well-formed rows (random quoting and line ends) or free-form special characters."""
+    text = st.lists(ALPHABET, max_size=max_len).map("".join)
+    if draw(st.integers(0, 4)) == 0:
+        return draw(st.lists(ALPHABET, min_size=1, max_size=max_len * max_rows).map("".join)).encode()
+    ncols = draw(st.integers(1, 4))
+    header = draw(st.lists(text, min_size=ncols, max_size=ncols, unique=True))
+    widths = draw(st.lists(st.sampled_from([ncols, ncols, ncols, 1, 2, 3, 5]), max_size=max_rows))
+    rows = [header] + [draw(st.lists(text, min_size=n, max_size=n)) for n in widths]
+    parts = []
+    for row in rows:
+        fields = []
+        for value in row:
+            must_quote = any(c in value for c in ',"\r\n') or not value
+            style = draw(st.sampled_from(["plain", "quoted", "quirk"]))
+            if must_quote or style == "quoted":
+                fields.append('"' + value.replace('"', '""') + '"')
+            elif style == "quirk":
+                fields.append('"' + value + '"' + draw(st.sampled_from(["", "x", 'y"z'])))
+            else:
+                fields.append(value)
+        parts.append(",".join(fields) + draw(st.sampled_from(["\n", "\r\n", "\r", "\n\n", "\r\n\r\n"])))
+    body = "".join(parts)
+    if draw(st.booleans()):
+        body = body.rstrip("\r\n")
+    if draw(st.integers(0, 9)) == 0:
+        body += draw(st.sampled_from(['"', '"open', 'x,"']))
+    if draw(st.integers(0, 4)) == 0:
+        body = "\ufeff" + body
+    return body.encode()
+
+
+@st.composite
+def configs(draw: st.DrawFn, header: list[str]) -> dict[str, Any]:
+    """A valid csv-map config for this header."""
+    config: dict[str, Any] = {}
+    names = list(dict.fromkeys(header))
+    if draw(st.booleans()):
+        config["select"] = draw(st.lists(st.sampled_from(names), min_size=1, max_size=5))
+    selected = config.get("select", header)
+    if draw(st.booleans()):
+        config["rename"] = draw(st.dictionaries(st.sampled_from(list(dict.fromkeys(selected))), text, max_size=2))
+    outputs = [config.get("rename", {}).get(n, n) for n in selected]
+    if draw(st.booleans()):
+        config["upper"] = draw(st.lists(st.sampled_from(outputs + list(selected)), max_size=2))
+    if draw(st.booleans()):
+        lower = draw(st.lists(st.sampled_from(outputs + list(selected)), max_size=2))
+
+        def columns(name: str) -> set[int]:
+            return {k for k, n in enumerate(outputs) if n == name} or {k for k, n in enumerate(selected) if n == name}
+
+        upper = set().union(*(columns(n) for n in config.get("upper", [])))
+        config["lower"] = [n for n in lower if not columns(n) & upper]
+    if draw(st.booleans()):
+        value = draw(st.one_of(text, st.floats(-1e4, 1e4, allow_nan=False), st.integers(-100, 100)))
+        column = draw(st.sampled_from(outputs + names))
+        config["filter"] = {"column": column, "op": draw(st.sampled_from(list(OPS))), "value": value}
+    return config
+
+
+def check_model(data: bytes, chunk: int | None, choice: st.DataObject) -> None:
+    """Run a random valid config over data; compare with the model, then read the output back."""
+    recs = records(data)
+    config = choice.draw(configs(recs[0][1])) if recs else {}
+    want = expected(config, data)
+    assert run(config, data, chunk) == want
+    assert run(config, data, 1) == want
+    assert read_back(want[0]) == model(config, data)[0]
+    originals = dict(recs)
+    for line, _, record in read_back(want[1])[1:]:
+        assert read_back(record.encode()) == [originals[int(line)]]
+
+
+HEALTH = [HealthCheck.too_slow, HealthCheck.filter_too_much]
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=HEALTH)
+@given(data=csv_inputs(), chunk=st.one_of(st.none(), st.integers(1, 70)), choice=st.data())
+def test_small_inputs_match_the_python_model(data: bytes, chunk: int | None, choice: st.DataObject) -> None:
+    check_model(data, chunk, choice)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=HEALTH)
+@given(data=csv_inputs(max_rows=60, max_len=30), chunk=st.one_of(st.none(), st.integers(1, 300)), choice=st.data())
+def test_larger_inputs_match_the_python_model(data: bytes, chunk: int | None, choice: st.DataObject) -> None:
+    check_model(data, chunk, choice)
