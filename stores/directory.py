@@ -1,11 +1,15 @@
 """The default store: a directory on the local filesystem (``.pipeline/`` next to the job file).
 
 Each key is a file below the root. Writes go to a temporary file that is fsynced and renamed
-into place (and the directory fsynced), so a reader never sees half a value and a crash leaves
-either the old or the new value. ``cas`` serialises writers of one key with an ``flock`` on a
-sidecar lock file, which works across threads and processes on one machine (not across
-machines: use S3 or PostgreSQL for a store shared by several hosts); versions are content
-hashes. The store's own files (temporary files, lock files) start with ``.~``; no key segment
+into place, so a reader never sees half a value and a crash leaves either the old or the new
+value. Durability of the rename needs the directory fsynced too: ``cas`` does that at once, while
+``put`` defers it to the next ``cas`` (or ``close``), which first fsyncs every directory a put
+touched. Blobs are only ever reached through a manifest a ``cas`` committed, so the commit order
+of DESIGN §4 holds, with one directory fsync per checkpoint instead of one per page blob.
+
+``cas`` serialises writers of one key with an ``flock`` on a sidecar lock file, which works
+across threads and processes on one machine (not across machines: use S3 or PostgreSQL for a
+store shared by several hosts); versions are content hashes. The store's own files (temporary files, lock files) start with ``.~``; no key segment
 may, and ``list`` never shows them.
 """
 
@@ -14,12 +18,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import xxhash
 
+from pipeline._fs import fsync_dir
 from pipeline.errors import Conflict, KeyNotFound, StoreError
 from pipeline.stores._base import BaseStore
 from pipeline.stores._retry import RetryPolicy
@@ -37,6 +43,8 @@ class DirectoryStore(BaseStore):
     def __init__(self, url: str, *, retry: RetryPolicy | None = None) -> None:
         super().__init__(url, retry=retry)
         self.root = Path(url)
+        self._unsynced: set[Path] = set()  # directories holding renames not yet fsynced
+        self._unsynced_lock = threading.Lock()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -57,7 +65,7 @@ class DirectoryStore(BaseStore):
             raise StoreError(f"{self.url}: cannot read {key!r}: {exc.strerror}") from exc
         return data, _version(data)
 
-    def _write_atomically(self, key: str, data: bytes) -> None:
+    def _write_atomically(self, key: str, data: bytes, *, sync_dir: bool = True) -> None:
         path = self.root / key
         tmp = path.with_name(f"{_PRIVATE}{path.name}.{uuid.uuid4().hex}.tmp")
         try:
@@ -67,14 +75,30 @@ class DirectoryStore(BaseStore):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            if sync_dir:
+                fsync_dir(path.parent)
+            else:
+                with self._unsynced_lock:
+                    self._unsynced.add(path.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise StoreError(f"{self.url}: cannot write {key!r}: {exc.strerror}") from exc
 
     def _put(self, key: str, data: bytes) -> None:
-        self._write_atomically(key, data)
+        self._write_atomically(key, data, sync_dir=False)
+
+    def _sync_pending(self) -> None:
+        """Fsync every directory a put renamed into since the last sync."""
+        with self._unsynced_lock:
+            pending, self._unsynced = self._unsynced, set()
+        try:
+            for directory in pending:
+                fsync_dir(directory)
+        except OSError as exc:
+            with self._unsynced_lock:
+                self._unsynced |= pending
+            raise StoreError(f"{self.url}: cannot sync {directory}: {exc.strerror}") from exc
 
     def _cas(self, key: str, data: bytes, expected: str | None) -> str:
         path = self.root / key
@@ -87,6 +111,7 @@ class DirectoryStore(BaseStore):
         except OSError as exc:
             raise StoreError(f"{self.url}: cannot lock {key!r}: {exc.strerror}") from exc
         try:
+            self._sync_pending()  # blobs put before this commit must be durable before it
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             try:
                 current: str | None = _version(path.read_bytes())
@@ -123,10 +148,8 @@ class DirectoryStore(BaseStore):
         except OSError as exc:
             raise StoreError(f"{self.url}: cannot delete {key!r}: {exc.strerror}") from exc
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def close(self) -> None:
+        """Make pending puts durable, then close; safe to call twice."""
+        if not self._closed:
+            self._sync_pending()
+        super().close()
