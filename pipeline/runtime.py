@@ -40,7 +40,7 @@ from pipeline.errors import (
     GuestTrap,
     SpecError,
 )
-from pipeline.wasm_binary import defined_globals, export_mutable_globals
+from pipeline.wasm_binary import data_segment_pages, defined_globals, export_mutable_globals
 
 ABI_VERSION = 1
 WASM_PAGE = 65536
@@ -142,6 +142,8 @@ class GuestModule:
     """Named outputs the guest declares (``pl_outputs``), name -> port; port 0 is always main."""
     declared: bool
     """Whether the guest declares its outputs (then each must be routed) or uses the default."""
+    data_pages: frozenset[int] | None = None
+    """Pages a fresh instance's data segments fill (the rest start zeroed); None if unknown."""
 
     @classmethod
     def load(
@@ -179,7 +181,9 @@ def _compile(data: bytes, label: str, fuel: bool) -> GuestModule:
         first_line = str(exc).strip().splitlines()[0]
         raise GuestABIError(f"{label}: not a valid WebAssembly module: {first_line}") from exc
     _check_abi(module, label, data)
-    guest_module = GuestModule(label, sha, module, fuel, dict(DEFAULT_OUTPUTS), declared=False)
+    guest_module = GuestModule(
+        label, sha, module, fuel, dict(DEFAULT_OUTPUTS), declared=False, data_pages=data_segment_pages(data)
+    )
     if any(e.name == "pl_outputs" for e in module.exports):
         with Guest(guest_module, stage=label, on_emit=_refuse_emit) as probe:
             outputs = probe.declared_outputs()

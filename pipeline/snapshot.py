@@ -219,13 +219,15 @@ class PageWriter:
 def restore(guest: Guest, state: StageState, store: SnapshotStore, prefix: str) -> None:
     """Load a stage's memory and globals from a snapshot into a fresh instance."""
     guest.grow_to(state.memory_pages)
+    prefilled = guest.module.data_pages  # only these pages of a fresh instance may be non-zero
     memory = guest.memory_view()
     try:
         for index in range(state.memory_pages):
             offset = index * PAGE_SIZE
             blob_id = state.pages.get(index)
             if blob_id is None:  # a zero page, or input area whose contents are undefined
-                memory[offset : offset + PAGE_SIZE] = _ZERO_PAGE
+                if prefilled is None or index in prefilled:
+                    memory[offset : offset + PAGE_SIZE] = _ZERO_PAGE
                 continue
             key = blob_key(prefix, blob_id)
             try:

@@ -19,7 +19,8 @@ from pipeline.errors import GuestABIError
 MAGIC = b"\x00asm\x01\x00\x00\x00"
 GLOBAL_EXPORT_PREFIX = "__pl_global_"
 
-_SECTION_IMPORT, _SECTION_GLOBAL, _SECTION_EXPORT = 2, 6, 7
+_SECTION_IMPORT, _SECTION_GLOBAL, _SECTION_EXPORT, _SECTION_DATA = 2, 6, 7, 11
+_WASM_PAGE = 65536
 # Sections that must come after the export section (start, element, data count, code, data).
 _AFTER_EXPORT = {8, 9, 12, 10, 11}
 _KIND_GLOBAL = 0x03
@@ -193,6 +194,47 @@ def _exported_global_indices(data: bytes, start: int, end: int) -> tuple[int, in
         if kind == _KIND_GLOBAL:
             indices.add(index)
     return count, entries_start, indices
+
+
+def data_segment_pages(data: bytes) -> frozenset[int] | None:
+    """The memory pages a fresh instance's active data segments write, or None if unknowable.
+
+    Every other page of a fresh instance is zero, so restoring a snapshot need not clear it.
+    A segment placed by anything but an ``i32.const`` offset (position-independent code) makes
+    the answer unknowable.
+    """
+    pages: set[int] = set()
+    for section_id, start, end in _sections(data):
+        if section_id != _SECTION_DATA:
+            continue
+        reader = _Reader(data, start, end)
+        for _ in range(reader.u32()):
+            flags = reader.u32()
+            if flags == 1:  # passive: written only by memory.init, which a C guest runs in _initialize
+                reader.skip(reader.u32())
+                continue
+            if flags == 2:
+                reader.u32()  # memory index
+            if reader.byte() != 0x41:  # i32.const
+                return None
+            offset = _signed_leb(reader)
+            if reader.byte() != 0x0B:
+                return None
+            length = reader.u32()
+            reader.skip(length)
+            if length:
+                pages.update(range(offset // _WASM_PAGE, (offset + length - 1) // _WASM_PAGE + 1))
+    return frozenset(pages)
+
+
+def _signed_leb(reader: _Reader) -> int:
+    result = shift = 0
+    while True:
+        b = reader.byte()
+        result |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return result - (1 << shift) if b & 0x40 else result
 
 
 def exported_global_indices(data: bytes) -> set[int]:

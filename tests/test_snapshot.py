@@ -169,3 +169,13 @@ def test_missing_page_blob_is_corrupt() -> None:
     store.delete(PREFIX + state.pages[0])
     with _guest() as fresh, pytest.raises(SnapshotCorrupt, match=r": page blob is missing from the store"):
         restore(fresh, state, store, PREFIX)
+
+
+def test_data_segment_pages_name_the_pages_a_fresh_instance_fills() -> None:
+    from pipeline.wasm_binary import data_segment_pages
+
+    placed = '(module (memory 4) (data (i32.const 65530) "0123456789") (data (i32.const 200000) ""))'
+    assert data_segment_pages(wat_guests.build(placed)) == {0, 1}
+    pic = '(module (import "env" "base" (global i32)) (memory 1) (data (global.get 0) "x"))'
+    assert data_segment_pages(wat_guests.build(pic)) is None
+    assert data_segment_pages(wat_guests.build("(module (memory 1))")) == frozenset()
