@@ -277,6 +277,7 @@ class Guest:
         """Bytes fed to :meth:`process` over the whole session (restored on resume)."""
         self._pending = 0  # bytes of the call in progress, for error messages
         self._failure: str | None = None
+        self._host_error: BaseException | None = None
         self._closed = False
 
         self._store = wasmtime.Store(_engine(module.fuel))
@@ -314,11 +315,26 @@ class Guest:
         self._input_cap = 0
 
     # -- host imports ---------------------------------------------------------------------
+    # Host imports never raise into wasmtime: wasmtime-py parks such an exception in a
+    # process-wide slot, where a session on another thread could pick it up. Instead the first
+    # error is kept on this Guest, pl_emit answers non-zero (the guest must then fail its call),
+    # and _call raises the kept error once the guest has returned.
     def _host_import(self, name: str) -> wasmtime.Func:
         params, results = _HOST_IMPORTS[name]
         ty = wasmtime.FuncType(params, results)
         handler = getattr(self, f"_import_{name}")
-        return wasmtime.Func(self._store, ty, handler, access_caller=True)
+        refusal = 1 if results else None
+
+        def guarded(caller: wasmtime.Caller, *args: int) -> int | None:
+            if self._host_error is not None:
+                return refusal
+            try:
+                return handler(caller, *args)
+            except BaseException as exc:  # re-raised by _call, on this thread
+                self._host_error = exc
+                return refusal
+
+        return wasmtime.Func(self._store, ty, guarded, access_caller=True)
 
     def _guest_view(self, caller: wasmtime.Caller, ptr: int, length: int, what: str) -> memoryview:
         size = self._memory.data_len(caller)
@@ -356,10 +372,16 @@ class Guest:
     def _call(self, name: str, *args: int) -> Any:
         self._check_open()
         self._arm()
+        self._host_error = None
         try:
-            return self._funcs[name](self._store, *args)
+            result = self._funcs[name](self._store, *args)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            if self._host_error is not None:
+                raise self._host_error from None
             raise self._translate(exc, name) from exc
+        if self._host_error is not None:
+            raise self._host_error
+        return result
 
     def _call_status(self, name: str, *args: int) -> None:
         """Call an export that returns 0 on success and reports failures with ``pl_fail``."""

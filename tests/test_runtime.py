@@ -86,3 +86,34 @@ def test_guest_lifecycle_close_twice_then_value_error() -> None:
     guest.close()
     with pytest.raises(ValueError, match="closed"):
         guest.feed(b"x")
+
+
+def test_host_errors_stay_on_their_own_thread() -> None:
+    """Each thread's guest fails with its own host error, never another thread's."""
+    import threading
+
+    module = GuestModule.load(wat_guests.build(wat_guests.ECHO_SUM), name="t.wasm")
+    mixups: list[str] = []
+
+    class ThreadError(Exception):
+        pass
+
+    def worker(tag: str) -> None:
+        def on_emit(port: int, view: memoryview) -> None:
+            raise ThreadError(tag)
+
+        with Guest(module, stage=tag, on_emit=on_emit) as guest:
+            guest.start(b"{}")
+            for _ in range(300):
+                try:
+                    guest.feed(b"x")
+                except ThreadError as exc:
+                    if exc.args != (tag,):
+                        mixups.append(f"{tag} got {exc.args}")
+
+    threads = [threading.Thread(target=worker, args=(f"t{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not mixups
