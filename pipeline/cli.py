@@ -20,12 +20,13 @@ import click
 
 from pipeline import __version__
 from pipeline.admin import collect_garbage, describe, format_time, remove_session, session_infos
+from pipeline.batch import FileOutcome, batch_status, run_batch
 from pipeline.errors import KeyNotFound, PipelineError, SpecError
 from pipeline.inspect import inspect_module
 from pipeline.runner import ProgressCallback, RunResult, run_session
 from pipeline.runtime import resolve_guest_path
 from pipeline.session import SessionStore
-from pipeline.spec import DEFAULT_STORE, load_job, parse_duration
+from pipeline.spec import DEFAULT_STORE, JobSpec, load_job, parse_duration
 from pipeline.stores import SnapshotStore, open_store
 
 EXIT_ERROR = 1
@@ -109,23 +110,93 @@ def store_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--store", "store_url", metavar="URL", help="Snapshot store (default: the job's `store:`).")
 @click.option("--session", metavar="ID", help="Session id (default: the job's name).")
 @click.option("--wait", is_flag=True, help="If another run holds the session, wait for it instead of stopping.")
+@click.option(
+    "-p", "--parallel", default=1, show_default=True, type=click.IntRange(1, 64), help="Files at once (batch)."
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def run(job_file: str, fresh: bool, store_url: str | None, session: str | None, wait: bool, quiet: bool) -> None:
+def run(
+    job_file: str, fresh: bool, store_url: str | None, session: str | None, wait: bool, parallel: int, quiet: bool
+) -> None:
     """Run a job, resuming its session from the last checkpoint if it was interrupted.
 
     Rerunning a finished job on an unchanged input does nothing; a changed input or job is
-    refused until you pass --fresh.
+    refused until you pass --fresh. A job over a glob or a list of files (a batch) runs one
+    session per file: new files are processed, interrupted ones resumed, finished ones skipped,
+    and the exit status is non-zero if any file failed.
 
     \b
     Example:
         pipeline run examples/csv-map.yaml
         pipeline run examples/csv-map.yaml --fresh --store /tmp/snapshots
+        pipeline run nightly.yaml --parallel 4        # source: {url: "incoming/*.csv"}
     """
     job = load_job(job_file)
+    if job.is_batch:
+        if session:
+            raise SpecError(f"{job_file}: --session names one session; a batch has one per file")
+        _run_batch(job, store_url=store_url, fresh=fresh, wait=wait, parallel=parallel, quiet=quiet)
+        return
     with _progress(enabled=not quiet and sys.stderr.isatty(), label=job.name) as on_progress:
         result = run_session(job, store_url=store_url, session=session, fresh=fresh, wait=wait, on_progress=on_progress)
     if not quiet:
         click.echo(summary_line(result))
+
+
+def _run_batch(job: JobSpec, *, store_url: str | None, fresh: bool, wait: bool, parallel: int, quiet: bool) -> None:
+    def report(outcome: FileOutcome) -> None:
+        if outcome.error is not None:
+            click.secho(f"{outcome.url}: error: {outcome.error.message}", fg="red", err=True)
+        elif not quiet and outcome.result is not None:
+            click.echo(summary_line(outcome.result))
+
+    outcomes = run_batch(job, parallel=parallel, store_url=store_url, fresh=fresh, wait=wait, on_done=report)
+    failed = [o for o in outcomes if o.error is not None]
+    if not quiet or failed:
+        click.echo(batch_table(job.name, outcomes), err=bool(failed) and quiet)
+    if failed:
+        raise click.exceptions.Exit(EXIT_ERROR)
+
+
+def batch_table(name: str, outcomes: list[FileOutcome]) -> str:
+    """The table that ends a batch run: one row per file, then the totals."""
+    lines = [f"{'FILE':<40} {'STATUS':<17} {'ROWS IN':>10} {'OUT':>10} {'REJECTED':>9} {'MB IN':>8}"]
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        result = outcome.result
+        status = "failed" if result is None else ("resumed" if result.resumed_from else result.status)
+        counts[status] = counts.get(status, 0) + 1
+        rows = [result.records_in, result.records_out, result.records_rejected] if result else [None] * 3
+        shown = [f"{n:,}" if n is not None else "-" for n in rows]
+        size = f"{result.bytes_in / 1e6:.1f}" if result else "-"
+        lines.append(f"{_tail(outcome.url, 40):<40} {status:<17} {shown[0]:>10} {shown[1]:>10} {shown[2]:>9} {size:>8}")
+    totals = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    lines.append(f"{name}: {len(outcomes)} file{'s' if len(outcomes) != 1 else ''} · {totals}")
+    return "\n".join(lines)
+
+
+_STATUS = {"complete": "complete", "already-complete": "already complete"}
+
+
+def _tail(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
+@cli.command()
+@click.argument("job_file", metavar="JOB.yaml", type=click.Path(dir_okay=False))
+@click.option("--store", "store_url", metavar="URL", help="Snapshot store (default: the job's `store:`).")
+def status(job_file: str, store_url: str | None) -> None:
+    """Show each file of a job: new, running (how far), complete or changed — without running it.
+
+    \b
+    Example:
+        pipeline status nightly.yaml
+    """
+    job = load_job(job_file)
+    rows = batch_status(job, store_url=store_url)
+    click.echo(f"{'FILE':<50} {'STATE':<9} {'PROGRESS':>8}  SESSION")
+    for row in rows:
+        progress = f"{row.progress:.1%}" if row.progress is not None else "-"
+        click.echo(f"{_tail(row.url, 50):<50} {row.state:<9} {progress:>8}  {row.session}")
 
 
 @cli.command()

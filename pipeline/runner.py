@@ -78,6 +78,8 @@ def run_session(
 
     With ``wait``, a session another run is writing is waited for instead of refused.
     """
+    if job.is_batch:
+        raise SpecError(f"{job.path}: source names several files: run it with pipeline.batch.run_batch")
     session_id = session or job.name
     if not _SESSION_NAME.match(session_id):
         raise SpecError(f"session id {session_id!r} must be letters, digits, '.', '_' or '-' (at most 128)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import json
 import struct
+import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -41,13 +42,24 @@ CODEC_ZSTD, CODEC_GZIP = 1, 2
 _ZERO_PAGE = bytes(PAGE_SIZE)
 _ZERO_PAGE_ID = xxhash.xxh3_128_hexdigest(_ZERO_PAGE)
 
-_compressor = zstandard.ZstdCompressor(level=3)
-_decompressor = zstandard.ZstdDecompressor()
+_codecs = threading.local()  # zstandard's (de)compressor objects must not be shared by threads
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    if not hasattr(_codecs, "compressor"):
+        _codecs.compressor = zstandard.ZstdCompressor(level=3)
+    return _codecs.compressor
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    if not hasattr(_codecs, "decompressor"):
+        _codecs.decompressor = zstandard.ZstdDecompressor()
+    return _codecs.decompressor
 
 
 def encode_blob(raw: bytes | memoryview, codec: int = CODEC_ZSTD) -> bytes:
     """Frame and compress ``raw`` (zstd by default)."""
-    payload = _compressor.compress(raw) if codec == CODEC_ZSTD else gzip.compress(raw, mtime=0)
+    payload = _compressor().compress(raw) if codec == CODEC_ZSTD else gzip.compress(raw, mtime=0)
     return _HEADER.pack(_MAGIC, codec, xxhash.xxh3_64_intdigest(raw), len(raw)) + payload
 
 
@@ -61,7 +73,7 @@ def decode_blob(blob: bytes, key: str) -> bytes:
     payload = memoryview(blob)[_HEADER.size :]
     try:
         if codec == CODEC_ZSTD:
-            raw = _decompressor.decompress(payload, max_output_size=length)
+            raw = _decompressor().decompress(payload, max_output_size=length)
         elif codec == CODEC_GZIP:
             raw = gzip.decompress(payload)
         else:

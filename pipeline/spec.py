@@ -33,17 +33,22 @@ for _power, _letter in enumerate("kmgt", start=1):  # k/kb = 1000, ki/kib = 1024
     _UNITS |= {f"{_letter}i": 1024**_power, f"{_letter}ib": 1024**_power}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+GLOB_CHARS = re.compile(r"[*?\[]")
+TEMPLATE_FIELDS = ("stem", "name")
+"""Placeholders an output URL may use: the source file's name without / with its extension."""
 _OUTPUT_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """Where the payload comes from."""
+    """Where the payload comes from: one file (``url``), or for a batch, ``patterns``."""
 
     url: str
     options: dict[str, Any] = field(default_factory=dict)
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    patterns: tuple[str, ...] = ()
+    """Globs and URLs of a batch job (``url: data/*.csv`` or ``urls: [...]``): one session per file."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,11 @@ class JobSpec:
     @property
     def base_dir(self) -> Path:
         return self.path.parent
+
+    @property
+    def is_batch(self) -> bool:
+        """A job over a glob or a list of files, run as one session per file."""
+        return bool(self.source.patterns)
 
     def sha256(self) -> str:
         """A hash of everything that decides the output (not the store or checkpoint interval)."""
@@ -220,15 +230,7 @@ def parse_job(document: Any, path: Path) -> JobSpec:
     if not _SESSION_NAME.match(name):
         raise check.fail("name", f"{name!r} must be letters, digits, '.', '_' or '-' (at most 128)")
 
-    source_doc = check.mapping(top["source"], "source", required={"url"}, optional={"options", "chunk_size"})
-    options = source_doc.get("options", {})
-    if not isinstance(options, dict):
-        raise check.fail("source.options", f"expected a mapping, got {_kind(options)}")
-    source = SourceSpec(
-        url=check.url(source_doc["url"], "source.url"),
-        options=options,
-        chunk_size=check.wrap("source.chunk_size", parse_size, source_doc.get("chunk_size", DEFAULT_CHUNK_SIZE)),
-    )
+    source = _parse_source(check, top["source"])
 
     stages_doc = top["stages"]
     if not isinstance(stages_doc, list) or not stages_doc:
@@ -237,7 +239,15 @@ def parse_job(document: Any, path: Path) -> JobSpec:
 
     def output(doc: Any, where: str) -> OutputSpec:
         doc = check.mapping(doc, where, required={"url"}, optional=set())
-        return OutputSpec(url=check.local_path(doc["url"], f"{where}.url"))
+        url = check.local_path(doc["url"], f"{where}.url")
+        try:
+            rendered = render_output(url, "x/sample.csv")
+        except (KeyError, ValueError, IndexError) as exc:
+            fields = ", ".join(f"{{{f}}}" for f in TEMPLATE_FIELDS)
+            raise check.fail(f"{where}.url", f"bad placeholder {exc} (available: {fields})") from None
+        if source.patterns and rendered == url:
+            raise check.fail(f"{where}.url", "a batch job writes one output per file: use {stem} or {name} in it")
+        return OutputSpec(url=url)
 
     sink = output(top["sink"], "sink")
     outputs_doc = top.get("outputs", {})
@@ -252,14 +262,10 @@ def parse_job(document: Any, path: Path) -> JobSpec:
         if "rejects" in outputs:
             raise check.fail("rejects", "is also given as outputs.rejects; keep one")
         outputs["rejects"] = output(top["rejects"], "rejects")
-    seen = {source.url: "source.url", sink.url: "sink.url"}
-    if sink.url == source.url:
-        raise check.fail("sink.url", "output would overwrite the source")
-    for output_name, out in outputs.items():
-        where = "rejects.url" if output_name == "rejects" and "rejects" in top else f"outputs.{output_name}.url"
-        if out.url in seen:
-            raise check.fail(where, f"is the same file as {seen[out.url]}; give each output its own file")
-        seen[out.url] = where
+    if not source.patterns:  # one file: fill in any placeholders now
+        sink = OutputSpec(render_output(sink.url, source.url))
+        outputs = {n: OutputSpec(render_output(o.url, source.url)) for n, o in outputs.items()}
+        check_distinct_outputs(path, source.url, sink, outputs)
 
     checkpoint = check.mapping(top.get("checkpoint", {}), "checkpoint", required=set(), optional={"every"})
     store = top.get("store", DEFAULT_STORE)
@@ -273,6 +279,45 @@ def parse_job(document: Any, path: Path) -> JobSpec:
         store=check.string(store, "store"),
         checkpoint_every=check.wrap("checkpoint.every", parse_size, checkpoint.get("every", DEFAULT_CHECKPOINT_EVERY)),
     )
+
+
+def render_output(template: str, source_url: str) -> str:
+    """An output URL for one source file: ``{stem}`` and ``{name}`` filled in."""
+    name = source_url.rstrip("/").rsplit("/", 1)[-1]
+    return template.format_map({"name": name, "stem": name.split(".", 1)[0] if "." in name else name})
+
+
+def check_distinct_outputs(path: Path, source_url: str, sink: OutputSpec, outputs: dict[str, OutputSpec]) -> None:
+    """No output may overwrite the source or another output (``path`` names the job file)."""
+    check = _Checker(path)
+    seen = {source_url: "source.url", sink.url: "sink.url"}
+    if sink.url == source_url:
+        raise check.fail("sink.url", "output would overwrite the source")
+    for output_name, out in outputs.items():
+        where = f"outputs.{output_name}.url"
+        if out.url in seen:
+            raise check.fail(where, f"is the same file as {seen[out.url]}; give each output its own file")
+        seen[out.url] = where
+
+
+def _parse_source(check: _Checker, doc: Any) -> SourceSpec:
+    source_doc = check.mapping(doc, "source", required=set(), optional={"url", "urls", "options", "chunk_size"})
+    if ("url" in source_doc) == ("urls" in source_doc):
+        raise check.fail("source", "give exactly one of 'url' (a file or a glob) and 'urls' (a list)")
+    options = source_doc.get("options", {})
+    if not isinstance(options, dict):
+        raise check.fail("source.options", f"expected a mapping, got {_kind(options)}")
+    chunk_size = check.wrap("source.chunk_size", parse_size, source_doc.get("chunk_size", DEFAULT_CHUNK_SIZE))
+    if "urls" in source_doc:
+        urls = source_doc["urls"]
+        if not isinstance(urls, list) or not urls:
+            raise check.fail("source.urls", "expected a non-empty list of files or globs")
+        patterns = tuple(check.url(u, f"source.urls[{i}]") for i, u in enumerate(urls))
+        return SourceSpec(url="", options=options, chunk_size=chunk_size, patterns=patterns)
+    url = check.url(source_doc["url"], "source.url")
+    if GLOB_CHARS.search(url):
+        return SourceSpec(url="", options=options, chunk_size=chunk_size, patterns=(url,))
+    return SourceSpec(url=url, options=options, chunk_size=chunk_size)
 
 
 def _parse_stage(check: _Checker, doc: Any, where: str) -> StageSpec:

@@ -1,0 +1,136 @@
+"""Batch jobs over globs and lists: one session per file, safe to rerun, parallel, killed and resumed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline._faults import ENV as KILL_ENV
+from pipeline.batch import batch_status, expand_sources, run_batch
+from pipeline.cli import cli
+from pipeline.errors import SourceError, SpecError
+from pipeline.spec import load_job
+from pipeline.testing.data import write_orders_csv
+
+JOB = """\
+name: nightly
+source: {url: "incoming/*.csv"}
+stages:
+  - guest: builtin:csv-map
+    config: {select: [id, name, amount], upper: [name], filter: {column: amount, op: ">", value: 100}}
+sink: {url: "out/{stem}.csv"}
+rejects: {url: "out/{stem}-rejects.csv"}
+checkpoint: {every: 256KiB}
+"""
+
+
+def _batch(directory: Path, files: int = 3, size: int = 3_000_000) -> Path:
+    (directory / "incoming").mkdir(parents=True)
+    for i in range(files):
+        write_orders_csv(directory / "incoming" / f"day{i}.csv", size, seed=i)
+    (directory / "nightly.yaml").write_text(JOB)
+    return directory / "nightly.yaml"
+
+
+def _digests(directory: Path) -> dict[str, str]:
+    out = directory / "out"
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
+
+
+def test_glob_runs_one_session_per_file_and_a_rerun_skips_them(tmp_path: Path) -> None:
+    job = load_job(_batch(tmp_path))
+    outcomes = run_batch(job, parallel=2)
+    assert [o.url.rsplit("/", 1)[-1] for o in outcomes] == ["day0.csv", "day1.csv", "day2.csv"]
+    assert all(o.error is None and o.result and o.result.status == "complete" for o in outcomes)
+    assert sorted(_digests(tmp_path)) == sorted(f"day{i}{s}.csv" for i in range(3) for s in ("", "-rejects"))
+    again = run_batch(job, parallel=2)
+    assert [o.result.status for o in again if o.result] == ["already-complete"] * 3
+
+
+def test_a_new_file_is_processed_and_the_finished_ones_are_not(tmp_path: Path) -> None:
+    job_file = _batch(tmp_path, files=2)
+    run_batch(load_job(job_file))
+    before = (tmp_path / "out" / "day0.csv").stat().st_mtime_ns
+    write_orders_csv(tmp_path / "incoming" / "day9.csv", 1_000_000, seed=9)
+    statuses = {o.url.rsplit("/", 1)[-1]: o.result.status for o in run_batch(load_job(job_file)) if o.result}
+    assert statuses == {"day0.csv": "already-complete", "day1.csv": "already-complete", "day9.csv": "complete"}
+    assert (tmp_path / "out" / "day0.csv").stat().st_mtime_ns == before
+
+
+def test_a_failing_file_does_not_stop_the_others_and_the_exit_is_non_zero(tmp_path: Path) -> None:
+    job_file = _batch(tmp_path, files=2, size=200_000)
+    (tmp_path / "incoming" / "broken.csv").write_text("no,such,columns\n1,2,3\n")
+    result = CliRunner().invoke(cli, ["run", str(job_file), "--parallel", "2"])
+    assert result.exit_code == 1
+    assert "broken.csv: error: stage 1 (builtin:csv-map)" in result.output
+    assert "select: column 'id' is not in the header" in result.output
+    assert result.output.splitlines()[-1] == "nightly: 3 files · 2 complete, 1 failed"
+    assert (tmp_path / "out" / "day0.csv").exists() and (tmp_path / "out" / "day1.csv").exists()
+
+
+def test_sigkill_mid_batch_then_rerun_gives_every_output_golden(tmp_path: Path) -> None:
+    golden_dir, work = tmp_path / "golden", tmp_path / "work"
+    for directory in (golden_dir, work):
+        directory.mkdir()
+        _batch(directory)
+    run_batch(load_job(golden_dir / "nightly.yaml"))
+    command = [sys.executable, "-m", "pipeline", "run", str(work / "nightly.yaml"), "--parallel", "2", "--quiet"]
+    killed = subprocess.run(command, env={**os.environ, KILL_ENV: "manifest-committed:6"}, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    states = {row.state for row in batch_status(load_job(work / "nightly.yaml"))}
+    assert states & {"running", "starting", "new"}, states
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _digests(work) == _digests(golden_dir)
+    assert {row.state for row in batch_status(load_job(work / "nightly.yaml"))} == {"complete"}
+
+
+def test_status_shows_new_complete_and_changed_files(tmp_path: Path) -> None:
+    job_file = _batch(tmp_path, files=2, size=200_000)
+    assert [r.state for r in batch_status(load_job(job_file))] == ["new", "new"]
+    run_batch(load_job(job_file))
+    (tmp_path / "incoming" / "day1.csv").write_text("id,name,amount\n1,a,200\n")
+    result = CliRunner().invoke(cli, ["status", str(job_file)])
+    assert result.exit_code == 0
+    states = [line.split()[1] for line in result.output.splitlines()[1:]]
+    assert states == ["complete", "changed"]
+
+
+def test_a_replaced_file_is_refused_for_resume(tmp_path: Path) -> None:
+    job_file = _batch(tmp_path, files=1)
+    command = [sys.executable, "-m", "pipeline", "run", str(job_file), "--quiet"]
+    subprocess.run(command, env={**os.environ, KILL_ENV: "manifest-committed:4"}, timeout=300)
+    write_orders_csv(tmp_path / "incoming" / "day0.csv", 3_000_000, seed=42)
+    outcome = run_batch(load_job(job_file))[0]
+    assert outcome.error is not None and "changed since session 'nightly.day0.csv." in outcome.error.message
+
+
+@pytest.mark.parametrize(
+    ("sink", "message"),
+    [
+        ("out/all.csv", "a batch job writes one output per file: use {stem} or {name} in it"),
+        ("out/{stme}.csv", "bad placeholder 'stme' (available: {stem}, {name})"),
+    ],
+)
+def test_batch_output_templates_are_checked(tmp_path: Path, sink: str, message: str) -> None:
+    job_file = _batch(tmp_path, files=1, size=1000)
+    job_file.write_text(JOB.replace("out/{stem}.csv", sink))
+    with pytest.raises(SpecError) as err:
+        load_job(job_file)
+    assert message in str(err.value)
+
+
+def test_urls_list_and_no_matches(tmp_path: Path) -> None:
+    job_file = _batch(tmp_path, files=2, size=1000)
+    job_file.write_text(JOB.replace('{url: "incoming/*.csv"}', "{urls: [incoming/day1.csv, incoming/day0.csv]}"))
+    assert [u.rsplit("/", 1)[-1] for u in expand_sources(load_job(job_file))] == ["day1.csv", "day0.csv"]
+    job_file.write_text(JOB.replace("incoming/*.csv", "nothing/*.csv"))
+    with pytest.raises(SourceError, match="no files match"):
+        expand_sources(load_job(job_file))
