@@ -26,7 +26,7 @@ from typing import Any
 from pipeline._faults import FaultPoints
 from pipeline.connectors.base import Sink, open_sink
 from pipeline.connectors.source import Source, describe_change, is_verifiable
-from pipeline.errors import GuestABIError, ResumeMismatch, SnapshotCorrupt, SpecError
+from pipeline.errors import GuestABIError, GuestError, ResumeMismatch, SnapshotCorrupt, SpecError
 from pipeline.runtime import Guest, GuestModule
 from pipeline.session import SessionStore
 from pipeline.snapshot import Manifest, PageWriter, restore
@@ -99,9 +99,7 @@ class _Run:
         self.on_progress = on_progress
         self.state = SessionStore(store, session)
         self.spec_sha = job.sha256()
-        self.modules = [
-            GuestModule.load(stage.guest, name=stage.label, fuel=stage.limits.fuel is not None) for stage in job.stages
-        ]
+        self.modules = [self._load_module(index) for index in range(len(job.stages))]
         self.sinks: dict[str, Sink] = {MAIN: open_sink(job.sink.url, session)}
         self.sinks |= {name: open_sink(out.url, session) for name, out in job.outputs.items()}
         self.routes = self._routes()
@@ -111,6 +109,13 @@ class _Run:
         self.offset = 0
         self.checkpoints = 0
         self.faults = FaultPoints()
+
+    def _load_module(self, index: int) -> GuestModule:
+        stage = self.job.stages[index]
+        try:
+            return GuestModule.load(stage.guest, name=stage.label, fuel=stage.limits.fuel is not None)
+        except (SpecError, GuestABIError) as exc:
+            raise type(exc)(f"{self.job.path}: stages[{index}].guest: {exc.message}", hint=exc.hint) from exc
 
     # -- the run ------------------------------------------------------------------------
     def execute(self, *, fresh: bool, wait: bool) -> RunResult:
@@ -306,8 +311,16 @@ class _Run:
             sink.start()
         self._new_guests()
         # Last stage first: a stage may emit from pl_init into the next, which must be ready.
-        for guest, stage in reversed(list(zip(self.guests, self.job.stages, strict=True))):
-            guest.start(json.dumps(stage.config).encode())
+        for index in reversed(range(len(self.guests))):
+            guest = self.guests[index]
+            try:
+                guest.start(json.dumps(self.job.stages[index].config).encode())
+            except (SpecError, GuestError) as exc:
+                if type(exc) not in (SpecError, GuestError):
+                    raise  # a trap or a timeout is not a config problem
+                reason = guest.failure if isinstance(exc, GuestError) and guest.failure else exc.message
+                label = self.job.stages[index].label
+                raise SpecError(f"{self.job.path}: stages[{index}].config ({label}): {reason}") from exc
         self._checkpoint("running", counted=False)
 
     def _old_head(self) -> Manifest | None:

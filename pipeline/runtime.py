@@ -429,14 +429,22 @@ class Guest:
 
     # -- the ABI --------------------------------------------------------------------------
     def start(self, config: bytes) -> None:
-        """Run the module's initializer and ``pl_init`` with the stage config (a fresh session)."""
+        """Run the module's initializer and ``pl_init`` with the stage config (a fresh session).
+
+        A config the guest refuses is a ``GuestError``; :attr:`failure` holds the guest's reason.
+        """
         if "_initialize" in self._funcs:
             self._call("_initialize")
         self._load_input_area()
         if len(config) > self._input_cap:
-            raise SpecError(f"{self.stage}: config is {len(config)} bytes; the guest accepts at most {self._input_cap}")
+            raise SpecError(f"config is {len(config)} bytes; the guest accepts at most {self._input_cap}")
         self.input_view()[: len(config)] = config
         self._call_status("pl_init", len(config))
+
+    @property
+    def failure(self) -> str | None:
+        """What the guest last reported with ``pl_fail`` (sanitised), if anything."""
+        return self._failure
 
     def _load_input_area(self) -> None:
         ptr, cap = self._call("pl_input_buffer"), self._call("pl_input_capacity")

@@ -117,3 +117,22 @@ def test_inspect_unknown_builtin() -> None:
     result = CliRunner().invoke(cli, ["inspect", "builtin:nope"])
     assert result.exit_code == 1
     assert result.output.startswith("error: ")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("builtin:csv-map", "builtin:csv-mapp"), "stages[0].guest: unknown builtin guest 'csv-mapp' (known: "),
+        (("select: [id]", "selcet: [id]"), "stages[0].config (builtin:csv-map): config: unknown key 'selcet' (known: "),
+    ],
+)
+def test_guest_and_config_mistakes_name_the_job_and_the_stage(
+    tmp_path: Path, edit: tuple[str, str], message: str
+) -> None:
+    (tmp_path / "in.csv").write_text("id,name\n1,a\n")
+    job = tmp_path / "job.yaml"
+    text = "name: t\nsource: {url: in.csv}\nstages:\n  - guest: builtin:csv-map\n    config: {select: [id]}\nsink: {url: out.csv}\n"
+    job.write_text(text.replace(*edit))
+    result = CliRunner().invoke(cli, ["run", str(job)])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0].startswith(f"error: {job}: {message}")
