@@ -131,7 +131,10 @@ def test_guest_and_config_mistakes_name_the_job_and_the_stage(
 ) -> None:
     (tmp_path / "in.csv").write_text("id,name\n1,a\n")
     job = tmp_path / "job.yaml"
-    text = "name: t\nsource: {url: in.csv}\nstages:\n  - guest: builtin:csv-map\n    config: {select: [id]}\nsink: {url: out.csv}\n"
+    text = (
+        "name: t\nsource: {url: in.csv}\nstages:\n  - guest: builtin:csv-map\n"
+        "    config: {select: [id]}\nsink: {url: out.csv}\n"
+    )
     job.write_text(text.replace(*edit))
     result = CliRunner().invoke(cli, ["run", str(job)])
     assert result.exit_code == 1
