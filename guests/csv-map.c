@@ -1,5 +1,6 @@
 /*
- * csv-map — select, rename, case-convert and filter the columns of a CSV stream.
+ * csv-map — select, rename, trim, default, validate, filter and case-convert the columns of a
+ * CSV stream.
  *
  * Input: CSV read exactly as Python's csv.reader reads it (see pl_csv in pipeline_guest.h); the
  * first record is the header, blank lines are skipped.
@@ -11,56 +12,111 @@
  *                     Latin-1 letters U+00E0..U+00FE <-> U+00C0..U+00DE but U+00F7/U+00D7 (the
  *                     division and multiplication signs); nothing else (not ß, ÿ, µ, nor any
  *                     letter outside Latin-1)
- *   filter            {"column": name, "op": "==" | "!=" | ">" | ">=" | "<" | "<=",
- *                      "value": number | string}
+ *   trim              [name, ...]  strip leading and trailing spaces and tabs
+ *   default           {name: string}  the value of an empty field
+ *   required          [name, ...]  an empty field sends the row to the rejects
+ *   types             {name: "int" | "float" | "date"}  a non-empty field must be one (below)
+ *   filter            a condition {"column": name, "op": "==" | "!=" | ">" | ">=" | "<" | "<=",
+ *                     "value": number | string}, or {"all": [filter, ...]} (every member holds)
+ *                     or {"any": [filter, ...]} (some member holds); groups nest to any depth
+ *                     the JSON reader allows and must not be empty
  *   max_record_bytes  positive integer, default 67108864 (64 MiB)
  *
- * Column names in upper, lower and filter.column are looked up among the output names (after
- * rename) first, then among the header names; filter may name a column that is not selected.
- * A name that resolves to nothing fails the first pl_process call (the one that sees the header),
- * as does a column in both upper and lower. With duplicate header names, select takes the first
- * one; rename, upper and lower apply to every output column with the name. An unknown or
- * repeated config key, a value of the wrong type, an empty select, or a filter op outside the six
- * fails pl_init.
+ * Column names in every key but select and rename are looked up among the output names (after
+ * rename) first, then among the header names; trim, default, required, types and filter may name
+ * a column that is not selected, upper and lower may not. A name that resolves to nothing fails
+ * the first pl_process call (the one that sees the header), as do a column in both upper and
+ * lower and a column given two defaults. With duplicate header names, select takes the first one;
+ * rename, upper and lower apply to every output column with the name. An unknown or repeated
+ * config key, a value of the wrong type, an empty select or filter group, a filter op outside the
+ * six, or an unknown type fails pl_init.
  *
- * filter keeps the rows for which `field op value` holds. With a number value the field is parsed
- * as a decimal number (pl_parse_number) and both are compared as doubles; a field that is not a
- * number sends the row to the rejects. With a string value the comparison is bytewise
- * (lexicographic by unsigned bytes). The filter sees the field as read, before case mapping.
+ * Each row, after the field count check, goes through these steps in order; all but the last see
+ * the fields of the header columns (so a column selected twice is treated once):
+ *   1. trim     the named fields lose leading and trailing ' ' and '\t';
+ *   2. default  a named field that is empty (after trim) takes the default value;
+ *   3. required a named field that is still empty rejects the row ("column 'x' is empty");
+ *   4. types    a non-empty field must parse as its type, or the row is rejected: int = optional
+ *               spaces/tabs, sign, digits, spaces/tabs, within int64 (pl_parse_int64); float =
+ *               the decimal numbers of pl_parse_number; date = YYYY-MM-DD, a real date in
+ *               0001..9999 (pl_parse_date). Empty fields pass: use required to refuse them.
+ *               Reason: "column 'when' is not a date: \"2024-02-30\"" (or "an int", "a float");
+ *   5. filter   keeps the rows for which it holds (below);
+ *   6. output   the selected fields, case-mapped.
+ * Steps 3 and 4 check required columns first, then typed ones, each in config order, and report
+ * the first failure. A rejected row is written as read, before trim and default.
+ *
+ * A filter condition holds when `field op value` does. With a number value the field is parsed as
+ * a decimal number (pl_parse_number) and both are compared as doubles; with a string value the
+ * comparison is bytewise (lexicographic by unsigned bytes). A field that is not a number where a
+ * condition compares it with a number rejects the row wherever the condition sits in the filter,
+ * even inside an "any" that another member already satisfies (or an "all" that another member
+ * already fails): bad data is never dropped silently and the outcome does not depend on the
+ * order of the members. The reason names the first such condition in config order.
  *
  * Output (port 0): the header (output names), then each kept row's selected fields, ','
  * separated, one row per '\n'-terminated line. A field is quoted iff it contains ',', '"', CR or
  * LF, or it is a row's only field and empty. Rejects (port 1): a CSV file "line,reason,record",
  * started at the first reject: `line` is the physical line where the record starts, `record`
  * the record's original fields written as one CSV row. Rejected: rows whose field count differs
- * from the header's ("expected 4 fields, got 5"), and rows whose filter field is not a number
- * when the filter value is one ("column 'amount' is not a number: \"abc\"", showing at most 64
- * bytes of the value). Counters: records_in counts data records (not the header, not blank
- * lines); records_out the rows written to port 0; records_rejected those written to port 1.
+ * from the header's ("expected 4 fields, got 5"), rows failing required or types, and rows whose
+ * filter field is not a number when the condition's value is one ("column 'amount' is not a
+ * number: \"abc\""). Reasons show at most 64 bytes of a value. Counters: records_in counts data
+ * records (not the header, not blank lines); records_out the rows written to port 0;
+ * records_rejected those written to port 1.
  */
 #include "pipeline_guest.h"
+#include "pl_helpers.h"
 
 enum { OP_EQ, OP_NE, OP_GT, OP_GE, OP_LT, OP_LE };
 enum { CASE_NONE, CASE_UPPER, CASE_LOWER };
+enum { NODE_COND, NODE_ALL, NODE_ANY };
+/* Column checks (steps 3 and 4), indexing CHECK_NAMES and CHECK_WHAT. */
+enum { CHECK_INT, CHECK_FLOAT, CHECK_DATE, CHECK_REQUIRED };
 
 static const char *const OP_NAMES[] = {"==", "!=", ">", ">=", "<", "<="};
 #define N_OPS (sizeof OP_NAMES / sizeof OP_NAMES[0])
+static const char *const CHECK_NAMES[] = {"int", "float", "date"};
+#define N_TYPES (sizeof CHECK_NAMES / sizeof CHECK_NAMES[0])
+static const char *const CHECK_WHAT[] = {"is not an int", "is not a float", "is not a date", "is empty"};
 
-typedef struct str_list {
-    pl_str *v;
+/* A filter node: a condition, or an all/any group of nodes. */
+typedef struct node {
+    uint8_t kind; /* NODE_* */
+    /* NODE_COND */
+    uint8_t op;
+    bool numeric;
+    pl_str column;
+    double number;
+    pl_str string;
+    uint32_t src; /* header index of the column, set at the header */
+    /* NODE_ALL, NODE_ANY */
     uint32_t n;
-} str_list;
+    struct node *members;
+} node;
+
+/* A column check: `name` resolved to header index `src` at the header. */
+typedef struct check {
+    uint32_t src;
+    uint8_t kind; /* CHECK_* */
+    const pl_str *name;
+} check;
+
+/* A default: the value given to header column `src` when empty. */
+typedef struct fill {
+    uint32_t src;
+    pl_field value; /* malloc'd with PL_PAD readable bytes after it, as pl_field requires */
+} fill;
 
 /* The parsed config. */
 static struct {
     bool has_select, has_filter;
-    str_list select, upper, lower;
-    str_list rename_from, rename_to;
-    pl_str filter_column;
-    int filter_op;
-    bool filter_numeric;
-    double filter_number;
-    pl_str filter_string;
+    pl_strs select, upper, lower, trim, required;
+    pl_strs rename_from, rename_to;
+    pl_strs default_of, default_value;
+    pl_strs typed; /* column names of types, with their CHECK_* in type_of */
+    uint8_t *type_of;
+    node filter;
 } cfg;
 
 /* Stream state. */
@@ -69,13 +125,19 @@ static struct {
     bool have_header;
     bool identity;       /* every column, in header order, unchanged */
     bool any_case;       /* some column is case-mapped */
-    bool dup_select;     /* some column is output more than once */
-    bool rejects_started;
+    bool rows_checked;   /* every row goes through write_row_checked (see on_header) */
     uint32_t ncols;      /* fields in the header */
     uint32_t nout;       /* output columns */
     uint32_t *src;       /* header index of each output column */
     uint8_t *casing;     /* CASE_* of each output column */
-    uint32_t filter_src; /* header index of the filter column */
+    size_t fast_raw_max; /* write_row's fast path takes records of at most this many raw bytes */
+    size_t fill_room;    /* extra output bytes defaults can add to a row, at most */
+    uint32_t ntrim, nfill, ncheck;
+    uint32_t *trim;      /* header indexes of the trimmed columns */
+    fill *fill;          /* defaults */
+    check *check;        /* required columns, then typed ones */
+    pl_csv_record row;   /* a row after trim and default (see trim_and_fill) */
+    pl_field *work;      /*   and its fields, ncols of them */
     pl_buf reason;       /* scratch for reject reasons */
     pl_buf scratch;      /* scratch for encoding rejected records and case-mapping huge fields */
 } g;
@@ -84,198 +146,231 @@ static struct {
 /* Config                                                                                    */
 /* ---------------------------------------------------------------------------------------- */
 
-/* "config.<key>: expected <what>", or the JSON syntax error if that is why the type is off. */
-static int type_error(const pl_json *j, const char *key, const char *what) {
-    if (j->error) return pl_json_fail(j, "config");
+static int read_types(pl_json *j) {
+    pl_strs names = {0};
+    static const char what[] = "an object mapping column names to int, float or date";
+    int rc = pl_config_str_map(j, "types", what, &cfg.typed, &names);
+    if (!rc && !(cfg.type_of = malloc(cfg.typed.n))) rc = pl_fail_str("out of memory");
+    for (uint32_t i = 0; i < names.n && !rc; i++) {
+        cfg.type_of[i] = N_TYPES;
+        for (uint8_t t = 0; t < N_TYPES; t++)
+            if (pl_str_eq(&names.v[i], CHECK_NAMES[t], strlen(CHECK_NAMES[t]))) cfg.type_of[i] = t;
+        if (cfg.type_of[i] == N_TYPES) {
+            pl_buf m = {0};
+            pl_buf_puts(&m, "config.types: unknown type '");
+            pl_buf_put(&m, names.v[i].ptr, names.v[i].len);
+            pl_buf_puts(&m, "' for column '");
+            pl_buf_put(&m, cfg.typed.v[i].ptr, cfg.typed.v[i].len);
+            pl_buf_puts(&m, "' (known: int, float, date)");
+            rc = pl_fail_buf(&m);
+        }
+    }
+    for (uint32_t i = 0; i < names.n; i++) pl_str_free(&names.v[i]);
+    free(names.v);
+    return rc;
+}
+
+/* ---- filter ---- */
+
+/* The keys of a filter node; KEY_* are their bits. */
+static const char *const NODE_KEYS[] = {"column", "op", "value", "all", "any"};
+enum { KEY_COLUMN = 1, KEY_OP = 2, KEY_VALUE = 4, KEY_ALL = 8, KEY_ANY = 16 };
+
+/* `path` + `suffix` as a C string, valid until `path` changes; `path` itself is left as it was.
+ * A filter node's path names it in messages: "filter", "filter.all[2]", "filter.all[2].any[0]". */
+static const char *at(pl_buf *path, const char *suffix) {
+    const size_t n = path->len;
+    pl_buf_puts(path, suffix);
+    pl_buf_putc(path, 0);
+    path->len = n;
+    return path->oom ? "filter" : (const char *)path->data;
+}
+
+/* Fails with "config.<path>: <a>'<name>'<b>" (no name part if name is NULL). */
+static int node_error(pl_buf *path, const char *a, const pl_str *name, const char *b) {
     pl_buf m = {0};
     pl_buf_puts(&m, "config.");
-    pl_buf_puts(&m, key);
-    pl_buf_puts(&m, ": expected ");
-    pl_buf_puts(&m, what);
+    pl_buf_puts(&m, at(path, ": "));
+    pl_buf_puts(&m, a);
+    if (name) {
+        pl_buf_putc(&m, '\'');
+        pl_buf_put(&m, name->ptr, name->len);
+        pl_buf_putc(&m, '\'');
+    }
+    pl_buf_puts(&m, b);
     return pl_fail_buf(&m);
 }
 
-static int unknown_key(const char *where, const pl_str *key, const char *known) {
-    pl_buf m = {0};
-    pl_buf_puts(&m, where);
-    pl_buf_puts(&m, ": unknown key '");
-    pl_buf_put(&m, key->ptr, key->len);
-    pl_buf_puts(&m, "' (known: ");
-    pl_buf_puts(&m, known);
-    pl_buf_puts(&m, ")");
-    return pl_fail_buf(&m);
+static int read_op(pl_json *j, pl_buf *path, node *c) {
+    static const char what[] = "one of ==, !=, >, >=, <, <=";
+    pl_str op;
+    if (pl_json_peek(j) != PL_JSON_STRING || pl_json_string(j, &op))
+        return pl_config_type_error(j, at(path, ".op"), what);
+    int found = -1;
+    for (size_t i = 0; i < N_OPS; i++)
+        if (pl_str_eq(&op, OP_NAMES[i], strlen(OP_NAMES[i]))) found = (int)i;
+    c->op = (uint8_t)found;
+    int rc = 0;
+    if (found < 0) {
+        pl_buf m = {0};
+        pl_buf_puts(&m, "config.");
+        pl_buf_puts(&m, at(path, ".op: expected "));
+        pl_buf_puts(&m, what);
+        pl_buf_puts(&m, " (got '");
+        pl_buf_put(&m, op.ptr, op.len);
+        pl_buf_puts(&m, "')");
+        rc = pl_fail_buf(&m);
+    }
+    pl_str_free(&op);
+    return rc;
 }
 
-static bool push_str(str_list *l, pl_str s) {
-    pl_str *v = realloc(l->v, (l->n + 1) * sizeof *v);
-    if (!v) return false;
-    l->v = v;
-    l->v[l->n++] = s;
-    return true;
-}
+static int read_node(pl_json *j, pl_buf *path, node *c);
 
-static int read_str_list(pl_json *j, const char *key, str_list *out) {
-    static const char what[] = "a list of strings";
-    if (pl_json_peek(j) != PL_JSON_ARRAY || pl_json_enter(j)) return type_error(j, key, what);
+/* The members of an all/any group; `path` names the group's list ("filter.all"). */
+static int read_group(pl_json *j, pl_buf *path, node *c) {
+    static const char what[] = "a non-empty list of conditions";
+    if (pl_json_peek(j) != PL_JSON_ARRAY || pl_json_enter(j)) return pl_config_type_error(j, at(path, ""), what);
     int more;
     while ((more = pl_json_next(j, NULL)) > 0) {
-        pl_str s;
-        if (pl_json_peek(j) != PL_JSON_STRING || pl_json_string(j, &s)) return type_error(j, key, what);
-        if (!push_str(out, s)) return pl_fail_str("out of memory");
+        node *m = realloc(c->members, (c->n + 1) * sizeof *m);
+        if (!m) return pl_fail_str("out of memory");
+        c->members = m;
+        m[c->n] = (node){0};
+        const size_t n = path->len;
+        pl_buf_putc(path, '[');
+        pl_buf_put_u64(path, c->n);
+        pl_buf_putc(path, ']');
+        int rc = read_node(j, path, &m[c->n++]);
+        path->len = n;
+        if (rc) return rc;
     }
-    return more < 0 ? pl_json_fail(j, "config") : 0;
+    if (more < 0) return pl_json_fail(j, "config");
+    return c->n ? 0 : pl_config_type_error(j, at(path, ""), what);
 }
 
-static int read_rename(pl_json *j) {
-    static const char what[] = "an object mapping column names to new names";
-    if (pl_json_peek(j) != PL_JSON_OBJECT || pl_json_enter(j)) return type_error(j, "rename", what);
+static int read_node(pl_json *j, pl_buf *path, node *c) {
+    static const char what[] =
+        "an object {\"column\": ..., \"op\": ..., \"value\": ...}, {\"all\": [...]} or {\"any\": [...]}";
+    if (pl_json_peek(j) != PL_JSON_OBJECT || pl_json_enter(j)) return pl_config_type_error(j, at(path, ""), what);
+    unsigned seen = 0;
     pl_str key;
     int more;
     while ((more = pl_json_next(j, &key)) > 0) {
-        pl_str to;
-        if (pl_json_peek(j) != PL_JSON_STRING || pl_json_string(j, &to)) {
-            pl_str_free(&key);
-            return type_error(j, "rename", what);
-        }
-        if (!push_str(&cfg.rename_from, key) || !push_str(&cfg.rename_to, to))
-            return pl_fail_str("out of memory");
-    }
-    return more < 0 ? pl_json_fail(j, "config") : 0;
-}
-
-static int read_filter(pl_json *j) {
-    if (pl_json_peek(j) != PL_JSON_OBJECT || pl_json_enter(j))
-        return type_error(j, "filter", "an object {\"column\": ..., \"op\": ..., \"value\": ...}");
-    bool has_column = false, has_op = false, has_value = false;
-    pl_str key;
-    int more;
-    while ((more = pl_json_next(j, &key)) > 0) {
+        unsigned bit = 0;
+        for (unsigned i = 0; i < sizeof NODE_KEYS / sizeof NODE_KEYS[0]; i++)
+            if (pl_str_eq(&key, NODE_KEYS[i], strlen(NODE_KEYS[i]))) bit = 1u << i;
         int rc = 0;
-        if (pl_str_eq(&key, "column", 6) && !has_column) {
-            has_column = true;
-            if (pl_json_peek(j) != PL_JSON_STRING || pl_json_string(j, &cfg.filter_column))
-                rc = type_error(j, "filter.column", "a string");
-        } else if (pl_str_eq(&key, "op", 2) && !has_op) {
-            has_op = true;
-            pl_str op;
-            if (pl_json_peek(j) != PL_JSON_STRING || pl_json_string(j, &op)) {
-                rc = type_error(j, "filter.op", "one of ==, !=, >, >=, <, <=");
-            } else {
-                cfg.filter_op = -1;
-                for (size_t i = 0; i < N_OPS; i++)
-                    if (pl_str_eq(&op, OP_NAMES[i], strlen(OP_NAMES[i]))) cfg.filter_op = (int)i;
-                if (cfg.filter_op < 0) {
-                    pl_buf m = {0};
-                    pl_buf_puts(&m, "config.filter.op: expected one of ==, !=, >, >=, <, <= (got '");
-                    pl_buf_put(&m, op.ptr, op.len);
-                    pl_buf_puts(&m, "')");
-                    rc = pl_fail_buf(&m);
-                }
-                pl_str_free(&op);
-            }
-        } else if (pl_str_eq(&key, "value", 5) && !has_value) {
-            has_value = true;
+        if (!bit) {
+            rc = node_error(path, "unknown key ", &key, " (known: column, op, value, all, any)");
+        } else if (seen & bit) {
+            rc = node_error(path, "duplicate key ", &key, "");
+        } else if (bit == KEY_COLUMN) {
+            if (pl_json_peek(j) != PL_JSON_STRING || pl_json_string(j, &c->column))
+                rc = pl_config_type_error(j, at(path, ".column"), "a string");
+        } else if (bit == KEY_OP) {
+            rc = read_op(j, path, c);
+        } else if (bit == KEY_VALUE) {
             pl_json_type t = pl_json_peek(j);
-            if (t == PL_JSON_NUMBER && pl_json_number(j, &cfg.filter_number) == 0)
-                cfg.filter_numeric = true;
-            else if (!(t == PL_JSON_STRING && pl_json_string(j, &cfg.filter_string) == 0))
-                rc = type_error(j, "filter.value", "a number or a string");
-        } else if (pl_str_eq(&key, "column", 6) || pl_str_eq(&key, "op", 2) ||
-                   pl_str_eq(&key, "value", 5)) {
-            pl_buf m = {0};
-            pl_buf_puts(&m, "config.filter: duplicate key '");
-            pl_buf_put(&m, key.ptr, key.len);
-            pl_buf_puts(&m, "'");
-            rc = pl_fail_buf(&m);
+            if (t == PL_JSON_NUMBER && pl_json_number(j, &c->number) == 0)
+                c->numeric = true;
+            else if (!(t == PL_JSON_STRING && pl_json_string(j, &c->string) == 0))
+                rc = pl_config_type_error(j, at(path, ".value"), "a number or a string");
         } else {
-            rc = unknown_key("config.filter", &key, "column, op, value");
+            const size_t n = path->len;
+            pl_buf_putc(path, '.');
+            pl_buf_put(path, key.ptr, key.len);
+            c->kind = bit == KEY_ALL ? NODE_ALL : NODE_ANY;
+            rc = read_group(j, path, c);
+            path->len = n;
         }
+        seen |= bit;
         pl_str_free(&key);
         if (rc) return rc;
     }
     if (more < 0) return pl_json_fail(j, "config");
-    const char *missing = !has_column ? "column" : !has_op ? "op" : !has_value ? "value" : NULL;
-    if (missing) {
-        pl_buf m = {0};
-        pl_buf_puts(&m, "config.filter: missing '");
-        pl_buf_puts(&m, missing);
-        pl_buf_puts(&m, "'");
-        return pl_fail_buf(&m);
+    if (seen & (KEY_ALL | KEY_ANY)) {
+        if (seen == KEY_ALL || seen == KEY_ANY) return 0;
+        return node_error(path, "expected either column, op and value or one of all, any", NULL, "");
     }
-    cfg.has_filter = true;
+    for (unsigned i = 0; i < 3; i++) { /* column, op, value */
+        if (seen & 1u << i) continue;
+        const pl_str name = {(char *)NODE_KEYS[i], strlen(NODE_KEYS[i])};
+        return node_error(path, "missing ", &name, "");
+    }
     return 0;
 }
 
-static int read_max_record_bytes(pl_json *j) {
-    double v;
-    /* Up to 2^32: a record never holds more than the 32-bit address space anyway. */
-    if (pl_json_peek(j) != PL_JSON_NUMBER || pl_json_number(j, &v) || !(v >= 1 && v <= 4294967296.0) ||
-        v != (double)(uint64_t)v)
-        return type_error(j, "max_record_bytes", "a positive integer");
-    g.csv.max_record_bytes = (uint64_t)v;
-    return 0;
+static int read_filter(pl_json *j) {
+    pl_buf path = {0};
+    pl_buf_puts(&path, "filter");
+    int rc = read_node(j, &path, &cfg.filter);
+    pl_buf_free(&path);
+    cfg.has_filter = true;
+    return rc;
+}
+
+/* The config keys, in the order an unknown key's message lists them. */
+enum { K_SELECT, K_RENAME, K_UPPER, K_LOWER, K_TRIM, K_DEFAULT, K_REQUIRED, K_TYPES, K_FILTER, K_MAX_RECORD_BYTES };
+static const char *const KEYS[] = {"select", "rename",   "upper", "lower",  "trim",
+                                   "default", "required", "types", "filter", "max_record_bytes"};
+#define N_KEYS (sizeof KEYS / sizeof KEYS[0])
+
+static int read_key(pl_json *j, size_t k) {
+    switch (k) {
+    case K_SELECT:
+        cfg.has_select = true;
+        if (pl_config_str_list(j, "select", &cfg.select)) return -1;
+        return cfg.select.n ? 0 : pl_fail_str("config.select: expected at least one column");
+    case K_RENAME:
+        return pl_config_str_map(j, "rename", "an object mapping column names to new names", &cfg.rename_from,
+                                 &cfg.rename_to);
+    case K_UPPER: return pl_config_str_list(j, "upper", &cfg.upper);
+    case K_LOWER: return pl_config_str_list(j, "lower", &cfg.lower);
+    case K_TRIM: return pl_config_str_list(j, "trim", &cfg.trim);
+    case K_DEFAULT:
+        return pl_config_str_map(j, "default", "an object mapping column names to strings", &cfg.default_of,
+                                 &cfg.default_value);
+    case K_REQUIRED: return pl_config_str_list(j, "required", &cfg.required);
+    case K_TYPES: return read_types(j);
+    case K_FILTER: return read_filter(j);
+    default: /* Up to 2^32: a record never holds more than the 32-bit address space anyway. */
+        return pl_config_size(j, "max_record_bytes", 4294967296.0, &g.csv.max_record_bytes);
+    }
 }
 
 static int on_record(void *ctx, const pl_csv_record *rec);
 
 static int pl_guest_init(const uint8_t *config, size_t len) {
-    static const char known[] = "select, rename, upper, lower, filter, max_record_bytes";
     pl_csv_init(&g.csv, on_record, NULL);
     pl_json j;
-    pl_json_init(&j, config, len);
-    /* An empty config is the empty object. */
-    pl_json_type t = PL_JSON_OBJECT;
-    for (size_t i = 0; i < len && t == PL_JSON_OBJECT; i++)
-        if (config[i] != ' ' && config[i] != '\t' && config[i] != '\n' && config[i] != '\r')
-            t = PL_JSON_INVALID;
-    if (t == PL_JSON_OBJECT) return 0;
-    if (pl_json_peek(&j) != PL_JSON_OBJECT || pl_json_enter(&j)) {
-        if (j.error) return pl_json_fail(&j, "config");
-        return pl_fail_str("config: expected a JSON object");
-    }
-    unsigned seen = 0; /* bit per known key, to refuse duplicates */
+    int rc = pl_config_open(&j, config, len);
+    if (rc) return rc < 0 ? -1 : 0;
+    unsigned seen = 0; /* bit per key, to refuse duplicates */
     pl_str key;
     int more;
     while ((more = pl_json_next(&j, &key)) > 0) {
-        int rc, bit;
-        if (pl_str_eq(&key, "select", 6)) {
-            bit = 1;
-            rc = read_str_list(&j, "select", &cfg.select);
-            if (!rc && cfg.select.n == 0) rc = pl_fail_str("config.select: expected at least one column");
-            cfg.has_select = true;
-        } else if (pl_str_eq(&key, "rename", 6)) {
-            bit = 2;
-            rc = read_rename(&j);
-        } else if (pl_str_eq(&key, "upper", 5)) {
-            bit = 4;
-            rc = read_str_list(&j, "upper", &cfg.upper);
-        } else if (pl_str_eq(&key, "lower", 5)) {
-            bit = 8;
-            rc = read_str_list(&j, "lower", &cfg.lower);
-        } else if (pl_str_eq(&key, "filter", 6)) {
-            bit = 16;
-            rc = read_filter(&j);
-        } else if (pl_str_eq(&key, "max_record_bytes", 16)) {
-            bit = 32;
-            rc = read_max_record_bytes(&j);
+        size_t k = 0;
+        while (k < N_KEYS && !pl_str_eq(&key, KEYS[k], strlen(KEYS[k]))) k++;
+        if (k == N_KEYS) {
+            pl_buf known = {0};
+            for (k = 0; k < N_KEYS; k++) {
+                pl_buf_puts(&known, k ? ", " : "");
+                pl_buf_puts(&known, KEYS[k]);
+            }
+            pl_buf_putc(&known, 0);
+            rc = pl_config_unknown_key("config", &key, known.oom ? "..." : (const char *)known.data);
+            pl_buf_free(&known);
+        } else if (seen & 1u << k) {
+            rc = pl_config_duplicate_key("config", &key);
         } else {
-            rc = unknown_key("config", &key, known);
-            pl_str_free(&key);
-            return rc;
+            seen |= 1u << k;
+            rc = read_key(&j, k);
         }
-        if (!rc && (seen & (unsigned)bit)) {
-            pl_buf m = {0};
-            pl_buf_puts(&m, "config: duplicate key '");
-            pl_buf_put(&m, key.ptr, key.len);
-            pl_buf_puts(&m, "'");
-            rc = pl_fail_buf(&m);
-        }
-        seen |= (unsigned)bit;
         pl_str_free(&key);
         if (rc) return rc;
     }
-    if (more < 0 || pl_json_done(&j)) return pl_json_fail(&j, "config");
-    return 0;
+    return more < 0 || pl_json_done(&j) ? pl_json_fail(&j, "config") : 0;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -347,6 +442,75 @@ static bool mark_case(const pl_csv_record *h, const int32_t *renamed, const pl_s
     return found;
 }
 
+/* The header index of the column `name` designates in trim, default, required, types or filter:
+ * the first output column with that output name, else the first header column with that name. */
+static int resolve(const pl_csv_record *h, const int32_t *renamed, const pl_str *name, const char *what,
+                   uint32_t *src) {
+    for (uint32_t i = 0; i < g.nout; i++) {
+        pl_field f = out_name(h, renamed, i);
+        if (field_is(&f, name)) {
+            *src = g.src[i];
+            return 0;
+        }
+    }
+    int64_t k = header_index(h, name);
+    if (k < 0) return column_error(what, name, h);
+    *src = (uint32_t)k;
+    return 0;
+}
+
+static int resolve_filter(const pl_csv_record *h, const int32_t *renamed, node *c) {
+    if (c->kind == NODE_COND) return resolve(h, renamed, &c->column, "filter", &c->src);
+    for (uint32_t i = 0; i < c->n; i++)
+        if (resolve_filter(h, renamed, &c->members[i])) return -1;
+    return 0;
+}
+
+/* Steps 1-4 of each row: trim, default, required and types, resolved against the header.
+ * `seen` is scratch of g.ncols bytes. */
+static int resolve_row_steps(const pl_csv_record *h, const int32_t *renamed, uint8_t *seen) {
+    g.trim = malloc(cfg.trim.n * sizeof *g.trim);
+    g.fill = malloc(cfg.default_of.n * sizeof *g.fill);
+    g.check = malloc((cfg.required.n + cfg.typed.n) * sizeof *g.check);
+    g.work = malloc(g.ncols * sizeof *g.work);
+    if (!g.trim || !g.fill || !g.check || !g.work) return pl_fail_str("out of memory");
+    uint32_t src;
+    memset(seen, 0, g.ncols);
+    for (uint32_t i = 0; i < cfg.trim.n; i++) {
+        if (resolve(h, renamed, &cfg.trim.v[i], "trim", &src)) return -1;
+        if (!seen[src]) g.trim[g.ntrim++] = src; /* trim each column once */
+        seen[src] = 1;
+    }
+    memset(seen, 0, g.ncols);
+    for (uint32_t i = 0; i < cfg.default_of.n; i++) {
+        const pl_str *name = &cfg.default_of.v[i], *value = &cfg.default_value.v[i];
+        if (resolve(h, renamed, name, "default", &src)) return -1;
+        if (seen[src]) {
+            pl_buf m = {0};
+            pl_buf_puts(&m, "default: column '");
+            pl_buf_put(&m, name->ptr, name->len);
+            pl_buf_puts(&m, "' already has a default");
+            return pl_fail_buf(&m);
+        }
+        seen[src] = 1;
+        uint8_t *copy = calloc(value->len + PL_PAD, 1);
+        if (!copy) return pl_fail_str("out of memory");
+        memcpy(copy, value->ptr, value->len);
+        uint32_t flags = pl_csv_needs_quoting(copy, value->len) ? PL_FIELD_NEEDS_QUOTING : 0;
+        g.fill[g.nfill++] = (fill){src, {copy, value->len, flags}};
+        g.fill_room += 2 * value->len; /* quoted with every byte doubled, at worst */
+    }
+    for (uint32_t i = 0; i < cfg.required.n; i++) {
+        if (resolve(h, renamed, &cfg.required.v[i], "required", &src)) return -1;
+        g.check[g.ncheck++] = (check){src, CHECK_REQUIRED, &cfg.required.v[i]};
+    }
+    for (uint32_t i = 0; i < cfg.typed.n; i++) {
+        if (resolve(h, renamed, &cfg.typed.v[i], "types", &src)) return -1;
+        g.check[g.ncheck++] = (check){src, cfg.type_of[i], &cfg.typed.v[i]};
+    }
+    return 0;
+}
+
 __attribute__((noinline)) static int on_header(const pl_csv_record *h) {
     /* A record has at least one field and select at least one name: nout >= 1. */
     g.have_header = true;
@@ -355,8 +519,8 @@ __attribute__((noinline)) static int on_header(const pl_csv_record *h) {
     g.src = malloc(g.nout * sizeof *g.src);
     g.casing = calloc(g.nout, 1);
     int32_t *renamed = malloc(g.nout * sizeof *renamed);
-    uint8_t *mark = malloc(g.nout);
-    if (!g.src || !g.casing || !renamed || !mark) return pl_fail_str("out of memory");
+    uint8_t *mark = malloc(g.nout), *mark_cols = malloc(g.ncols);
+    if (!g.src || !g.casing || !renamed || !mark || !mark_cols) return pl_fail_str("out of memory");
     int rc = 0;
 
     for (uint32_t i = 0; i < g.nout && !rc; i++) {
@@ -382,7 +546,7 @@ __attribute__((noinline)) static int on_header(const pl_csv_record *h) {
     }
 
     const struct {
-        const str_list *names;
+        const pl_strs *names;
         const char *what;
         uint8_t casing;
     } cases[] = {{&cfg.upper, "upper", CASE_UPPER}, {&cfg.lower, "lower", CASE_LOWER}};
@@ -408,32 +572,23 @@ __attribute__((noinline)) static int on_header(const pl_csv_record *h) {
         }
     }
 
-    if (cfg.has_filter && !rc) {
-        int64_t k = -1;
-        for (uint32_t i = 0; i < g.nout && k < 0; i++) {
-            pl_field f = out_name(h, renamed, i);
-            if (field_is(&f, &cfg.filter_column)) k = g.src[i];
-        }
-        if (k < 0) k = header_index(h, &cfg.filter_column);
-        if (k < 0) {
-            pl_buf m = {0};
-            pl_buf_puts(&m, "filter: column '");
-            pl_buf_put(&m, cfg.filter_column.ptr, cfg.filter_column.len);
-            pl_buf_puts(&m, "' is not in the header (columns: ");
-            put_names(&m, h->fields, h->count, NULL);
-            pl_buf_puts(&m, ")");
-            rc = pl_fail_buf(&m);
-        }
-        g.filter_src = (uint32_t)k;
-    }
+    if (cfg.has_filter && !rc) rc = resolve_filter(h, renamed, &cfg.filter);
+    if (!rc) rc = resolve_row_steps(h, renamed, mark_cols);
 
     if (!rc) {
-        g.identity = g.nout == g.ncols;
+        /* identity: write_row may copy a record's raw bytes, so no step may change its fields. */
+        g.identity = g.nout == g.ncols && !g.ntrim && !g.nfill;
+        bool dup_select = false;
         for (uint32_t i = 0; i < g.nout; i++) {
             g.identity &= g.src[i] == i && g.casing[i] == CASE_NONE;
             g.any_case |= g.casing[i] != CASE_NONE;
-            for (uint32_t k = 0; k < i; k++) g.dup_select |= g.src[k] == g.src[i];
+            for (uint32_t k = 0; k < i; k++) dup_select |= g.src[k] == g.src[i];
         }
+        /* write_row's fast path bounds a row's output by its raw size (see there); that bound
+         * needs each column output once and room to spare in the output buffer. */
+        const size_t fixed = 3 * (size_t)g.nout + g.fill_room;
+        g.rows_checked = dup_select || fixed > PL_OUT_CAP / 2;
+        g.fast_raw_max = g.rows_checked ? 0 : (PL_OUT_CAP - fixed) / 2;
         pl_out *o = pl_port(0);
         for (uint32_t i = 0; i < g.nout && !rc; i++) {
             pl_field f = out_name(h, renamed, i);
@@ -444,6 +599,7 @@ __attribute__((noinline)) static int on_header(const pl_csv_record *h) {
     }
     free(renamed);
     free(mark);
+    free(mark_cols);
     return rc;
 }
 
@@ -451,73 +607,89 @@ __attribute__((noinline)) static int on_header(const pl_csv_record *h) {
 /* Rows                                                                                      */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Writes the reject row for `rec` with the reason in g.reason. */
-__attribute__((noinline)) static int reject(const pl_csv_record *rec) {
-    pl_stats.records_rejected++;
-    pl_out *o = pl_port(1);
-    if (!g.rejects_started) {
-        g.rejects_started = true;
-        if (pl_out_write(o, "line,reason,record\n", 19)) return -1;
-    }
-    pl_buf *s = &g.scratch;
-    s->len = 0;
-    pl_buf_put_u64(s, rec->line);
-    pl_buf_putc(s, ',');
-    if (s->oom || g.reason.oom) return pl_fail_str("out of memory");
-    if (pl_out_write(o, s->data, s->len) ||
-        pl_csv_put_field(o, g.reason.data, g.reason.len, pl_csv_needs_quoting(g.reason.data, g.reason.len)) ||
-        pl_out_putc(o, ','))
-        return -1;
-    /* The record as one CSV row (same quoting as the main output), then as one field. */
-    s->len = 0;
-    for (uint32_t i = 0; i < rec->count; i++) {
-        const pl_field *f = &rec->fields[i];
-        if (i) pl_buf_putc(s, ',');
-        if ((f->flags & PL_FIELD_NEEDS_QUOTING) || (rec->count == 1 && f->len == 0)) {
-            if (!pl_buf_reserve(s, 2 * f->len + 2)) break;
-            s->len = (size_t)(pl_csv_quote_into(s->data + s->len, f->ptr, f->len) - s->data);
-        } else {
-            pl_buf_put(s, f->ptr, f->len);
-        }
-    }
-    if (s->oom) return pl_fail_str("out of memory");
-    if (pl_csv_put_field(o, s->data, s->len, pl_csv_needs_quoting(s->data, s->len))) return -1;
-    return pl_out_putc(o, '\n');
-}
+/* Writes the reject row for `rec` (its original fields) with the reason in g.reason. */
+static int reject(const pl_csv_record *rec) { return pl_reject_csv_record(rec, &g.reason, &g.scratch); }
 
-/* Reason for a filter field that is not a number; shows at most ~64 bytes of it. */
-__attribute__((noinline)) static void not_a_number(const pl_field *f) {
+/* Sets the reject reason "column '<name>' <what>", then ": \"<value>\"" if `f` is not NULL,
+ * showing at most ~64 bytes of the value. */
+__attribute__((noinline)) static void bad_field(const pl_str *name, const char *what, const pl_field *f) {
     pl_buf *m = &g.reason;
     m->len = 0;
     pl_buf_puts(m, "column '");
-    pl_buf_put(m, cfg.filter_column.ptr, cfg.filter_column.len);
-    pl_buf_puts(m, "' is not a number: \"");
-    size_t n = f->len;
-    if (n > 64) {
-        n = 64;
-        while (n && (f->ptr[n] & 0xC0) == 0x80) n--; /* cut at a UTF-8 character boundary */
-    }
-    pl_buf_put(m, f->ptr, n);
-    pl_buf_puts(m, n < f->len ? "...\"" : "\"");
+    pl_buf_put(m, name->ptr, name->len);
+    pl_buf_puts(m, "' ");
+    pl_buf_puts(m, what);
+    if (!f) return;
+    pl_buf_puts(m, ": ");
+    pl_reject_put_value(m, f->ptr, f->len);
 }
 
-/* 1: the row passes the filter; 0: it does not; -1: it is not a number (reason in g.reason). */
-static int filter_row(const pl_csv_record *rec) {
-    const pl_field *f = &rec->fields[g.filter_src];
-    int cmp;
-    if (cfg.filter_numeric) {
-        double v;
-        if (!pl_parse_number(f->ptr, f->len, &v)) {
-            not_a_number(f);
+/* Steps 1 and 2: the row with its fields trimmed and defaulted, in g.row and g.work (rec is
+ * unchanged, for the rejects). Trimming drops only spaces and tabs, so a field's flags stay right.
+ * Kept out of line (as check_row) so that rows of configs without these steps stay fast. */
+__attribute__((noinline)) static const pl_csv_record *trim_and_fill(const pl_csv_record *rec) {
+    pl_field *f = g.work;
+    memcpy(f, rec->fields, g.ncols * sizeof *f);
+    pl_csv_record *out = &g.row;
+    *out = *rec;
+    out->fields = f;
+    for (uint32_t i = 0; i < g.ntrim; i++) {
+        pl_field *x = &f[g.trim[i]];
+        while (x->len && (x->ptr[0] == ' ' || x->ptr[0] == '\t')) {
+            x->ptr++;
+            x->len--;
+        }
+        while (x->len && (x->ptr[x->len - 1] == ' ' || x->ptr[x->len - 1] == '\t')) x->len--;
+    }
+    for (uint32_t i = 0; i < g.nfill; i++) {
+        pl_field *x = &f[g.fill[i].src];
+        if (!x->len) {
+            *x = g.fill[i].value;
+            out->flags |= x->flags;
+        }
+    }
+    return out;
+}
+
+/* Steps 3 and 4: 0 if the row passes required and types, else -1 (reason in g.reason). */
+__attribute__((noinline)) static int check_row(const pl_csv_record *row) {
+    for (uint32_t i = 0; i < g.ncheck; i++) {
+        const check *c = &g.check[i];
+        const pl_field *f = &row->fields[c->src];
+        double number;
+        int64_t integer;
+        pl_date date;
+        bool ok;
+        if (!f->len) ok = c->kind != CHECK_REQUIRED; /* types let empty fields pass */
+        else if (c->kind == CHECK_INT) ok = pl_parse_int64(f->ptr, f->len, &integer);
+        else if (c->kind == CHECK_FLOAT) ok = pl_parse_number(f->ptr, f->len, &number);
+        else if (c->kind == CHECK_DATE) ok = pl_parse_date(f->ptr, f->len, &date);
+        else ok = true; /* required, and not empty */
+        if (!ok) {
+            bad_field(c->name, CHECK_WHAT[c->kind], c->kind == CHECK_REQUIRED ? NULL : f);
             return -1;
         }
-        cmp = (v > cfg.filter_number) - (v < cfg.filter_number);
-    } else {
-        size_t n = f->len < cfg.filter_string.len ? f->len : cfg.filter_string.len;
-        cmp = memcmp(f->ptr, cfg.filter_string.ptr, n);
-        if (!cmp) cmp = (f->len > cfg.filter_string.len) - (f->len < cfg.filter_string.len);
     }
-    switch (cfg.filter_op) {
+    return 0;
+}
+
+/* 1: the condition holds; 0: it does not; -1: its field is not a number (reason in g.reason). */
+static int test_cond(const node *c, const pl_csv_record *row) {
+    const pl_field *f = &row->fields[c->src];
+    int cmp;
+    if (c->numeric) {
+        double v;
+        if (!pl_parse_number(f->ptr, f->len, &v)) {
+            bad_field(&c->column, "is not a number", f);
+            return -1;
+        }
+        cmp = (v > c->number) - (v < c->number);
+    } else {
+        size_t n = f->len < c->string.len ? f->len : c->string.len;
+        cmp = memcmp(f->ptr, c->string.ptr, n);
+        if (!cmp) cmp = (f->len > c->string.len) - (f->len < c->string.len);
+    }
+    switch (c->op) {
     case OP_EQ: return cmp == 0;
     case OP_NE: return cmp != 0;
     case OP_GT: return cmp > 0;
@@ -525,6 +697,26 @@ static int filter_row(const pl_csv_record *rec) {
     case OP_LT: return cmp < 0;
     default: return cmp <= 0;
     }
+}
+
+static int filter_group(const node *c, const pl_csv_record *row);
+
+/* 1: the row passes the filter node; 0: it does not; -1: reject it (reason in g.reason). */
+static inline int filter_row(const node *c, const pl_csv_record *row) {
+    /* A condition is tested here so that a single-condition filter inlines into on_row. */
+    return c->kind == NODE_COND ? test_cond(c, row) : filter_group(c, row);
+}
+
+__attribute__((noinline)) static int filter_group(const node *c, const pl_csv_record *row) {
+    /* No short cut once the outcome is known: a non-number in any condition rejects the row. */
+    const bool all = c->kind == NODE_ALL;
+    int keep = all;
+    for (uint32_t i = 0; i < c->n; i++) {
+        int r = filter_row(&c->members[i], row);
+        if (r < 0) return -1;
+        keep = all ? keep & r : keep | r;
+    }
+    return keep;
 }
 
 /* Writes a field too large for the output buffer (quoting it as needed, case-mapped). */
@@ -575,13 +767,12 @@ __attribute__((noinline)) static int write_row_checked(const pl_csv_record *rec)
 static int write_row(const pl_csv_record *rec) {
     const uint32_t nout = g.nout;
     /* Fast path for a record that lies in the chunk: its fields are disjoint parts of raw_len
-     * bytes, so unless a column is selected twice the row needs at most 2 * raw_len + 3 * nout
-     * bytes (every byte a doubled quote, two quotes and a separator per field). Reserve that
-     * once, then write without checks. */
-    if (!rec->raw || g.dup_select || rec->raw_len > (PL_OUT_CAP - 3 * (size_t)nout) / 2)
-        return write_row_checked(rec);
+     * bytes (or defaults), so unless a column is selected twice the row needs at most
+     * 2 * raw_len + 3 * nout + fill_room bytes (every byte a doubled quote, two quotes and a
+     * separator per field). Reserve that once, then write without checks. */
+    if (!rec->raw || g.rows_checked || rec->raw_len > g.fast_raw_max) return write_row_checked(rec);
     pl_out *o = pl_port(0);
-    uint8_t *d = pl_out_reserve(o, 2 * rec->raw_len + 3 * (size_t)nout);
+    uint8_t *d = pl_out_reserve(o, 2 * rec->raw_len + 3 * (size_t)nout + g.fill_room);
     if (!d) return -1;
     if (g.identity && !rec->flags) {
         /* Nothing to select, quote or map: the record's own bytes are the output. */
@@ -617,22 +808,16 @@ static int write_row(const pl_csv_record *rec) {
 
 static int on_row(const pl_csv_record *rec) {
     pl_stats.records_in++;
-    if (rec->count != g.ncols) {
-        pl_buf *m = &g.reason;
-        m->len = 0;
-        pl_buf_puts(m, "expected ");
-        pl_buf_put_u64(m, g.ncols);
-        pl_buf_puts(m, g.ncols == 1 ? " field, got " : " fields, got ");
-        pl_buf_put_u64(m, rec->count);
-        return reject(rec);
-    }
+    if (rec->count != g.ncols) return pl_reject_field_count(rec, g.ncols, &g.reason, &g.scratch);
+    const pl_csv_record *row = g.ntrim || g.nfill ? trim_and_fill(rec) : rec;
+    if (g.ncheck && check_row(row)) return reject(rec);
     if (cfg.has_filter) {
-        int keep = filter_row(rec);
+        int keep = filter_row(&cfg.filter, row);
         if (keep < 0) return reject(rec);
         if (!keep) return 0;
     }
     pl_stats.records_out++;
-    return write_row(rec);
+    return write_row(row);
 }
 
 static int on_record(void *ctx, const pl_csv_record *rec) {

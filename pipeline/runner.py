@@ -404,8 +404,9 @@ class _Run:
             "updated_at": time.time(),
         }
         if counters:
+            # Rows in: the first stage that counts records (a gunzip stage in front counts none).
             stats |= {
-                "records_in": counters[0][0],
+                "records_in": next((c[0] for c in counters if c[0]), 0),
                 "records_out": counters[-1][1],
                 "records_rejected": sum(c[2] for c in counters),
             }

@@ -9,8 +9,8 @@ of DESIGN §4 holds, with one directory fsync per checkpoint instead of one per 
 
 ``cas`` serialises writers of one key with an ``flock`` on a sidecar lock file, which works
 across threads and processes on one machine (not across machines: use S3 or PostgreSQL for a
-store shared by several hosts); versions are content hashes. The store's own files (temporary files, lock files) start with ``.~``; no key segment
-may, and ``list`` never shows them.
+store shared by several hosts); versions are content hashes. The store's own files (temporary
+files, lock files) start with ``.~``; no key segment may, and ``list`` never shows them.
 """
 
 from __future__ import annotations

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from pipeline.testing import wat
+from pipeline.testing import run_guest, wat
 
 ECHO_JOB = """\
 name: echo
@@ -44,3 +47,57 @@ def echo_expected(directory: Path) -> bytes:
     """What the echo job must publish: the input, then its byte sum as 8 little-endian bytes."""
     data = (directory / "in.bin").read_bytes()
     return data + sum(data).to_bytes(8, "little")
+
+
+def check_resume(directory: Path, job: str, inputs: dict[str, bytes], interrupt: int, outputs: list[str]) -> None:
+    """Run ``job`` interrupted once ``interrupt`` input bytes are done, then resumed; then run it
+    again uninterrupted in a sibling folder: each file of ``outputs`` must be byte-identical."""
+    from pipeline.runner import run_session
+    from pipeline.spec import load_job
+
+    results = []
+    for name, crash in (("interrupted", True), ("straight", False)):
+        folder = directory / name
+        folder.mkdir()
+        for file, data in inputs.items():
+            (folder / file).write_bytes(data)
+        (folder / "job.yaml").write_text(job)
+        if crash:
+            try:
+                run_session(load_job(folder / "job.yaml"), on_progress=interrupt_at(interrupt))
+            except Interrupt:
+                pass
+            else:
+                raise AssertionError("the run was not interrupted")
+            assert run_session(load_job(folder / "job.yaml")).resumed_from
+        else:
+            run_session(load_job(folder / "job.yaml"))
+        results.append({out: (folder / out).read_bytes() for out in outputs})
+    assert results[0] == results[1]
+
+
+def run_record_guest(
+    guest: str, config: dict[str, Any], data: bytes, chunk_size: int | None = None
+) -> tuple[bytes, bytes, tuple[int, int, int]]:
+    """Run a record guest (main + rejects outputs); return (main, rejects, counters)."""
+    result = run_guest(guest, config, data, chunk_size=chunk_size)
+    assert result.counters is not None
+    assert set(result.outputs) <= {0, 1}
+    return result.outputs.get(0, b""), result.outputs.get(1, b""), result.counters
+
+
+PEAK_RSS = """
+import resource, sys
+from pipeline.runner import run_session
+from pipeline.spec import load_job
+run_session(load_job(sys.argv[1]))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+"""
+
+
+def peak_rss(job: Path) -> int:
+    """Run ``job`` in a fresh process; return that process's peak RSS in bytes."""
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, str(job)], capture_output=True, text=True, timeout=600, check=True
+    )
+    return int(out.stdout.split()[-1]) * 1024

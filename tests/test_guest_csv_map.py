@@ -1,7 +1,8 @@
 """The csv-map guest: parity with Python's csv.reader, mapping, filtering, rejects and errors.
 
 Every case runs at several chunk sizes (down to 1 byte) and is checked against a small Python
-model of the guest (``expected``) built on ``csv.reader``.
+model of the guest (``csv_map_model.expected``) built on ``csv.reader``. The column rules (trim,
+default, required, types, all/any filters) are tested in test_guest_csv_map_rules.py.
 """
 
 from __future__ import annotations
@@ -9,166 +10,31 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import wasmtime
+from csv_map_model import (
+    ALPHABET,
+    OPS,
+    check,
+    check_model,
+    config_text_error,
+    csv_inputs,
+    csv_row,
+    expected,
+    guest_error,
+    model,
+    read_back,
+    run,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import GuestError
 from pipeline.guests import builtin_path
 from pipeline.runtime import Guest, GuestModule
 from pipeline.testing import run_guest
-
-CHUNK_SIZES = [None, 1, 2, 3, 5, 63, 64, 65, 1000]
-
-# -------------------------------------------------------------------------------------------------
-# A Python model of csv-map
-# -------------------------------------------------------------------------------------------------
-
-NUMBER = re.compile(r"[ \t]*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?[ \t]*\Z")
-OPS: dict[str, Callable[[int], bool]] = {
-    "==": lambda c: c == 0,
-    "!=": lambda c: c != 0,
-    ">": lambda c: c > 0,
-    ">=": lambda c: c >= 0,
-    "<": lambda c: c < 0,
-    "<=": lambda c: c <= 0,
-}
-
-
-def records(data: bytes) -> list[tuple[int, list[str]]]:
-    """(start line, fields) of each record, as csv.reader reads the file; blank lines dropped."""
-    reader = csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""))
-    out = []
-    while True:
-        start = reader.line_num + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            return out
-        if row:
-            out.append((start, row))
-
-
-def csv_row(fields: list[str]) -> str:
-    """One CSV row the way csv-map writes it (quote only when needed), '\\n'-terminated."""
-
-    def field(value: str) -> str:
-        if any(c in value for c in ',"\r\n') or (value == "" and len(fields) == 1):
-            return '"' + value.replace('"', '""') + '"'
-        return value
-
-    return ",".join(field(v) for v in fields) + "\n"
-
-
-def case_map(text: str, upper: bool) -> str:
-    """csv-map's case mapping: ASCII letters, and Latin-1 letters U+00C0..U+00FE but U+00D7 and U+00F7."""
-
-    def one(ch: str) -> str:
-        o = ord(ch)
-        if upper and (0x61 <= o <= 0x7A or (0xE0 <= o <= 0xFE and o != 0xF7)):
-            return chr(o - 0x20)
-        if not upper and (0x41 <= o <= 0x5A or (0xC0 <= o <= 0xDE and o != 0xD7)):
-            return chr(o + 0x20)
-        return ch
-
-    return "".join(one(ch) for ch in text)
-
-
-def model(config: dict[str, Any], data: bytes) -> tuple[list[list[str]], list[list[str]], tuple[int, int, int]]:
-    """csv-map's output rows (header first), reject rows and counters, for a valid config."""
-    recs = records(data)
-    if not recs:
-        return [], [], (0, 0, 0)
-    (_, header), rows = recs[0], recs[1:]
-    src = [header.index(n) for n in config["select"]] if "select" in config else list(range(len(header)))
-    names = [config.get("rename", {}).get(header[i], header[i]) for i in src]
-
-    def output_columns(name: str) -> list[int]:
-        return [k for k, n in enumerate(names) if n == name] or [k for k, i in enumerate(src) if header[i] == name]
-
-    casing: dict[int, bool] = {}
-    for key, upper in (("upper", True), ("lower", False)):
-        for name in config.get(key, []):
-            casing.update(dict.fromkeys(output_columns(name), upper))
-    flt = config.get("filter")
-    if flt:
-        by_name = [k for k, n in enumerate(names) if n == flt["column"]]
-        fsrc = src[by_name[0]] if by_name else header.index(flt["column"])
-    out, rejects, counters = [names], [], [0, 0, 0]
-
-    def reject(line: int, reason: str, row: list[str]) -> None:
-        counters[2] += 1
-        rejects.append([str(line), reason, csv_row(row)[:-1]])
-
-    for line, row in rows:
-        counters[0] += 1
-        if len(row) != len(header):
-            reject(line, f"expected {len(header)} field{'s' * (len(header) != 1)}, got {len(row)}", row)
-            continue
-        if flt:
-            value = row[fsrc]
-            a: bytes | float
-            b: bytes | float
-            if isinstance(flt["value"], str):
-                a, b = value.encode(), flt["value"].encode()
-            else:
-                if not NUMBER.match(value):
-                    raw = value.encode()
-                    cut = 64
-                    while len(raw) > 64 and raw[cut] & 0xC0 == 0x80:
-                        cut -= 1
-                    shown = value if len(raw) <= 64 else raw[:cut].decode() + "..."
-                    reject(line, f"column '{flt['column']}' is not a number: \"{shown}\"", row)
-                    continue
-                a, b = float(value.strip(" \t")), float(flt["value"])
-            if not OPS[flt["op"]]((a > b) - (a < b)):  # type: ignore[operator]
-                continue
-        counters[1] += 1
-        out.append([case_map(row[i], casing[k]) if k in casing else row[i] for k, i in enumerate(src)])
-    return out, rejects, (counters[0], counters[1], counters[2])
-
-
-def expected(config: dict[str, Any], data: bytes) -> tuple[bytes, bytes, tuple[int, int, int]]:
-    """What csv-map emits on ports 0 and 1, and its counters, for a valid config."""
-    out, rejects, counters = model(config, data)
-    reject_text = "".join(map(csv_row, [["line", "reason", "record"], *rejects])) if rejects else ""
-    return "".join(map(csv_row, out)).encode(), reject_text.encode(), counters
-
-
-def read_back(text: bytes) -> list[list[str]]:
-    """The rows csv.reader reads from text csv-map wrote."""
-    return list(csv.reader(io.StringIO(text.decode(), newline="")))
-
-
-def run(
-    config: dict[str, Any], data: bytes, chunk_size: int | None = None
-) -> tuple[bytes, bytes, tuple[int, int, int]]:
-    """Run csv-map; return (main output, rejects output, counters)."""
-    result = run_guest("csv-map", config, data, chunk_size=chunk_size)
-    assert result.counters is not None
-    assert set(result.outputs) <= {0, 1}
-    return result.outputs.get(0, b""), result.outputs.get(1, b""), result.counters
-
-
-def check(config: dict[str, Any], data: bytes, chunk_sizes: list[int | None] = CHUNK_SIZES) -> bytes:
-    """Run at every chunk size, compare with the model; return the main output."""
-    want = expected(config, data)
-    for size in chunk_sizes:
-        assert run(config, data, size) == want, f"chunk size {size}"
-    return want[0]
-
-
-def guest_error(config: dict[str, Any], data: bytes = b"", chunk_size: int | None = None) -> str:
-    """The message of the GuestError csv-map fails with (after the host's location prefix)."""
-    with pytest.raises(GuestError) as info:
-        run_guest("csv-map", config, data, chunk_size=chunk_size)
-    return str(info.value).split(": ", 1)[1]
-
 
 # -------------------------------------------------------------------------------------------------
 # Parsing: byte-for-byte what csv.reader reads
@@ -372,7 +238,11 @@ def test_rejects_are_lossless() -> None:
 # -------------------------------------------------------------------------------------------------
 
 CONFIG_ERRORS = [
-    ({"selcet": ["a"]}, "config: unknown key 'selcet' (known: select, rename, upper, lower, filter, max_record_bytes)"),
+    (
+        {"selcet": ["a"]},
+        "config: unknown key 'selcet' (known: select, rename, upper, lower, trim, default, required, types, filter, "
+        "max_record_bytes)",
+    ),
     ({"select": "a"}, "config.select: expected a list of strings"),
     ({"select": ["a", 1]}, "config.select: expected a list of strings"),
     ({"select": []}, "config.select: expected at least one column"),
@@ -380,7 +250,10 @@ CONFIG_ERRORS = [
     ({"rename": {"a": None}}, "config.rename: expected an object mapping column names to new names"),
     ({"upper": "a"}, "config.upper: expected a list of strings"),
     ({"lower": [True]}, "config.lower: expected a list of strings"),
-    ({"filter": []}, 'config.filter: expected an object {"column": ..., "op": ..., "value": ...}'),
+    (
+        {"filter": []},
+        'config.filter: expected an object {"column": ..., "op": ..., "value": ...}, {"all": [...]} or {"any": [...]}',
+    ),
     (
         {"filter": {"column": "a", "op": "~", "value": 1}},
         "config.filter.op: expected one of ==, !=, >, >=, <, <= (got '~')",
@@ -391,7 +264,7 @@ CONFIG_ERRORS = [
     ({"filter": {"column": "a", "op": "=="}}, "config.filter: missing 'value'"),
     (
         {"filter": {"column": "a", "op": "==", "value": 1, "x": 1}},
-        "config.filter: unknown key 'x' (known: column, op, value)",
+        "config.filter: unknown key 'x' (known: column, op, value, all, any)",
     ),
     ({"max_record_bytes": 0}, "config.max_record_bytes: expected a positive integer"),
     ({"max_record_bytes": 1.5}, "config.max_record_bytes: expected a positive integer"),
@@ -413,13 +286,20 @@ def test_config_errors(config: dict[str, Any], message: str) -> None:
         (b'{"select": ["a\\x"]}', "config: invalid JSON at byte 14: invalid escape in string"),
         (b'{"select": ["\\ud800"]}', "config: invalid JSON at byte 13: invalid \\u escape (unpaired surrogate)"),
         (b'{"select": ["a"], "select": ["b"]}', "config: duplicate key 'select'"),
+        (b'{"trim": [], "trim": []}', "config: duplicate key 'trim'"),
+        (
+            b'{"filter": {"all": [{"any": [], "any": []}]}}',
+            "config.filter.all[0].any: expected a non-empty list of conditions",
+        ),
+        (
+            b'{"filter": {"all": [{"column": "a", "column": "b"}]}}',
+            "config.filter.all[0]: duplicate key 'column'",
+        ),
+        (b'{"filter": ' + b'{"all": [' * 40 + b"]}" * 40 + b"}", "config: invalid JSON at byte 298: nesting too deep"),
     ],
 )
 def test_config_json_errors(text: bytes, message: str) -> None:
-    module = GuestModule.load(builtin_path("csv-map"))
-    with Guest(module, stage="csv-map", on_emit=lambda port, view: None) as guest, pytest.raises(GuestError) as info:
-        guest.start(text)
-    assert str(info.value).split(": ", 1)[1] == message
+    assert config_text_error(text) == message
 
 
 def test_config_strings_decode_json_escapes() -> None:
@@ -520,83 +400,7 @@ def test_output_is_emitted_in_large_blocks() -> None:
 # Property: random CSV, random config, random chunking
 # -------------------------------------------------------------------------------------------------
 
-ALPHABET = st.sampled_from([*'ab Z,"\r\n1.5e-éÉ÷ßÿ中😀\x00\t', "12", "-3", ".5", "x", "plain text"])
-text = st.lists(ALPHABET, max_size=6).map("".join)
-
-
-@st.composite
-def csv_inputs(draw: st.DrawFn, max_rows: int = 8, max_len: int = 6) -> bytes:
-    """CSV text: well-formed rows (random quoting and line ends) or free-form special characters."""
-    text = st.lists(ALPHABET, max_size=max_len).map("".join)
-    if draw(st.integers(0, 4)) == 0:
-        return draw(st.lists(ALPHABET, min_size=1, max_size=max_len * max_rows).map("".join)).encode()
-    ncols = draw(st.integers(1, 4))
-    header = draw(st.lists(text, min_size=ncols, max_size=ncols, unique=True))
-    widths = draw(st.lists(st.sampled_from([ncols, ncols, ncols, 1, 2, 3, 5]), max_size=max_rows))
-    rows = [header] + [draw(st.lists(text, min_size=n, max_size=n)) for n in widths]
-    parts = []
-    for row in rows:
-        fields = []
-        for value in row:
-            must_quote = any(c in value for c in ',"\r\n') or not value
-            style = draw(st.sampled_from(["plain", "quoted", "quirk"]))
-            if must_quote or style == "quoted":
-                fields.append('"' + value.replace('"', '""') + '"')
-            elif style == "quirk":
-                fields.append('"' + value + '"' + draw(st.sampled_from(["", "x", 'y"z'])))
-            else:
-                fields.append(value)
-        parts.append(",".join(fields) + draw(st.sampled_from(["\n", "\r\n", "\r", "\n\n", "\r\n\r\n"])))
-    body = "".join(parts)
-    if draw(st.booleans()):
-        body = body.rstrip("\r\n")
-    if draw(st.integers(0, 9)) == 0:
-        body += draw(st.sampled_from(['"', '"open', 'x,"']))
-    if draw(st.integers(0, 4)) == 0:
-        body = "\ufeff" + body
-    return body.encode()
-
-
-@st.composite
-def configs(draw: st.DrawFn, header: list[str]) -> dict[str, Any]:
-    """A valid csv-map config for this header."""
-    config: dict[str, Any] = {}
-    names = list(dict.fromkeys(header))
-    if draw(st.booleans()):
-        config["select"] = draw(st.lists(st.sampled_from(names), min_size=1, max_size=5))
-    selected = config.get("select", header)
-    if draw(st.booleans()):
-        config["rename"] = draw(st.dictionaries(st.sampled_from(list(dict.fromkeys(selected))), text, max_size=2))
-    outputs = [config.get("rename", {}).get(n, n) for n in selected]
-    if draw(st.booleans()):
-        config["upper"] = draw(st.lists(st.sampled_from(outputs + list(selected)), max_size=2))
-    if draw(st.booleans()):
-        lower = draw(st.lists(st.sampled_from(outputs + list(selected)), max_size=2))
-
-        def columns(name: str) -> set[int]:
-            return {k for k, n in enumerate(outputs) if n == name} or {k for k, n in enumerate(selected) if n == name}
-
-        upper = set().union(*(columns(n) for n in config.get("upper", [])))
-        config["lower"] = [n for n in lower if not columns(n) & upper]
-    if draw(st.booleans()):
-        value = draw(st.one_of(text, st.floats(-1e4, 1e4, allow_nan=False), st.integers(-100, 100)))
-        column = draw(st.sampled_from(outputs + names))
-        config["filter"] = {"column": column, "op": draw(st.sampled_from(list(OPS))), "value": value}
-    return config
-
-
-def check_model(data: bytes, chunk: int | None, choice: st.DataObject) -> None:
-    """Run a random valid config over data; compare with the model, then read the output back."""
-    recs = records(data)
-    config = choice.draw(configs(recs[0][1])) if recs else {}
-    want = expected(config, data)
-    assert run(config, data, chunk) == want
-    assert run(config, data, 1) == want
-    assert read_back(want[0]) == model(config, data)[0]
-    originals = dict(recs)
-    for line, _, record in read_back(want[1])[1:]:
-        assert read_back(record.encode()) == [originals[int(line)]]
-
+TEXT = st.lists(ALPHABET, max_size=6).map("".join)
 
 HEALTH = [HealthCheck.too_slow, HealthCheck.filter_too_much]
 
@@ -604,10 +408,10 @@ HEALTH = [HealthCheck.too_slow, HealthCheck.filter_too_much]
 @settings(max_examples=1000, deadline=None, suppress_health_check=HEALTH)
 @given(data=csv_inputs(), chunk=st.one_of(st.none(), st.integers(1, 70)), choice=st.data())
 def test_small_inputs_match_the_python_model(data: bytes, chunk: int | None, choice: st.DataObject) -> None:
-    check_model(data, chunk, choice)
+    check_model(data, chunk, choice, TEXT)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=HEALTH)
 @given(data=csv_inputs(max_rows=60, max_len=30), chunk=st.one_of(st.none(), st.integers(1, 300)), choice=st.data())
 def test_larger_inputs_match_the_python_model(data: bytes, chunk: int | None, choice: st.DataObject) -> None:
-    check_model(data, chunk, choice)
+    check_model(data, chunk, choice, TEXT)

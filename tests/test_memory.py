@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support import peak_rss
 
 from pipeline.testing.data import write_orders_csv
 
@@ -21,24 +20,15 @@ stages:
 sink: {url: out/mapped.csv}
 rejects: {url: out/rejects.csv}
 """
-PEAK_RSS = """
-import resource, sys
-from pipeline.runner import run_session
-from pipeline.spec import load_job
-run_session(load_job(sys.argv[1]))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
-"""
 
 
 def _peak_rss(tmp_path: Path, size: int) -> int:
     write_orders_csv(tmp_path / "orders.csv", size)
     (tmp_path / "job.yaml").write_text(JOB)
-    out = subprocess.run(
-        [sys.executable, "-c", PEAK_RSS, str(tmp_path / "job.yaml")],
-        capture_output=True, text=True, timeout=600, check=True,
-    )  # fmt: skip
-    (tmp_path / "orders.csv").unlink()
-    return int(out.stdout.split()[-1]) * 1024
+    try:
+        return peak_rss(tmp_path / "job.yaml")
+    finally:
+        (tmp_path / "orders.csv").unlink()
 
 
 def test_peak_rss_is_flat_from_50mb_to_500mb(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -28,6 +28,10 @@
  *      strict=False, file opened with newline='') byte for byte, fed arbitrary chunks.
  *   8. CSV field writing, ASCII/Latin-1 case mapping, decimal number parsing.
  *   9. A small pull-style JSON reader for configuration objects.
+ *  10. Typed values: 64-bit integers and ISO 8601 dates.
+ *  11. Config helpers, UTF-8 checking, JSON string output, and a streaming JSON value scanner
+ *      (pl_json_stream).
+ *  12. The rejects output ("line,reason,record" CSV on port 1).
  *
  * Error contract, everywhere in this SDK: a function returns 0 on success and non-zero on
  * failure. The code that detects a failure calls pl_fail() exactly once with a message for the
@@ -1611,6 +1615,710 @@ PL_API int pl_json_fail(const pl_json *j, const char *what) {
     pl_buf_puts(&m, ": ");
     pl_buf_puts(&m, j->error ? j->error : "syntax error");
     return pl_fail_buf(&m);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* 10. Typed values: 64-bit integers and ISO 8601 dates                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * Parses a decimal integer: optional spaces/tabs, an optional sign, one or more ASCII digits
+ * (leading zeros allowed), optional spaces/tabs; nothing else. Returns false if the text is not
+ * such a number or lies outside int64 (-2^63 .. 2^63-1). Python's int() agrees on what it accepts.
+ */
+PL_API bool pl_parse_int64(const uint8_t *s, size_t n, int64_t *out) {
+    const uint8_t *p = s, *const end = s + n;
+    while (p < end && (*p == ' ' || *p == '\t')) p++;
+    bool neg = false;
+    if (p < end && ((unsigned)(*p - '+') & ~2u) == 0) neg = *p++ == '-'; /* '+' or '-' */
+    const uint64_t limit = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    const uint8_t *const digits = p;
+    uint64_t v = 0;
+    for (; p < end && (unsigned)(*p - '0') < 10; p++) {
+        const unsigned d = (unsigned)(*p - '0');
+        if (v > (limit - d) / 10) return false; /* v * 10 + d > limit */
+        v = v * 10 + d;
+    }
+    if (p == digits) return false;
+    while (p < end && (*p == ' ' || *p == '\t')) p++;
+    if (p != end) return false;
+    /* -(v - 1) - 1 reaches INT64_MIN without overflowing. */
+    *out = neg ? (v ? -(int64_t)(v - 1) - 1 : 0) : (int64_t)v;
+    return true;
+}
+
+typedef struct pl_date {
+    int year, month, day;
+} pl_date;
+
+/*
+ * Parses an ISO 8601 calendar date in its extended form, exactly "YYYY-MM-DD" (10 bytes, ASCII
+ * digits, no surrounding spaces), that names a real day of the proleptic Gregorian calendar with
+ * a year from 0001 to 9999 (leap years: divisible by 4, but not by 100 unless by 400). These are
+ * the 10-byte strings Python's datetime.date.fromisoformat accepts.
+ */
+PL_API bool pl_parse_date(const uint8_t *s, size_t n, pl_date *out) {
+    static const uint8_t days_in[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (n != 10 || s[4] != '-' || s[7] != '-') return false;
+    int v[3] = {0, 0, 0};
+    static const uint8_t start[3] = {0, 5, 8}, width[3] = {4, 2, 2};
+    for (int k = 0; k < 3; k++) {
+        for (int i = start[k]; i < start[k] + width[k]; i++) {
+            const unsigned d = (unsigned)(s[i] - '0');
+            if (d >= 10) return false;
+            v[k] = v[k] * 10 + (int)d;
+        }
+    }
+    const int year = v[0], month = v[1], day = v[2];
+    if (year < 1 || month < 1 || month > 12 || day < 1) return false;
+    const bool leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    if (day > days_in[month - 1] + (month == 2 && leap)) return false;
+    *out = (pl_date){year, month, day};
+    return true;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* 11. Config helpers, UTF-8, JSON output, streaming JSON scanner                             */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * Config helpers: the standard messages of the builtin guests' pl_init, built on the reader.
+ *
+ * pl_config_open starts reading the config object: an empty (or all-blank) config is the empty
+ * object. It returns 0 with the reader inside the object (iterate with pl_json_next), 1 if there
+ * is nothing to read, -1 after failing the call.
+ */
+PL_COLD int pl_config_open(pl_json *j, const uint8_t *config, size_t len) {
+    pl_json_init(j, config, len);
+    size_t i = 0;
+    while (i < len && (config[i] == ' ' || config[i] == '\t' || config[i] == '\n' || config[i] == '\r')) i++;
+    if (i == len) return 1;
+    if (pl_json_peek(j) != PL_JSON_OBJECT || pl_json_enter(j)) {
+        if (j->error) return pl_json_fail(j, "config");
+        return pl_fail_str("config: expected a JSON object");
+    }
+    return 0;
+}
+
+/* Fails with "config.<key>: expected <what>", or with the JSON syntax error if that is why the
+ * value did not read as <what>. Returns -1. */
+PL_COLD int pl_config_type_error(const pl_json *j, const char *key, const char *what) {
+    if (j->error) return pl_json_fail(j, "config");
+    pl_buf m = {0};
+    pl_buf_puts(&m, "config.");
+    pl_buf_puts(&m, key);
+    pl_buf_puts(&m, ": expected ");
+    pl_buf_puts(&m, what);
+    return pl_fail_buf(&m);
+}
+
+/* Fails with "<where>: unknown key '<key>' (known: <known>)". Returns -1. */
+PL_COLD int pl_config_unknown_key(const char *where, const pl_str *key, const char *known) {
+    pl_buf m = {0};
+    pl_buf_puts(&m, where);
+    pl_buf_puts(&m, ": unknown key '");
+    pl_buf_put(&m, key->ptr, key->len);
+    pl_buf_puts(&m, "' (known: ");
+    pl_buf_puts(&m, known);
+    pl_buf_puts(&m, ")");
+    return pl_fail_buf(&m);
+}
+
+/* Fails with "<where>: duplicate key '<key>'". Returns -1. */
+PL_COLD int pl_config_duplicate_key(const char *where, const pl_str *key) {
+    pl_buf m = {0};
+    pl_buf_puts(&m, where);
+    pl_buf_puts(&m, ": duplicate key '");
+    pl_buf_put(&m, key->ptr, key->len);
+    pl_buf_puts(&m, "'");
+    return pl_fail_buf(&m);
+}
+
+/*
+ * Reads a config object whose keys are the NULL-terminated list `keys`: for each key present,
+ * calls fn(j, index in keys) with the reader at its value, which fn must read (or fail the
+ * call). An empty config is the empty object. Fails with "config: unknown key 'k' (known: a, b)"
+ * for a key not in the list and "config: duplicate key 'k'" for a repeated one; fn's non-zero
+ * result is passed up.
+ */
+typedef int (*pl_config_fn)(pl_json *j, int key);
+
+PL_COLD int pl_config_read(const uint8_t *config, size_t len, const char *const *keys, pl_config_fn fn) {
+    pl_json j;
+    int rc = pl_config_open(&j, config, len);
+    if (rc) return rc < 0 ? rc : 0;
+    uint64_t seen = 0; /* bit per key, to refuse duplicates */
+    pl_str key;
+    int more;
+    while ((more = pl_json_next(&j, &key)) > 0) {
+        int k = 0;
+        while (keys[k] && !pl_str_eq(&key, keys[k], strlen(keys[k]))) k++;
+        if (!keys[k]) {
+            pl_buf known = {0};
+            for (int i = 0; keys[i]; i++) {
+                if (i) pl_buf_puts(&known, ", ");
+                pl_buf_puts(&known, keys[i]);
+            }
+            pl_buf_putc(&known, 0);
+            rc = known.oom ? pl_fail_str("out of memory") : pl_config_unknown_key("config", &key, (char *)known.data);
+            pl_buf_free(&known);
+        } else if (seen >> k & 1) {
+            rc = pl_config_duplicate_key("config", &key);
+        } else {
+            seen |= 1ull << k;
+            rc = fn(&j, k);
+        }
+        pl_str_free(&key);
+        if (rc) return rc;
+    }
+    return more < 0 || pl_json_done(&j) ? pl_json_fail(&j, "config") : 0;
+}
+
+/* A growable list of decoded strings (zero-initialise). */
+typedef struct pl_strs {
+    pl_str *v;
+    uint32_t n;
+} pl_strs;
+
+/* Appends `s` (the list takes ownership); false if memory ran out. */
+PL_COLD bool pl_strs_push(pl_strs *l, pl_str s) {
+    pl_str *v = (pl_str *)realloc(l->v, (l->n + 1) * sizeof *v);
+    if (!v) return false;
+    l->v = v;
+    l->v[l->n++] = s;
+    return true;
+}
+
+/* Index of the entry equal to the n bytes at p, or -1. */
+PL_API int64_t pl_strs_find(const pl_strs *l, const void *p, size_t n) {
+    for (uint32_t i = 0; i < l->n; i++)
+        if (pl_str_eq(&l->v[i], p, n)) return i;
+    return -1;
+}
+
+/* Reads the config value of `key` as a list of strings into `out`; fails with
+ * "config.<key>: expected a list of strings". */
+PL_COLD int pl_config_str_list(pl_json *j, const char *key, pl_strs *out) {
+    static const char what[] = "a list of strings";
+    if (pl_json_peek(j) != PL_JSON_ARRAY || pl_json_enter(j)) return pl_config_type_error(j, key, what);
+    int more;
+    while ((more = pl_json_next(j, NULL)) > 0) {
+        pl_str s;
+        if (pl_json_peek(j) != PL_JSON_STRING || pl_json_string(j, &s)) return pl_config_type_error(j, key, what);
+        if (!pl_strs_push(out, s)) return pl_fail_str("out of memory");
+    }
+    return more < 0 ? pl_json_fail(j, "config") : 0;
+}
+
+/* Reads the config value of `key` as a string-to-string object into `from` and `to` (same
+ * indexes); fails with "config.<key>: expected <what>". */
+PL_COLD int pl_config_str_map(pl_json *j, const char *key, const char *what, pl_strs *from, pl_strs *to) {
+    if (pl_json_peek(j) != PL_JSON_OBJECT || pl_json_enter(j)) return pl_config_type_error(j, key, what);
+    pl_str name;
+    int more;
+    while ((more = pl_json_next(j, &name)) > 0) {
+        pl_str value;
+        if (pl_json_peek(j) != PL_JSON_STRING || pl_json_string(j, &value)) {
+            pl_str_free(&name);
+            return pl_config_type_error(j, key, what);
+        }
+        if (!pl_strs_push(from, name) || !pl_strs_push(to, value)) return pl_fail_str("out of memory");
+    }
+    return more < 0 ? pl_json_fail(j, "config") : 0;
+}
+
+/* Reads a positive integer of at most `max` (a byte limit such as max_record_bytes); fails with
+ * "config.<key>: expected a positive integer". */
+PL_COLD int pl_config_size(pl_json *j, const char *key, double max, uint64_t *out) {
+    double v;
+    if (pl_json_peek(j) != PL_JSON_NUMBER || pl_json_number(j, &v) || !(v >= 1 && v <= max) ||
+        v != (double)(uint64_t)v)
+        return pl_config_type_error(j, key, "a positive integer");
+    *out = (uint64_t)v;
+    return 0;
+}
+
+/*
+ * UTF-8 and JSON string output.
+ *
+ * pl_utf8_valid checks bytes the way a strict decoder (Python's "utf-8") does: no overlong
+ * forms, no surrogates (U+D800..U+DFFF), nothing above U+10FFFF, no truncated sequences.
+ * pl_json_put_string writes valid UTF-8 bytes as a JSON string exactly as Python's
+ * json.dumps(s, ensure_ascii=False) does: '"' and '\\' escaped, \b \f \n \r \t in their short
+ * forms, other control characters as \u00XX (lower-case hex), everything else as is.
+ */
+
+/* The accepted range of the byte after the lead byte `c` of a multi-byte sequence, and how many
+ * continuation bytes follow it (0: `c` is not a valid lead byte). The bytes after the second
+ * are always 80..BF. */
+PL_API int pl__utf8_lead(uint8_t c, uint8_t *lo, uint8_t *hi) {
+    *lo = 0x80;
+    *hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) return 1;
+    if (c >= 0xE0 && c <= 0xEF) {
+        if (c == 0xE0) *lo = 0xA0; /* no overlong 3-byte forms */
+        if (c == 0xED) *hi = 0x9F; /* no surrogates */
+        return 2;
+    }
+    if (c >= 0xF0 && c <= 0xF4) {
+        if (c == 0xF0) *lo = 0x90; /* no overlong 4-byte forms */
+        if (c == 0xF4) *hi = 0x8F; /* nothing above U+10FFFF */
+        return 3;
+    }
+    return 0;
+}
+
+/* True if the n bytes at p are valid UTF-8. */
+PL_API bool pl_utf8_valid(const uint8_t *p, size_t n) {
+    const uint8_t *end = p + n;
+    while (p < end) {
+        /* ASCII runs, 8 bytes at a time. */
+        while (end - p >= 8) {
+            uint64_t w;
+            memcpy(&w, p, 8);
+            if (w & 0x8080808080808080ull) break;
+            p += 8;
+        }
+        if (p == end) break;
+        if (*p < 0x80) {
+            p++;
+            continue;
+        }
+        uint8_t lo, hi;
+        int more = pl__utf8_lead(*p++, &lo, &hi);
+        if (!more || end - p < more || p[0] < lo || p[0] > hi) return false;
+        for (int k = 1; k < more; k++)
+            if ((p[k] & 0xC0) != 0x80) return false;
+        p += more;
+    }
+    return true;
+}
+
+/* The first byte in [p, end) that ends a run of plain string bytes: '"', '\\', a control
+ * character or, if `ascii`, a byte >= 0x80; `end` if there is none. 16 bytes at a time. */
+PL_API const uint8_t *pl__json_plain_end(const uint8_t *p, const uint8_t *end, bool ascii) {
+#ifdef __wasm_simd128__
+    const v128_t quote = wasm_i8x16_splat('"'), backslash = wasm_i8x16_splat('\\');
+    const v128_t space = wasm_i8x16_splat(0x20), zero = wasm_i8x16_splat(0);
+    while (end - p >= 16) {
+        const v128_t v = wasm_v128_load(p);
+        v128_t stop = wasm_v128_or(wasm_i8x16_eq(v, quote), wasm_i8x16_eq(v, backslash));
+        stop = wasm_v128_or(stop, wasm_u8x16_lt(v, space));
+        if (ascii) stop = wasm_v128_or(stop, wasm_i8x16_lt(v, zero)); /* bytes >= 0x80 */
+        const uint32_t mask = (uint32_t)wasm_i8x16_bitmask(stop);
+        if (mask) return p + __builtin_ctz(mask);
+        p += 16;
+    }
+#endif
+    while (p < end && *p != '"' && *p != '\\' && *p >= 0x20 && !(ascii && *p >= 0x80)) p++;
+    return p;
+}
+
+/* Writes the n bytes at p (valid UTF-8) escaped as the inside of a JSON string at dst, which
+ * has room for 6n bytes; returns the end of what was written. */
+PL_API uint8_t *pl_json_escape_into(uint8_t *dst, const uint8_t *p, size_t n) {
+    static const char hex[] = "0123456789abcdef";
+    const uint8_t *const end = p + n;
+    while (p < end) {
+        const uint8_t *run = p;
+        p = pl__json_plain_end(p, end, false);
+        pl_copy(dst, run, (size_t)(p - run));
+        dst += p - run;
+        if (p == end) break;
+        const uint8_t c = *p++;
+        *dst++ = '\\';
+        switch (c) {
+        case '"':
+        case '\\': *dst++ = c; break;
+        case '\b': *dst++ = 'b'; break;
+        case '\f': *dst++ = 'f'; break;
+        case '\n': *dst++ = 'n'; break;
+        case '\r': *dst++ = 'r'; break;
+        case '\t': *dst++ = 't'; break;
+        default:
+            memcpy(dst, "u00", 3);
+            dst[3] = (uint8_t)hex[c >> 4];
+            dst[4] = (uint8_t)hex[c & 15];
+            dst += 5;
+        }
+    }
+    return dst;
+}
+
+/* Appends the n bytes at p (valid UTF-8) to `b` as a JSON string, quotes included. */
+PL_API void pl_json_buf_string(pl_buf *b, const uint8_t *p, size_t n) {
+    if (n > SIZE_MAX / 6 - 2) b->oom = true;
+    if (!pl_buf_reserve(b, 6 * n + 2)) return;
+    uint8_t *d = b->data + b->len;
+    *d++ = '"';
+    d = pl_json_escape_into(d, p, n);
+    *d++ = '"';
+    b->len = (size_t)(d - b->data);
+}
+
+/* Writes the n bytes at p (valid UTF-8) to the port as a JSON string, quotes included. Any
+ * size: a long string is escaped a piece at a time (escaping works byte by byte, so a piece may
+ * end inside a UTF-8 sequence). */
+PL_API int pl_json_put_string(pl_out *o, const uint8_t *p, size_t n) {
+    if (pl_out_putc(o, '"')) return -1;
+    while (n) {
+        const size_t k = n < PL_OUT_CAP / 6 ? n : PL_OUT_CAP / 6;
+        uint8_t *d = pl_out_reserve(o, 6 * k);
+        if (!d) return -1;
+        o->len = (uint32_t)(pl_json_escape_into(d, p, k) - o->buf);
+        p += k;
+        n -= k;
+    }
+    return pl_out_putc(o, '"');
+}
+
+/*
+ * A streaming JSON value scanner: a small push tokenizer holding its state in linear memory.
+ *
+ * It reads one JSON value (RFC 8259, any size) fed in chunks of any size, validates it -
+ * grammar, UTF-8 inside strings, nesting up to PL_JSON_STREAM_MAX_DEPTH - and appends its
+ * compact form (every byte but the insignificant whitespace, so numbers, strings and their
+ * escapes keep their original text) to a pl_buf. Nothing of the value is held besides that
+ * compact copy, and the caller may pass a NULL buffer to only validate. Escapes \uXXXX are
+ * checked for their four hex digits only: like Python's json module, a lone surrogate escape is
+ * accepted (the RFC's grammar allows it).
+ *
+ *     pl_json_stream s;
+ *     pl_json_stream_init(&s, 0);
+ *     for each chunk:
+ *         size_t used = pl_json_stream_feed(&s, chunk, n, &buf);   // stops after the value
+ *         if (s.error) ...                                          // s.error, s.error_at
+ *         if (s.done) ... the value ended after `used` bytes of this chunk ...
+ *     at the end of input: if (!s.done && pl_json_stream_end(&s)) ...
+ *
+ * Leading whitespace is skipped; the feed stops right after the value's last byte. A number at
+ * the top level ends only at a byte that cannot continue it (that byte is not consumed) or at
+ * pl_json_stream_end. `offset` counts the bytes consumed since init (plus the initial offset):
+ * error_at is the stream offset of the offending byte (or of the end, for a truncated value).
+ */
+#ifndef PL_JSON_STREAM_MAX_DEPTH
+#define PL_JSON_STREAM_MAX_DEPTH 4096
+#endif
+
+enum {
+    PL__JS_VALUE,     /* a value is expected */
+    PL__JS_FIRST,     /* right after '[': a value or ']' */
+    PL__JS_KEY_FIRST, /* right after '{': a member name or '}' */
+    PL__JS_KEY,       /* after ',' in an object: a member name */
+    PL__JS_COLON,     /* after a member name */
+    PL__JS_AFTER,     /* after a value in a container: ',' or its closing bracket */
+    PL__JS_STRING,    /* in a string */
+    PL__JS_ESCAPE,    /* after '\' in a string */
+    PL__JS_HEX,       /* in \uXXXX: `count` hex digits to go */
+    PL__JS_UTF8,      /* in a UTF-8 sequence: `count` bytes to go, the next in [lo, hi] */
+    PL__JS_LITERAL,   /* in true, false or null: `literal[count]` is the next byte */
+    /* Numbers: after '-', after a leading '0', in integer digits, after '.', in fraction digits,
+     * after 'e', after the exponent's sign, in exponent digits. */
+    PL__JS_MINUS,
+    PL__JS_ZERO,
+    PL__JS_INT,
+    PL__JS_DOT,
+    PL__JS_FRAC,
+    PL__JS_E,
+    PL__JS_ESIGN,
+    PL__JS_EXP,
+};
+
+typedef struct pl_json_stream {
+    uint64_t offset;     /* stream offset of the next byte */
+    const char *error;   /* NULL until a syntax error */
+    uint64_t error_at;   /* stream offset of the error */
+    const char *literal; /* the literal being matched (PL__JS_LITERAL) */
+    uint32_t depth;      /* open arrays and objects */
+    uint8_t state;       /* PL__JS_* */
+    uint8_t count, lo, hi;
+    bool key;  /* the open string is a member name */
+    bool done; /* the value is complete */
+    uint8_t objects[PL_JSON_STREAM_MAX_DEPTH / 8]; /* bit per open container: 1 object, 0 array */
+} pl_json_stream;
+
+/* Starts reading a value; `offset` is the stream offset of the first byte to be fed. */
+PL_API void pl_json_stream_init(pl_json_stream *s, uint64_t offset) {
+    s->offset = offset;
+    s->error = NULL;
+    s->error_at = 0;
+    s->literal = NULL;
+    s->depth = 0;
+    s->state = PL__JS_VALUE;
+    s->key = s->done = false;
+}
+
+PL_COLD size_t pl__js_error(pl_json_stream *s, const char *what, const uint8_t *at, const uint8_t *start) {
+    s->error = what;
+    s->error_at = s->offset + (uint64_t)(at - start);
+    return (size_t)(at - start);
+}
+
+/* True if the byte may follow a complete number inside a container. */
+PL_API bool pl__js_number_end(uint8_t c) {
+    return c == ',' || c == ']' || c == '}' || c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* Feeds the next n bytes; returns how many were consumed (all of them, unless the value ended
+ * or an error stopped the scan: see `done` and `error`). `out` may be NULL. */
+PL_API size_t pl_json_stream_feed(pl_json_stream *s, const uint8_t *d, size_t n, pl_buf *out) {
+    const uint8_t *p = d, *const end = d + n;
+    pl_buf sink = {.oom = true}; /* appends to it are ignored */
+    if (!out) out = &sink;
+    /* Every byte consumed but whitespace outside strings goes to `out`: whole runs of them are
+     * appended at once, from `keep` up to the next such whitespace or the end of the feed. */
+    const uint8_t *keep = p;
+    while (p < end && !s->done) {
+        uint8_t c = *p;
+        switch (s->state) {
+        case PL__JS_STRING: {
+            /* The common case: a run of printable ASCII. */
+            p = pl__json_plain_end(p, end, true);
+            if (p == end) continue;
+            c = *p;
+            if (c == '"') {
+                s->state = s->key ? PL__JS_COLON : PL__JS_AFTER;
+                if (!s->key && !s->depth) s->done = true;
+            } else if (c == '\\') {
+                s->state = PL__JS_ESCAPE;
+            } else if (c < 0x20) {
+                return pl__js_error(s, "control character in string", p, d);
+            } else {
+                s->count = (uint8_t)pl__utf8_lead(c, &s->lo, &s->hi);
+                if (!s->count) return pl__js_error(s, "invalid UTF-8 in string", p, d);
+                s->state = PL__JS_UTF8;
+            }
+            break;
+        }
+        case PL__JS_UTF8:
+            if (c < s->lo || c > s->hi) return pl__js_error(s, "invalid UTF-8 in string", p, d);
+            s->lo = 0x80;
+            s->hi = 0xBF;
+            if (!--s->count) s->state = PL__JS_STRING;
+            break;
+        case PL__JS_ESCAPE:
+            if (c == 'u') {
+                s->state = PL__JS_HEX;
+                s->count = 4;
+            } else if (c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' ||
+                       c == 't') {
+                s->state = PL__JS_STRING;
+            } else {
+                return pl__js_error(s, "invalid escape in string", p, d);
+            }
+            break;
+        case PL__JS_HEX:
+            if (!((uint8_t)(c - '0') < 10 || (uint8_t)((c | 0x20) - 'a') < 6))
+                return pl__js_error(s, "invalid \\u escape", p, d);
+            if (!--s->count) s->state = PL__JS_STRING;
+            break;
+        case PL__JS_LITERAL:
+            if (c != (uint8_t)s->literal[s->count]) return pl__js_error(s, "expected a JSON value", p, d);
+            if (!s->literal[++s->count]) {
+                s->state = PL__JS_AFTER;
+                s->done = !s->depth;
+            }
+            break;
+        case PL__JS_MINUS:
+        case PL__JS_DOT:
+        case PL__JS_E:
+        case PL__JS_ESIGN:
+            if ((uint8_t)(c - '0') < 10) {
+                s->state = s->state == PL__JS_MINUS ? (c == '0' ? PL__JS_ZERO : PL__JS_INT)
+                           : s->state == PL__JS_DOT ? PL__JS_FRAC
+                                                    : PL__JS_EXP;
+            } else if (s->state == PL__JS_E && (c == '+' || c == '-')) {
+                s->state = PL__JS_ESIGN;
+            } else {
+                return pl__js_error(s, "invalid number", p, d);
+            }
+            break;
+        case PL__JS_ZERO:
+        case PL__JS_INT:
+        case PL__JS_FRAC:
+        case PL__JS_EXP:
+            if ((uint8_t)(c - '0') < 10 && s->state != PL__JS_ZERO) {
+                /* Digits: take the whole run at once. */
+                while (p < end && (uint8_t)(*p - '0') < 10) p++;
+                continue;
+            }
+            if ((c == '.' || (c | 0x20) == 'e') && s->state != PL__JS_EXP &&
+                !(c == '.' && s->state == PL__JS_FRAC)) {
+                s->state = c == '.' ? PL__JS_DOT : PL__JS_E;
+                break;
+            }
+            /* The number ended before this byte, which is not consumed. */
+            if (!s->depth) {
+                s->done = true;
+                continue;
+            }
+            if (!pl__js_number_end(c)) return pl__js_error(s, "invalid number", p, d);
+            s->state = PL__JS_AFTER;
+            continue;
+        default: {
+            /* Structure: whitespace, brackets, ',' and ':', and the first byte of a value. */
+            if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+                pl_buf_put(out, keep, (size_t)(p - keep));
+                while (++p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) {
+                }
+                keep = p;
+                continue;
+            }
+            const uint8_t st = s->state;
+            const bool in_object = s->depth && (s->objects[(s->depth - 1) / 8] >> ((s->depth - 1) % 8) & 1);
+            if (st == PL__JS_AFTER) {
+                if (c == ',') {
+                    s->state = in_object ? PL__JS_KEY : PL__JS_VALUE;
+                    break;
+                }
+                if (c != (in_object ? '}' : ']'))
+                    return pl__js_error(s, in_object ? "expected ',' or '}'" : "expected ',' or ']'", p, d);
+            } else if (st == PL__JS_COLON) {
+                if (c != ':') return pl__js_error(s, "expected ':'", p, d);
+                s->state = PL__JS_VALUE;
+                break;
+            } else if (st == PL__JS_KEY || st == PL__JS_KEY_FIRST) {
+                if (c == '"') {
+                    s->state = PL__JS_STRING;
+                    s->key = true;
+                    break;
+                }
+                if (st == PL__JS_KEY || c != '}') return pl__js_error(s, "expected a member name", p, d);
+            } else if (st == PL__JS_FIRST && c == ']') {
+                /* An empty array: closed below. */
+            } else {
+                /* PL__JS_VALUE, or PL__JS_FIRST with a value. */
+                s->key = false;
+                if (c == '"') {
+                    s->state = PL__JS_STRING;
+                } else if (c == '[' || c == '{') {
+                    if (s->depth == PL_JSON_STREAM_MAX_DEPTH)
+                        return pl__js_error(s, "nesting deeper than the limit of 4096", p, d);
+                    uint8_t *bits = &s->objects[s->depth / 8], bit = (uint8_t)(1u << (s->depth % 8));
+                    *bits = (uint8_t)(c == '{' ? *bits | bit : *bits & ~bit);
+                    s->depth++;
+                    s->state = c == '{' ? PL__JS_KEY_FIRST : PL__JS_FIRST;
+                } else if (c == '-') {
+                    s->state = PL__JS_MINUS;
+                } else if ((uint8_t)(c - '0') < 10) {
+                    s->state = c == '0' ? PL__JS_ZERO : PL__JS_INT;
+                } else if (c == 't' || c == 'f' || c == 'n') {
+                    s->literal = c == 't' ? "true" : c == 'f' ? "false" : "null";
+                    s->count = 1;
+                    s->state = PL__JS_LITERAL;
+                } else {
+                    return pl__js_error(s, "expected a JSON value", p, d);
+                }
+                break;
+            }
+            /* A closing bracket. */
+            s->depth--;
+            s->state = PL__JS_AFTER;
+            s->done = !s->depth;
+            break;
+        }
+        }
+        p++;
+    }
+    pl_buf_put(out, keep, (size_t)(p - keep));
+    s->offset += (uint64_t)(p - d);
+    return (size_t)(p - d);
+}
+
+/* Ends the input: completes a top-level number; anything else unfinished is an error. */
+PL_API int pl_json_stream_end(pl_json_stream *s) {
+    if (s->error) return -1;
+    if (s->done) return 0;
+    const uint8_t st = s->state;
+    if (!s->depth && (st == PL__JS_ZERO || st == PL__JS_INT || st == PL__JS_FRAC || st == PL__JS_EXP)) {
+        s->done = true;
+        return 0;
+    }
+    s->error = st >= PL__JS_MINUS && st != PL__JS_ZERO && st != PL__JS_INT && st != PL__JS_FRAC &&
+                       st != PL__JS_EXP
+                   ? "invalid number"
+                   : "unexpected end of JSON";
+    s->error_at = s->offset;
+    return -1;
+}
+
+/* Validates the n bytes at `text` as exactly one JSON value (whitespace around it allowed) and
+ * appends its compact form to `out` (which may be NULL). On error returns -1 with s->error set
+ * and s->error_at the offset in `text`. */
+PL_API int pl_json_compact(pl_json_stream *s, const uint8_t *text, size_t n, pl_buf *out) {
+    pl_json_stream_init(s, 0);
+    size_t used = pl_json_stream_feed(s, text, n, out);
+    if (s->error || pl_json_stream_end(s)) return -1;
+    while (used < n && (text[used] == ' ' || text[used] == '\t' || text[used] == '\n' || text[used] == '\r'))
+        used++;
+    if (used == n) return 0;
+    s->error = "unexpected data after the JSON value";
+    s->error_at = used;
+    return -1;
+}
+
+/* The end of the value starting at p in compact JSON that is known to be valid (the output of
+ * pl_json_compact): a fast skip that does not check anything. */
+PL_API const uint8_t *pl_json_compact_skip(const uint8_t *p, const uint8_t *end) {
+    uint32_t depth = 0;
+    do {
+        const uint8_t c = *p++;
+        if (c == '"') {
+            while (*(p = pl__json_plain_end(p, end, false)) == '\\') p += 2;
+            p++;
+        } else if (c == '[' || c == '{') {
+            depth++;
+        } else if (c == ']' || c == '}') {
+            depth--;
+        } else if (c != ',' && c != ':') {
+            /* A number or a literal: up to the next delimiter. */
+            while (p < end && *p != ',' && *p != ']' && *p != '}') p++;
+        }
+    } while (depth && p < end);
+    return p;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* 12. Rejects output                                                                          */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * The rejects output of record-oriented guests (port 1): CSV with the header
+ * "line,reason,record", written before the first row. `line` is where the record starts in the
+ * input, `reason` says why it was rejected and `record` is the record's text (for CSV input, the
+ * record's fields written as one CSV row), quoted as a CSV field when needed, so nothing is lost.
+ * pl_reject counts the record in pl_stats.records_rejected.
+ */
+static bool pl__rejects_started;
+static pl_buf pl__reject_line; /* scratch for the line number */
+
+PL_COLD int pl_reject(uint64_t line, const pl_buf *reason, const uint8_t *record, size_t n) {
+    pl_stats.records_rejected++;
+    pl_out *o = pl_port(1);
+    if (!pl__rejects_started) {
+        pl__rejects_started = true;
+        if (pl_out_write(o, "line,reason,record\n", 19)) return -1;
+    }
+    pl__reject_line.len = 0;
+    pl_buf_put_u64(&pl__reject_line, line);
+    if (reason->oom || pl__reject_line.oom) return pl_fail_str("out of memory");
+    return pl_out_write(o, pl__reject_line.data, pl__reject_line.len) || pl_out_putc(o, ',') ||
+           pl_csv_put_field(o, reason->data, reason->len, pl_csv_needs_quoting(reason->data, reason->len)) ||
+           pl_out_putc(o, ',') || pl_csv_put_field(o, record, n, pl_csv_needs_quoting(record, n)) ||
+           pl_out_putc(o, '\n');
+}
+
+/* Appends the n bytes at p to a reason in double quotes, cut after about 64 bytes (at a UTF-8
+ * character boundary, marked "..."): `column 'x' is not a number: "abc"`. */
+PL_COLD void pl_reject_put_value(pl_buf *reason, const uint8_t *p, size_t n) {
+    size_t k = n;
+    if (k > 64) {
+        k = 64;
+        while (k && (p[k] & 0xC0) == 0x80) k--;
+    }
+    pl_buf_putc(reason, '"');
+    pl_buf_put(reason, p, k);
+    pl_buf_puts(reason, k < n ? "...\"" : "\"");
 }
 
 #endif /* PIPELINE_GUEST_H */

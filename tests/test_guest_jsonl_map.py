@@ -1,0 +1,426 @@
+"""The jsonl-map guest: filter, select and rename over JSON Lines; invalid lines to rejects.
+
+Checked against a Python model built on json.loads / json.dumps: inputs are written by json.dumps
+with random separators, so the guest's compact output (original value text kept) must equal
+json.dumps of the expected object with compact separators, byte for byte.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support import check_resume, run_record_guest
+
+from pipeline.errors import GuestError, PipelineError
+from pipeline.testing import run_guest
+
+CHUNK_SIZES = [None, 1, 2, 3, 7, 64, 1000]
+MISSING = object()
+
+
+# -------------------------------------------------------------------------------------------------
+# A Python model of jsonl-map
+# -------------------------------------------------------------------------------------------------
+
+
+def lookup(obj: Any, path: str) -> Any:
+    for name in path.split("."):
+        if not isinstance(obj, dict) or name not in obj:
+            return MISSING
+        obj = obj[name]
+    return obj
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def holds(cond: dict[str, Any], obj: dict[str, Any]) -> bool:
+    if "all" in cond:
+        return all(holds(c, obj) for c in cond["all"])
+    if "any" in cond:
+        return any(holds(c, obj) for c in cond["any"])
+    value, op = lookup(obj, cond["field"]), cond["op"]
+    if op == "exists":
+        return value is not MISSING
+    want = cond.get("value")
+    cmp: int | None = None
+    if is_number(want) and is_number(value):
+        cmp = (float(value) > float(want)) - (float(value) < float(want))
+    elif isinstance(want, str) and isinstance(value, str):
+        a, b = value.encode(), want.encode()
+        cmp = (a > b) - (a < b)
+    elif isinstance(want, bool | None) and value is want:
+        cmp = 0
+    if op == "!=":
+        return cmp != 0
+    return cmp is not None and {"==": cmp == 0, ">": cmp > 0, ">=": cmp >= 0, "<": cmp < 0, "<=": cmp <= 0}[op]
+
+
+def no_constants(name: str) -> Any:
+    """json.loads takes NaN, Infinity and -Infinity; JSON does not."""
+    raise ValueError(name)
+
+
+def dumps(value: Any, ascii_only: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=ascii_only, separators=(",", ":"))
+
+
+def model(
+    config: dict[str, Any], data: bytes, ascii_only: bool = False
+) -> tuple[bytes, list[int], tuple[int, int, int]]:
+    """Main output, rejected line numbers and counters. Output keys and values are written as
+    json.dumps writes them (values with `ascii_only`, as the input was written; keys the guest
+    writes itself always as UTF-8)."""
+    lines = data.removeprefix(b"\xef\xbb\xbf").split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    out, rejected, seen = [], [], 0
+    rename = config.get("rename", {})
+    for number, raw in enumerate(lines, 1):
+        line = raw.removesuffix(b"\r")
+        if not line.strip(b" \t\r"):
+            continue
+        seen += 1
+        try:
+            obj = json.loads(line.decode("utf-8"), parse_constant=no_constants)
+        except ValueError:
+            rejected.append(number)
+            continue
+        if not isinstance(obj, dict):
+            rejected.append(number)
+            continue
+        if "filter" in config and not holds(config["filter"], obj):
+            continue
+        if "select" in config:
+            pairs = [(rename.get(p, p), lookup(obj, p)) for p in config["select"]]
+            members = [dumps(k) + ":" + dumps(v, ascii_only) for k, v in pairs if v is not MISSING]
+        else:
+            members = [
+                (dumps(rename[k]) if k in rename else dumps(k, ascii_only)) + ":" + dumps(v, ascii_only)
+                for k, v in obj.items()
+            ]
+        out.append("{" + ",".join(members) + "}\n")
+    return "".join(out).encode(), rejected, (seen, len(out), len(rejected))
+
+
+def run(
+    config: dict[str, Any], data: bytes, chunk_size: int | None = None
+) -> tuple[bytes, bytes, tuple[int, int, int]]:
+    """Run jsonl-map; return (main output, rejects output, counters)."""
+    return run_record_guest("jsonl-map", config, data, chunk_size)
+
+
+def reject_rows(rejects: bytes) -> list[list[str]]:
+    rows = list(csv.reader(io.StringIO(rejects.decode("utf-8", "surrogateescape"), newline="")))
+    assert not rows or rows[0] == ["line", "reason", "record"]
+    return rows[1:]
+
+
+def check(
+    config: dict[str, Any], data: bytes, chunk_sizes: list[int | None] = CHUNK_SIZES, ascii_only: bool | None = None
+) -> bytes:
+    """Run at each chunk size and compare with the model: byte for byte if the input was written
+    by json.dumps (``ascii_only`` says how), else as parsed JSON. Returns the guest's output."""
+    out, rejected, counters = model(config, data, bool(ascii_only))
+    lines = data.removeprefix(b"\xef\xbb\xbf").split(b"\n")
+    for size in chunk_sizes:
+        got, rejects, got_counters = run(config, data, size)
+        assert got_counters == counters, f"chunk size {size}"
+        if ascii_only is None:
+            assert [json.loads(line) for line in got.splitlines()] == [json.loads(line) for line in out.splitlines()]
+        else:
+            assert got == out, f"chunk size {size}"
+        rows = reject_rows(rejects)
+        assert [int(r[0]) for r in rows] == rejected
+        for row in rows:  # the record is the line as read
+            assert row[2].encode("utf-8", "surrogateescape") == lines[int(row[0]) - 1].removesuffix(b"\r")
+    return got
+
+
+def message(exc: BaseException) -> str:
+    """A failure's message: a refused config (SpecError) is the guest's text; a GuestError
+    starts with the host's location prefix."""
+    return str(exc).split(": ", 1)[1] if isinstance(exc, GuestError) else str(exc)
+
+
+def error(config: dict[str, Any], data: bytes = b"") -> str:
+    with pytest.raises(PipelineError) as info:
+        run_guest("jsonl-map", config, data)
+    return message(info.value)
+
+
+# -------------------------------------------------------------------------------------------------
+# Hand-written cases
+# -------------------------------------------------------------------------------------------------
+
+DATA = (
+    b'{"id": 1, "user": {"name": "zo\\u00eb", "age": 30}, "tags": ["a", "b"], "score": 1.50}\n'
+    b'{"id": 2, "user": {"name": "bob"}, "score": -3e2, "x": null}\r\n'
+    b"\n"
+    b"   \t\n"
+    b'{"id": 3, "user": {"name": "\xc3\xa9mile", "age": 41}, "score": 7}\n'
+    b'{"id":4,"user":"flat","score":"high"}'
+)
+
+
+def test_passes_objects_through_compacted() -> None:
+    out = check({}, DATA)
+    assert out.splitlines()[0] == b'{"id":1,"user":{"name":"zo\\u00eb","age":30},"tags":["a","b"],"score":1.50}'
+
+
+def test_select_takes_dot_paths_and_keeps_value_text() -> None:
+    out = check({"select": ["user.name", "score", "nope", "user.age"]}, DATA)
+    assert out.splitlines() == [
+        b'{"user.name":"zo\\u00eb","score":1.50,"user.age":30}',
+        b'{"user.name":"bob","score":-3e2}',
+        '{"user.name":"émile","score":7,"user.age":41}'.encode(),
+        b'{"score":"high"}',
+    ]
+
+
+def test_rename_with_and_without_select() -> None:
+    assert check({"select": ["user.name", "id"], "rename": {"user.name": "who"}}, DATA).splitlines()[1] == (
+        b'{"who":"bob","id":2}'
+    )
+    assert check({"rename": {"id": "key", "x": 'q"'}}, DATA).splitlines()[1] == (
+        b'{"key":2,"user":{"name":"bob"},"score":-3e2,"q\\"":null}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("condition", "ids"),
+    [
+        ({"field": "score", "op": ">", "value": 0}, [1, 3]),
+        ({"field": "score", "op": "<=", "value": 1.5}, [1, 2]),
+        ({"field": "score", "op": "==", "value": "high"}, [4]),
+        ({"field": "score", "op": "!=", "value": "high"}, [1, 2, 3]),
+        ({"field": "user.name", "op": "==", "value": "zoë"}, [1]),  # escapes decoded
+        ({"field": "user.name", "op": ">", "value": "c"}, [1, 3]),  # bytes: "é" > "c"
+        ({"field": "user.age", "op": "exists"}, [1, 3]),
+        ({"field": "x", "op": "exists"}, [2]),
+        ({"field": "x", "op": "==", "value": None}, [2]),
+        ({"field": "user", "op": "==", "value": "flat"}, [4]),
+        ({"field": "user.age", "op": "!=", "value": 30}, [2, 3, 4]),
+        ({"all": [{"field": "id", "op": ">=", "value": 2}, {"field": "score", "op": "<", "value": 100}]}, [2, 3]),
+        ({"any": [{"field": "id", "op": "==", "value": 1}, {"field": "user", "op": "exists"}]}, [1, 2, 3, 4]),
+        ({"any": []}, []),
+        ({"all": []}, [1, 2, 3, 4]),
+    ],
+)
+def test_filter(condition: dict[str, Any], ids: list[int]) -> None:
+    out = check({"filter": condition}, DATA, [None, 1])
+    assert [json.loads(line)["id"] for line in out.splitlines()] == ids
+
+
+def test_booleans_compare_by_equality() -> None:
+    data = b'{"a": true}\n{"a": false}\n{"a": 1}\n'
+    assert check({"filter": {"field": "a", "op": "==", "value": True}}, data) == b'{"a":true}\n'
+    assert check({"filter": {"field": "a", "op": "!=", "value": True}}, data) == b'{"a":false}\n{"a":1}\n'
+
+
+def test_duplicate_names_the_last_one_counts() -> None:
+    data = b'{"a": 1, "a": 2}\n'
+    assert run({"select": ["a"]}, data)[0] == b'{"a":2}\n'
+    assert run({}, data)[0] == b'{"a":1,"a":2}\n'  # passed through as written
+
+
+INVALID = [
+    (b"{", "invalid JSON at byte 1: unexpected end of JSON"),
+    (b'{"a" 1}', "invalid JSON at byte 5: expected ':'"),
+    (b'{"a": 1,}', "invalid JSON at byte 8: expected a member name"),
+    (b'{"a": 01}', "invalid JSON at byte 7: invalid number"),
+    (b'{"a": NaN}', "invalid JSON at byte 6: expected a JSON value"),
+    (b'{"a": "\xff"}', "invalid JSON at byte 7: invalid UTF-8 in string"),
+    (b'{"a": 1} {"b": 2}', "invalid JSON at byte 9: unexpected data after the JSON value"),
+    (b"[1, 2]", "not a JSON object"),
+    (b'"text"', "not a JSON object"),
+    (b"\xff", "invalid JSON at byte 0: expected a JSON value"),
+]
+
+
+@pytest.mark.parametrize(("line", "reason"), INVALID, ids=[repr(line) for line, _ in INVALID])
+def test_invalid_lines_go_to_rejects(line: bytes, reason: str) -> None:
+    data = b'{"ok": 1}\n\n' + line + b'\r\n{"ok": 2}'
+    for size in (None, 1):
+        out, rejects, counters = run({}, data, size)
+        assert out == b'{"ok":1}\n{"ok":2}\n'
+        assert counters == (3, 2, 1)
+        [row] = reject_rows(rejects)
+        assert row[:2] == ["3", reason]
+        assert row[2].encode("utf-8", "surrogateescape") == line
+    check({}, data)
+
+
+def test_empty_input_and_blank_lines() -> None:
+    assert run({}, b"") == (b"", b"", (0, 0, 0))
+    assert run({}, b"\n \n\r\n\t") == (b"", b"", (0, 0, 0))
+
+
+def test_deep_nesting() -> None:
+    deep = b'{"a":' + b"[" * 4095 + b"]" * 4095 + b"}\n"
+    assert run({}, deep, 1000)[0] == deep
+    assert run({"select": ["a"]}, deep)[0] == deep
+    _, rejects, _ = run({}, deep.replace(b"[", b"[[", 1).replace(b"]", b"]]", 1))
+    assert reject_rows(rejects)[0][1] == "invalid JSON at byte 4100: nesting deeper than the limit of 4096"
+
+
+def test_huge_values_straddling_chunks() -> None:
+    deep = {"a": json.loads("[" * 500 + "]" * 500), "b": "x" * 10}
+    big = 'é\\"😀\x01' * 200_000
+    data = json.dumps(deep).encode() + b"\n" + json.dumps({"big": big, "n": 1}).encode() + b"\n"
+    check({}, data, [None, 4093, 100_000])
+    check({"select": ["b", "big"]}, data, [None, 4093])
+
+
+def test_max_line_bytes() -> None:
+    message = "line 2: line exceeds max_line_bytes (10); raise max_line_bytes in the stage config"
+    assert error({"max_line_bytes": 10}, b'{"a": 1}\n{"a": 12345}\n') == message
+
+
+CONFIG_ERRORS = [
+    ({"fliter": {}}, "config: unknown key 'fliter' (known: filter, select, rename, max_line_bytes)"),
+    ({"select": []}, "config.select: expected at least one path"),
+    ({"select": ["a", "a"]}, "config.select: duplicate key 'a'"),
+    ({"select": "a"}, "config.select: expected a list of strings"),
+    ({"rename": {"a": 1}}, "config.rename: expected an object mapping keys to new keys"),
+    ({"select": ["a"], "rename": {"b": "c"}}, "config.rename: 'b' is not selected"),
+    (
+        {"filter": {"field": "a", "op": "=~", "value": 1}},
+        "config.filter.op: expected one of ==, !=, >, >=, <, <=, exists (got '=~')",
+    ),
+    ({"filter": {"field": "a", "op": "=="}}, "config.filter: missing 'value'"),
+    ({"filter": {"op": "==", "value": 1}}, "config.filter: missing 'field'"),
+    ({"filter": {"field": "a", "op": "exists", "value": 1}}, "config.filter: op 'exists' takes no value"),
+    (
+        {"filter": {"field": "a", "op": ">", "value": True}},
+        "config.filter.value: expected a number or a string for an ordering op",
+    ),
+    (
+        {"filter": {"field": "a", "op": "==", "value": [1]}},
+        "config.filter.value: expected a number, a string, true, false or null",
+    ),
+    (
+        {"filter": {"field": "a", "op": "==", "value": 1, "x": 2}},
+        "config.filter: unknown key 'x' (known: field, op, value, all, any)",
+    ),
+    ({"filter": {"all": [], "field": "a"}}, "config.filter: a condition with all or any takes no field, op or value"),
+    ({"filter": {"all": [], "any": []}}, "config.filter: a condition takes one of all, any"),
+    ({"filter": {"all": [{"field": "a"}]}}, "config.filter: missing 'op'"),
+    ({"filter": {"any": {}}}, "config.filter.any: expected a list of conditions"),
+    ({"max_line_bytes": -1}, "config.max_line_bytes: expected a positive integer"),
+]
+
+
+@pytest.mark.parametrize(("config", "message"), CONFIG_ERRORS)
+def test_config_errors(config: dict[str, Any], message: str) -> None:
+    assert error(config) == message
+
+
+# -------------------------------------------------------------------------------------------------
+# Property: random objects, random configs, random chunking
+# -------------------------------------------------------------------------------------------------
+
+NAMES = ["a", "b", "c", "é", 'q"']
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-1000, 1000),
+    st.floats(-1e6, 1e6, allow_nan=False),
+    st.sampled_from(["", "a", "b", "é", "x y", "\\", "\n"]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(NAMES), inner, max_size=3)),
+    max_leaves=8,
+)
+objects = st.dictionaries(st.sampled_from(NAMES), values, max_size=4)
+paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=2).map(".".join)
+
+
+@st.composite
+def conditions(draw: st.DrawFn, depth: int = 2) -> dict[str, Any]:
+    kind = draw(st.sampled_from(["compare", "compare", "exists"] + (["all", "any"] if depth else [])))
+    if kind in ("all", "any"):
+        return {kind: draw(st.lists(conditions(depth - 1), max_size=3))}
+    if kind == "exists":
+        return {"field": draw(paths), "op": "exists"}
+    op = draw(st.sampled_from(["==", "!=", ">", ">=", "<", "<="]))
+    value = draw(
+        scalars if op in ("==", "!=") else st.one_of(st.integers(-1000, 1000), st.sampled_from(["", "a", "é"]))
+    )
+    return {"field": draw(paths), "op": op, "value": value}
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    if draw(st.booleans()):
+        config["filter"] = draw(conditions())
+    if draw(st.booleans()):
+        config["select"] = draw(st.lists(paths, min_size=1, max_size=3, unique=True))
+    keys = config.get("select", NAMES)
+    if draw(st.booleans()):
+        # New names that collide with no key of the output.
+        config["rename"] = {k: f"new {k}" for k in draw(st.lists(st.sampled_from(keys), max_size=2, unique=True))}
+    return config
+
+
+@st.composite
+def jsonl(draw: st.DrawFn) -> tuple[bytes, bool]:
+    ascii_only = draw(st.booleans())
+    lines = []
+    for obj in draw(st.lists(st.one_of(objects, st.sampled_from(["", " ", "{", "[1]", '{"a" 1}', "nul"])), max_size=6)):
+        if isinstance(obj, str):
+            lines.append(obj)
+        else:
+            item_sep, key_sep = draw(st.sampled_from([(",", ":"), (", ", ": "), (" ,\t", " : ")]))
+            lines.append(json.dumps(obj, ensure_ascii=ascii_only, separators=(item_sep, key_sep)))
+    ends = draw(st.lists(st.sampled_from(["\n", "\r\n"]), min_size=len(lines), max_size=len(lines)))
+    text = "".join(line + end for line, end in zip(lines, ends, strict=True))
+    if draw(st.booleans()):
+        text = text.rstrip("\r\n")
+    return text.encode(), ascii_only
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=jsonl(), config=configs(), chunk=st.one_of(st.none(), st.integers(1, 50)))
+def test_matches_the_python_model(doc: tuple[bytes, bool], config: dict[str, Any], chunk: int | None) -> None:
+    data, ascii_only = doc
+    check(config, data, [chunk], ascii_only)
+
+
+# -------------------------------------------------------------------------------------------------
+# Resume
+# -------------------------------------------------------------------------------------------------
+
+JOB = """\
+name: jsonl-map
+source: {url: in.jsonl, chunk_size: 50000}
+stages:
+  - guest: builtin:jsonl-map
+    config:
+      filter: {any: [{field: user.age, op: ">", value: 40}, {field: tags, op: exists}]}
+      select: [id, user.name, score]
+sink: {url: out/kept.jsonl}
+rejects: {url: out/rejects.csv}
+checkpoint: {every: 64KiB}
+"""
+
+
+def test_resume_mid_file_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    lines = []
+    for i in range(12_000):
+        obj: dict[str, Any] = {"id": i, "user": {"name": f"user {i}", "age": i % 90}, "score": i / 8}
+        if i % 5 == 0:
+            obj["tags"] = ["x"] * (i % 4)
+        lines.append(json.dumps(obj) if i % 997 else "{broken")
+    data = "\n".join(lines).encode()
+    check_resume(tmp_path, JOB, {"in.jsonl": data}, len(data) // 2, ["out/kept.jsonl", "out/rejects.csv"])
