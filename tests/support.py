@@ -43,6 +43,19 @@ def make_echo_job(directory: Path, size: int = 3_000_000) -> Path:
     return directory / "job.yaml"
 
 
+def interrupted_echo_job(directory: Path, at: int) -> Path:
+    """An echo job whose session was interrupted once ``at`` input bytes were done."""
+    from pipeline.runner import run_session
+    from pipeline.spec import load_job
+
+    job = make_echo_job(directory)
+    try:
+        run_session(load_job(job), on_progress=interrupt_at(at))
+    except Interrupt:
+        return job
+    raise AssertionError("the run was not interrupted")
+
+
 def echo_expected(directory: Path) -> bytes:
     """What the echo job must publish: the input, then its byte sum as 8 little-endian bytes."""
     data = (directory / "in.bin").read_bytes()

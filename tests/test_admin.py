@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from support import Interrupt, interrupt_at, make_echo_job
+from support import interrupted_echo_job
 
 from pipeline.cli import cli
 from pipeline.connectors import FileSink
@@ -17,10 +17,7 @@ from pipeline.stores import open_store
 
 @pytest.fixture
 def interrupted(tmp_path: Path) -> Path:
-    job = make_echo_job(tmp_path)
-    with pytest.raises(Interrupt):
-        run_session(load_job(job), on_progress=interrupt_at(1_000_000))
-    return job
+    return interrupted_echo_job(tmp_path, 1_000_000)
 
 
 def _cli(*args: str) -> tuple[int, str]:

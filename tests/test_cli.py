@@ -8,28 +8,16 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from support import ECHO_JOB, make_echo_job
 
 from pipeline import __version__
 from pipeline.cli import cli
 from pipeline.testing import wat as wat_guests
 
-JOB = """\
-name: echo
-source: {url: in.bin}
-stages:
-  - guest: echo.wasm
-sink: {url: out/echo.bin}
-checkpoint: {every: 64KiB}
-"""
-
 
 @pytest.fixture
 def job(tmp_path: Path) -> Path:
-    wat_guests.write(wat_guests.ECHO_SUM, tmp_path / "echo.wasm")
-    (tmp_path / "in.bin").write_bytes(b"abc" * 100_000)
-    path = tmp_path / "job.yaml"
-    path.write_text(JOB)
-    return path
+    return make_echo_job(tmp_path, size=300_000)
 
 
 def _commands() -> list[tuple[str, click.Command]]:
@@ -83,7 +71,7 @@ def test_pipeline_error_is_one_line_and_a_hint(job: Path) -> None:
 
 def test_bad_job_file_error_names_file_and_key(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
-    path.write_text(JOB.replace("sink:", "sinc:"))
+    path.write_text(ECHO_JOB.replace("sink:", "sinc:"))
     result = CliRunner().invoke(cli, ["run", str(path)])
     assert result.exit_code == 1
     assert result.output == f"error: {path}: top level: unknown key 'sinc' (did you mean 'sink'?)\n"

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import ECHO_JOB, Interrupt, echo_expected, interrupt_at, make_echo_job
+from support import ECHO_JOB, Interrupt, echo_expected, interrupt_at, interrupted_echo_job, make_echo_job
 
 from pipeline.errors import GuestTimeout, SnapshotCorrupt
 from pipeline.runner import run_session
@@ -23,10 +23,7 @@ from pipeline.testing import wat
 @pytest.fixture
 def interrupted(tmp_path: Path) -> Path:
     """An echo session interrupted at 2 MB, with several checkpoints committed."""
-    job = make_echo_job(tmp_path)
-    with pytest.raises(Interrupt):
-        run_session(load_job(job), on_progress=interrupt_at(2_000_000))
-    return tmp_path
+    return interrupted_echo_job(tmp_path, 2_000_000).parent
 
 
 def _session(job_dir: Path) -> SessionStore:
