@@ -67,10 +67,15 @@ def _filled(guest: Guest, mib: int) -> None:
 def test_checkpoint_full(benchmark, echo: Guest, mib: int) -> None:  # type: ignore[no-untyped-def]
     _filled(echo, mib)
 
+    written: list[int] = []
+
     def full() -> None:
-        PageWriter(MemoryStore(f"memory://bench-full-{mib}"), "p/").capture(echo, "echo")
+        writer = PageWriter(MemoryStore(f"memory://bench-full-{mib}"), "p/")
+        writer.capture(echo, "echo")
+        written.append(writer.bytes_written)
 
     benchmark(full)
+    benchmark.extra_info["bytes written per checkpoint"] = written[-1]
 
 
 @pytest.mark.parametrize("mib", [1, 64])
@@ -88,7 +93,11 @@ def test_checkpoint_delta_4_dirty_pages(benchmark, echo: Guest, mib: int) -> Non
         memory.release()
         writer.capture(echo, "echo")
 
+    before = writer.bytes_written
     benchmark(delta)
+    benchmark.extra_info["bytes written per checkpoint"] = (writer.bytes_written - before) // max(
+        1, benchmark.stats.stats.rounds
+    )
 
 
 def test_warm_resume(benchmark) -> None:  # type: ignore[no-untyped-def]

@@ -312,11 +312,10 @@ static int read_filter(pl_json *j) {
 
 /* The config keys, in the order an unknown key's message lists them. */
 enum { K_SELECT, K_RENAME, K_UPPER, K_LOWER, K_TRIM, K_DEFAULT, K_REQUIRED, K_TYPES, K_FILTER, K_MAX_RECORD_BYTES };
-static const char *const KEYS[] = {"select", "rename",   "upper", "lower",  "trim",
-                                   "default", "required", "types", "filter", "max_record_bytes"};
-#define N_KEYS (sizeof KEYS / sizeof KEYS[0])
+static const char *const KEYS[] = {"select",   "rename", "upper",  "lower",            "trim", "default",
+                                   "required", "types",  "filter", "max_record_bytes", NULL};
 
-static int read_key(pl_json *j, size_t k) {
+static int read_key(pl_json *j, int k) {
     switch (k) {
     case K_SELECT:
         cfg.has_select = true;
@@ -343,34 +342,7 @@ static int on_record(void *ctx, const pl_csv_record *rec);
 
 static int pl_guest_init(const uint8_t *config, size_t len) {
     pl_csv_init(&g.csv, on_record, NULL);
-    pl_json j;
-    int rc = pl_config_open(&j, config, len);
-    if (rc) return rc < 0 ? -1 : 0;
-    unsigned seen = 0; /* bit per key, to refuse duplicates */
-    pl_str key;
-    int more;
-    while ((more = pl_json_next(&j, &key)) > 0) {
-        size_t k = 0;
-        while (k < N_KEYS && !pl_str_eq(&key, KEYS[k], strlen(KEYS[k]))) k++;
-        if (k == N_KEYS) {
-            pl_buf known = {0};
-            for (k = 0; k < N_KEYS; k++) {
-                pl_buf_puts(&known, k ? ", " : "");
-                pl_buf_puts(&known, KEYS[k]);
-            }
-            pl_buf_putc(&known, 0);
-            rc = pl_config_unknown_key("config", &key, known.oom ? "..." : (const char *)known.data);
-            pl_buf_free(&known);
-        } else if (seen & 1u << k) {
-            rc = pl_config_duplicate_key("config", &key);
-        } else {
-            seen |= 1u << k;
-            rc = read_key(&j, k);
-        }
-        pl_str_free(&key);
-        if (rc) return rc;
-    }
-    return more < 0 || pl_json_done(&j) ? pl_json_fail(&j, "config") : 0;
+    return pl_config_read(config, len, KEYS, read_key);
 }
 
 /* ---------------------------------------------------------------------------------------- */

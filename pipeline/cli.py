@@ -163,7 +163,7 @@ def batch_table(name: str, outcomes: list[FileOutcome]) -> str:
     counts: dict[str, int] = {}
     for outcome in outcomes:
         result = outcome.result
-        status = "failed" if result is None else ("resumed" if result.resumed_from else result.status)
+        status = "failed" if result is None else ("resumed" if result.resumed_from else _STATUS[result.status])
         counts[status] = counts.get(status, 0) + 1
         rows = [result.records_in, result.records_out, result.records_rejected] if result else [None] * 3
         shown = [f"{n:,}" if n is not None else "-" for n in rows]
