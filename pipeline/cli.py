@@ -295,6 +295,85 @@ def inspect(guest: str) -> None:
         click.echo(line)
 
 
+@cli.command()
+@click.option("--size", default="1GB", show_default=True, help="Input size of the csv and jsonl jobs.")
+@click.option(
+    "--jobs", default="csv,jsonl,small-files", show_default=True, help="Comma-separated jobs, or 'none' (with --rss)."
+)
+@click.option(
+    "--threads",
+    type=click.Choice(["default", "1", "both"]),
+    default="both",
+    show_default=True,
+    help="Peers with their default threads, pinned to one, or both.",
+)
+@click.option("--files", default=10_000, show_default=True, type=click.IntRange(1), help="Small-files job: files.")
+@click.option("--repeat", default=1, show_default=True, type=click.IntRange(1), help="Rounds; the table shows medians.")
+@click.option("--tools", metavar="A,B", help="Only these tools (default: all).")
+@click.option("--rss", "rss_sizes", metavar="SIZES", help="Also compare peak RSS at these sizes: 100MB,10GB.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("benchmarks/RESULTS.md"),
+    show_default=True,
+    help="Where the Markdown report goes ('-': stdout only).",
+)
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Scratch folder (default: temp).")
+def bench(
+    size: str,
+    jobs: str,
+    threads: str,
+    files: int,
+    repeat: int,
+    tools: str | None,
+    rss_sizes: str | None,
+    out: Path,
+    workdir: Path | None,
+) -> None:
+    """Run the same jobs with wasm-pipeline and its peers (DuckDB, polars, pyarrow, Python), side by side.
+
+    Each tool runs in its own process on one generated input; every output must hold the same
+    rows as wasm-pipeline's, or the tool is marked FAIL and the exit status is non-zero. Prints
+    and writes a Markdown report: MB/s, rows/s, peak RSS, ratios, the machine. Peers need
+    `pip install 'wasm-pipeline[bench]'`; a missing one shows as "not installed".
+
+    \b
+    Example:
+        pipeline bench --size 200MB --repeat 3
+        pipeline bench --jobs csv --threads 1 --out -
+        pipeline bench --jobs none --rss 100MB,10GB --out rss.md
+    """
+    from pipeline.bench import JOBS, BenchOptions, run_benchmarks
+    from pipeline.spec import parse_size
+
+    chosen = tuple(name for name in jobs.split(",") if name and name != "none")
+    unknown = sorted(set(chosen) - set(JOBS))
+    if unknown:
+        raise SpecError(f"--jobs: unknown job {unknown[0]!r} (jobs: {', '.join(JOBS)}, none)")
+    options = BenchOptions(
+        size=parse_size(size, "--size"),
+        jobs=chosen,
+        threads=threads,
+        files=files,
+        repeat=repeat,
+        rss_sizes=tuple(parse_size(s, "--rss") for s in (rss_sizes or "").split(",") if s),
+        tools=tuple((tools or "").split(",")) if tools else (),
+        workdir=workdir,
+    )
+    ctx = click.get_current_context()
+    given = [(p.opts[-1], ctx.params[p.name or ""], p.default) for p in ctx.command.params]
+    command = " ".join(["pipeline bench", *(f"{opt} {v}" for opt, v, default in given if v not in (None, default))])
+    report = run_benchmarks(options, command=command, log=lambda line: click.echo(line, err=True))
+    text = report.markdown()
+    click.echo(text)
+    if str(out) != "-":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        click.echo(f"wrote {out}", err=True)
+    if not report.ok:
+        raise click.exceptions.Exit(EXIT_ERROR)
+
+
 @contextmanager
 def _progress(*, enabled: bool, label: str) -> Iterator[ProgressCallback | None]:
     if not enabled:

@@ -1,0 +1,170 @@
+"""The Markdown report of :mod:`pipeline.bench`: machine, one table per job, targets, method."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.bench import JobReport, Report, ToolRun
+
+MiB = 1024 * 1024
+
+_TITLES = {
+    "csv": "CSV → select, rename, upper, numeric filter → CSV",
+    "jsonl": "JSONL → filter (type, numeric amount) + project (nested fields) → JSONL",
+    "small-files": "many 1 KB JSONL files, the jsonl job on each, one durable session per file",
+}
+
+METHOD = """\
+- Every tool runs in its own child process on the same generated input; the time is the wall
+  time of the job inside that process, after its libraries are imported (wasm-pipeline's guest
+  comes from wasmtime's on-disk compile cache, as on any second run). Peak RSS is the child's
+  `ru_maxrss` (interpreter and libraries included). Rounds are interleaved (every tool once per
+  round) and the table shows the median.
+- Outputs are compared row by row with wasm-pipeline's, in order, after parsing: CSV fields and
+  JSON values compared as text, numbers as decimals (`284.20` = `284.2`). A tool whose rows
+  differ is marked FAIL.
+- wasm-pipeline runs as a user would run it: a job file, the local directory store
+  (`.pipeline` next to the job), checkpoints every 8 MiB (the default), exactly-once file sinks
+  (fsync at every checkpoint, atomic publish), and a rejects output. `wasm-pipeline-no-ckpt` is the
+  same job with `checkpoint: {every: 1TiB}`: its difference to wasm-pipeline is the checkpoint
+  overhead. wasm-pipeline and the Python scripts also write rejected rows to a rejects file; the
+  peers drop them (DuckDB `ignore_errors`, polars/pyarrow casts that give null).
+- Peers run with their default threads and pinned to one (DuckDB `SET threads=1`, polars
+  `POLARS_MAX_THREADS=1`, pyarrow `set_cpu_count(1)` + `set_io_thread_count(1)`); the threads
+  column shows what the tool reports. wasm-pipeline runs one session on one thread; on small
+  files its threads are `--parallel N` sessions at once.
+- The JSONL input holds no invalid lines: polars' `scan_ndjson` stops at the first one and has no
+  option to skip it. The small-files input does hold some (only wasm-pipeline and Python run it).
+- The machine is shared with other work: figures are noisy; compare the ratios more than the
+  absolute numbers."""
+
+
+def _size(n: int) -> str:
+    return f"{n / MiB:,.0f} MiB"
+
+
+def _threads(run: ToolRun) -> str:
+    shown = str(run.effective_threads) if run.effective_threads is not None else "?"
+    if run.tool.threaded and run.threads is None:
+        return f"{shown} (default)"
+    return shown
+
+
+def _rows_cell(run: ToolRun) -> str:
+    if run.status == "ok":
+        return "equal"
+    return f"{run.status}: {run.detail}".replace("|", "\\|")
+
+
+def _job_section(job: JobReport, repeat: int) -> list[str]:
+    reference = job.reference
+    rows_out = f"{job.rows_out:,}" if job.rows_out is not None else "?"
+    files = f" in {job.files:,} files" if job.job == "small-files" else ""
+    lines = [
+        f"## {job.job}: {_TITLES[job.job]}",
+        "",
+        f"Input {job.input_bytes / 1e6:,.1f} MB{files}, {job.rows_in:,} rows; {rows_out} rows out. "
+        f"Seconds: median of {repeat} round{'s' if repeat != 1 else ''}.",
+        "",
+    ]
+    per_file = job.job == "small-files"
+    head = ["tool", "threads", "seconds", *(["files/s"] if per_file else []), "MB/s", "rows/s", "peak RSS"]
+    head += ["time ÷ wasm-pipeline's", "rows"]
+    lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 2) + "---|"]
+    for run in job.runs:
+        if not run.measured:
+            cells = [run.tool.name, _threads(run) if run.effective_threads else "", *[""] * (len(head) - 3)]
+            lines.append("| " + " | ".join([*cells, _rows_cell(run)]) + " |")
+            continue
+        seconds = run.median
+        cells = [run.tool.name, _threads(run), f"{seconds:.2f}"]
+        if per_file:
+            cells.append(f"{job.files / seconds:,.0f}")
+        cells += [f"{job.input_bytes / 1e6 / seconds:,.1f}", f"{job.rows_in / seconds:,.0f}", _size(run.peak_rss)]
+        cells.append(f"{seconds / reference.median:.2f}" if reference else "")
+        lines.append("| " + " | ".join([*cells, _rows_cell(run)]) + " |")
+    return [*lines, ""]
+
+
+def _ratio_target(job: JobReport | None, peer: str, want: float) -> tuple[str, str, str]:
+    text = f"{job.job if job else '?'}: ≥ {want:g}x {peer} pinned to one thread"
+    if job is None or job.reference is None or (other := job.find(peer, 1)) is None:
+        return text, "not measured", "—"
+    ratio = other.median / job.reference.median
+    return text, f"{ratio:.2f}x ({other.median:.2f} s vs {job.reference.median:.2f} s)", _verdict(ratio >= want)
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "**not met**"
+
+
+def targets(report: Report) -> list[tuple[str, str, str]]:
+    """Issue 7's targets: (target, measured, verdict)."""
+    jobs = {job.job: job for job in report.jobs}
+    csv, jsonl, small = jobs.get("csv"), jobs.get("jsonl"), jobs.get("small-files")
+    rows: list[tuple[str, str, str]] = []
+    text = "csv: wasm-pipeline ≥ 500 MB/s on one core, checkpoints on"
+    if csv and csv.reference:
+        speed = csv.input_bytes / 1e6 / csv.reference.median
+        rows.append((text, f"{speed:,.1f} MB/s", _verdict(speed >= 500)))
+    else:
+        rows.append((text, "not measured", "—"))
+    rows += [_ratio_target(csv, "duckdb", 3), _ratio_target(csv, "polars", 3)]
+    rows += [_ratio_target(jsonl, "duckdb", 2), _ratio_target(jsonl, "polars", 2)]
+    text = "csv: checkpoint overhead < 3% of run time at the default interval"
+    off = csv.find("wasm-pipeline-no-ckpt") if csv else None
+    if csv and csv.reference and off:
+        overhead = (csv.reference.median - off.median) / csv.reference.median
+        measured = f"{overhead:.1%} ({csv.reference.median:.2f} s vs {off.median:.2f} s without)"
+        rows.append((text, measured, _verdict(overhead < 0.03)))
+    else:
+        rows.append((text, "not measured", "—"))
+    text = "peak RSS of a 10 GB input within 16 MiB of a 100 MB input"
+    if len(report.rss) >= 2:
+        low, high = min(report.rss, key=lambda p: p.size), max(report.rss, key=lambda p: p.size)
+        grew = high.peak_rss - low.peak_rss
+        measured = (
+            f"{_size(high.peak_rss)} at {high.size / 1e9:,.1f} GB vs {_size(low.peak_rss)} at "
+            f"{low.size / 1e6:,.0f} MB: {grew / MiB:+.1f} MiB"
+        )
+        rows.append((text, measured, _verdict(grew <= 16 * MiB)))
+    else:
+        rows.append((text, "not measured in this run (`pipeline bench --jobs none --rss 100MB,10GB`)", "—"))
+    text = "small files: ≥ 1,000 files per second, a durable session each"
+    runs = [run for run in (small.runs if small else []) if run.tool.name == "wasm-pipeline" and run.measured]
+    if small and runs:
+        best = min(runs, key=lambda run: run.median)
+        speed = small.files / best.median
+        rows.append((text, f"{speed:,.0f} files/s (--parallel {best.effective_threads})", _verdict(speed >= 1000)))
+    else:
+        rows.append((text, "not measured", "—"))
+    return rows
+
+
+def render(report: Report) -> str:
+    """The whole report as Markdown."""
+    lines = [
+        "# Benchmark results",
+        "",
+        f"`{report.command}`, {report.machine.get('date', '')}. Reproduce with the same command; "
+        "`pytest benchmarks/` runs the micro-benchmarks.",
+        "",
+        "| machine | |",
+        "|---|---|",
+        *[f"| {key} | {value} |" for key, value in report.machine.items() if key != "date"],
+        "",
+    ]
+    for job in report.jobs:
+        lines += _job_section(job, report.options.repeat)
+    if report.rss:
+        lines += ["## Memory: the csv job's peak RSS by input size", ""]
+        lines += ["| input | seconds | MB/s | peak RSS |", "|---:|---:|---:|---:|"]
+        for point in report.rss:
+            speed = f"{point.size / 1e6 / point.seconds:,.1f}"
+            lines.append(f"| {point.size / 1e6:,.0f} MB | {point.seconds:.2f} | {speed} | {_size(point.peak_rss)} |")
+        lines += ["", "Inputs: one generated 64 MiB block of rows repeated to the size (ids repeat).", ""]
+    lines += ["## Targets (issue 7)", "", "| target | measured | verdict |", "|---|---|---|"]
+    lines += [f"| {text} | {measured} | {verdict} |" for text, measured, verdict in targets(report)]
+    lines += ["", "## How it is measured", "", METHOD, ""]
+    return "\n".join(lines)

@@ -1,0 +1,396 @@
+"""Side by side: the same jobs run by wasm-pipeline and by its peers, with outputs checked equal.
+
+``pipeline bench`` (or ``python benchmarks/compare.py``) generates one input per job, runs every
+tool on it in its own child process (so each peak RSS is its own), checks that every output holds
+the same rows as wasm-pipeline's, and reports MB/s, rows/s, peak RSS and each tool's time as a
+multiple of wasm-pipeline's, with the machine it ran on, as Markdown. The tools and the jobs are
+in :mod:`pipeline._bench_tools`. A tool whose library is missing is reported "not installed"; a
+tool whose rows differ is marked FAIL (and :attr:`Report.ok` is false).
+
+``rss_sizes`` adds a memory check: wasm-pipeline's csv job on inputs of each size (written to
+disk by repeating one generated block), comparing peak RSS. A named pipe would save the disk,
+but the source needs a seekable file.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import filecmp
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from importlib import metadata, util
+from itertools import zip_longest
+from pathlib import Path
+
+from pipeline._bench_report import render
+from pipeline._bench_tools import CHECKPOINT_OFF, TOOLS, Tool
+from pipeline.testing.data import ORDERS_HEADER, write_events_jsonl, write_orders_csv, write_small_files
+
+JOBS = ("csv", "jsonl", "small-files")
+REFERENCE = "wasm-pipeline"
+NO_CHECKPOINTS = "wasm-pipeline-no-ckpt"
+THREADS = ("default", "1", "both")
+SMALL_FILE_BYTES = 1_000
+
+_FORMATS = {"csv": "csv", "jsonl": "jsonl", "small-files": "jsonl"}
+_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
+_LIBRARIES = ("wasm-pipeline", "wasmtime", "duckdb", "polars", "pyarrow")
+MiB = 1024 * 1024
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class BenchOptions:
+    """What ``pipeline bench`` runs."""
+
+    size: int = 1_000_000_000
+    """Bytes of input for the csv and jsonl jobs."""
+    jobs: tuple[str, ...] = JOBS
+    threads: str = "both"
+    """Peers with their ``default`` threads, pinned to ``1``, or ``both``."""
+    files: int = 10_000
+    repeat: int = 1
+    """Rounds; every tool runs once per round, rounds interleaved, and the table shows medians."""
+    rss_sizes: tuple[int, ...] = ()
+    tools: tuple[str, ...] = ()
+    """Only these tools (default: all)."""
+    workdir: Path | None = None
+
+
+@dataclass
+class ToolRun:
+    """One row of a job's table: one tool at one thread setting, over every round."""
+
+    tool: Tool
+    threads: int | None
+    """Requested threads; None is the tool's default."""
+    seconds: list[float] = field(default_factory=list)
+    peak_rss: int = 0
+    """Bytes, the largest over the rounds."""
+    effective_threads: int | None = None
+    status: str = "ok"
+    """ok | FAIL (rows differ) | error (the tool failed) | not installed."""
+    detail: str = ""
+
+    @property
+    def median(self) -> float:
+        """Median seconds over the rounds."""
+        return statistics.median(self.seconds)
+
+    @property
+    def measured(self) -> bool:
+        """Whether the row has figures: it ran, whatever its rows."""
+        return bool(self.seconds) and self.status in ("ok", "FAIL")
+
+
+@dataclass
+class JobReport:
+    """One job: its input and every tool's figures."""
+
+    job: str
+    input_bytes: int
+    rows_in: int
+    files: int
+    rows_out: int | None = None
+    runs: list[ToolRun] = field(default_factory=list)
+
+    def find(self, tool: str, threads: int | None = None, *, any_threads: bool = False) -> ToolRun | None:
+        """The measured run of ``tool`` at ``threads`` (the first at any setting with ``any_threads``)."""
+        for run in self.runs:
+            if run.tool.name == tool and (any_threads or run.threads == threads) and run.measured:
+                return run
+        return None
+
+    @property
+    def reference(self) -> ToolRun | None:
+        """The run every ratio is taken against: wasm-pipeline's first."""
+        return self.find(REFERENCE, any_threads=True)
+
+
+@dataclass
+class RssPoint:
+    """The csv job's wasm-pipeline run on one input size."""
+
+    size: int
+    seconds: float
+    peak_rss: int
+
+
+@dataclass
+class Report:
+    """Everything one ``pipeline bench`` invocation measured."""
+
+    options: BenchOptions
+    command: str
+    jobs: list[JobReport] = field(default_factory=list)
+    rss: list[RssPoint] = field(default_factory=list)
+    machine: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """No tool gave different rows and none failed."""
+        return all(run.status in ("ok", "not installed") for job in self.jobs for run in job.runs)
+
+    def markdown(self) -> str:
+        """The report: machine, one table per job, the targets, how it was measured."""
+        return render(self)
+
+
+# -- running ---------------------------------------------------------------------------------
+def run_benchmarks(options: BenchOptions, *, command: str = "pipeline bench", log: Log = print) -> Report:
+    """Run every selected job with every selected tool; see the module docstring."""
+    report = Report(options, command, machine=machine_info())
+    with tempfile.TemporaryDirectory(prefix="pipeline-bench-", dir=options.workdir) as tmp:
+        work = Path(tmp).resolve()  # the children run in their own folders
+        for job in options.jobs:
+            report.jobs.append(_run_job(job, work / job, options, log))
+        if options.rss_sizes:
+            report.rss = _rss_points(options.rss_sizes, work / "rss", log)
+    return report
+
+
+def _variants(job: str, options: BenchOptions) -> list[ToolRun]:
+    runs = []
+    for tool in TOOLS:
+        if tool.job != job or (options.tools and tool.name not in options.tools):
+            continue
+        if not tool.threaded:
+            runs.append(ToolRun(tool, None))
+            continue
+        settings = {"default": [None], "1": [1], "both": [None, 1]}[options.threads]
+        runs += [ToolRun(tool, threads) for threads in settings]
+    for run in runs:
+        missing = [name for name in run.tool.needs if util.find_spec(name.split(".")[0]) is None]
+        if missing:
+            run.status, run.detail = "not installed", f"pip install {missing[0]}"
+    return runs
+
+
+def _make_input(job: str, folder: Path, options: BenchOptions) -> JobReport:
+    folder.mkdir(parents=True)
+    if job == "csv":
+        path = folder / "orders.csv"
+        rows = write_orders_csv(path, options.size)
+        return JobReport(job, path.stat().st_size, rows, 1)
+    if job == "jsonl":
+        rows = write_events_jsonl(folder / "events.jsonl", options.size, invalid=False)
+        return JobReport(job, (folder / "events.jsonl").stat().st_size, rows, 1)
+    rows = write_small_files(folder / "files", options.files, size=SMALL_FILE_BYTES)
+    size = sum(path.stat().st_size for path in (folder / "files").iterdir())
+    return JobReport(job, size, rows, options.files)
+
+
+def _input_path(job: str, folder: Path) -> Path:
+    return folder / {"csv": "orders.csv", "jsonl": "events.jsonl", "small-files": "files"}[job]
+
+
+def _run_job(job: str, folder: Path, options: BenchOptions, log: Log) -> JobReport:
+    log(f"{job}: generating the input")
+    report = _make_input(job, folder / "input", options)
+    report.runs = _variants(job, options)
+    source = _input_path(job, folder / "input")
+    reference: Path | None = None
+    for round_ in range(options.repeat):
+        for index, run in enumerate(report.runs):
+            if run.status not in ("ok", "FAIL") or (round_ and not run.seconds):
+                continue
+            out = folder / f"{index}-{run.tool.name}-r{round_}"
+            out.mkdir()
+            label = f"{job}: {run.tool.name} (threads {run.threads or 'default'}), round {round_ + 1}"
+            log(f"{label} ...")
+            try:
+                result, peak = run_child(run.tool, run.threads, source, out)
+            except ChildFailed as exc:
+                run.status, run.detail = "error", str(exc)
+                log(f"{label}: error: {exc}")
+                continue
+            run.seconds.append(result["seconds"])
+            run.peak_rss = max(run.peak_rss, peak)
+            run.effective_threads = result["threads"]
+            output = Path(result["output"])
+            if round_ == 0:
+                if reference is None:
+                    reference = output
+                    report.rows_out = count_rows(output, _FORMATS[job])
+                    continue  # kept until the job is done: every other output is compared with it
+                problem = compare_outputs(reference, output, _FORMATS[job])
+                if problem:
+                    run.status, run.detail = "FAIL", problem
+                    log(f"{label}: FAIL: {problem}")
+            shutil.rmtree(out)
+    shutil.rmtree(folder)
+    return report
+
+
+class ChildFailed(Exception):
+    """A tool's child process exited with an error; the message is the end of its output."""
+
+
+def run_child(tool: Tool, threads: int | None, source: Path, out: Path) -> tuple[dict[str, object], int]:
+    """Run ``tool`` once in a child process; return its ``result.json`` and its peak RSS in bytes."""
+    # The child imports the pipeline this process runs, whatever its working directory holds.
+    home = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [home, os.environ.get("PYTHONPATH")])))
+    if threads:
+        env["POLARS_MAX_THREADS"] = str(threads)  # read once, when polars is imported
+    command = [sys.executable, "-m", "pipeline._bench_tools", tool.job, tool.name, str(threads or 0), str(source)]
+    log_path = out / "log.txt"
+    with open(log_path, "wb") as log_file:
+        child = subprocess.Popen([*command, str(out)], stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=out)
+        # wait4 rather than Popen.wait: it hands back this child's own resource usage.
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        lines = log_path.read_text(errors="replace").strip().splitlines()
+        raise ChildFailed(lines[-1] if lines else f"exit status {child.returncode}")
+    return json.loads((out / "result.json").read_text()), usage.ru_maxrss * 1024  # Linux: KiB
+
+
+# -- comparing outputs -----------------------------------------------------------------------
+def _canonical(text: str) -> str:
+    """A number in one spelling (``284.20``, ``284.2`` and ``2.842e2`` agree); other text as is."""
+    if _NUMBER.fullmatch(text.strip()):
+        return format(Decimal(text.strip()).normalize(), "f")
+    return text
+
+
+def _json_value(value: object) -> str:
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def normalised_rows(path: Path, fmt: str) -> Iterator[tuple[str, ...]]:
+    """The rows of an output (a file, or a folder of files in name order) as comparable tuples.
+
+    CSV: every field, numbers in one spelling, the header a row like the others. JSONL: the
+    ``key=value`` pairs of each object in order, numbers in one spelling.
+    """
+    for file in sorted(path.iterdir()) if path.is_dir() else [path]:
+        with open(file, newline="", encoding="utf-8") as f:
+            if fmt == "csv":
+                for row in csv.reader(f):
+                    if row:
+                        yield tuple(_canonical(value) for value in row)
+                continue
+            for line in f:
+                if not line.strip():
+                    continue
+                value = json.loads(line, parse_float=Decimal, parse_int=Decimal)
+                if not isinstance(value, dict):
+                    yield ("<not an object>", line.rstrip("\n"))
+                    continue
+                yield tuple(f"{key}={_json_value(item)}" for key, item in value.items())
+
+
+def count_rows(path: Path, fmt: str) -> int:
+    """Data rows in an output (a CSV's header is not one)."""
+    rows = sum(1 for _ in normalised_rows(path, fmt))
+    return rows - 1 if fmt == "csv" and not path.is_dir() else rows
+
+
+def compare_outputs(reference: Path, other: Path, fmt: str) -> str | None:
+    """None if ``other`` holds the rows of ``reference`` in the same order, else where they first differ."""
+    if reference.is_file() and other.is_file() and filecmp.cmp(reference, other, shallow=False):
+        return None
+    end = ("<end of output>",)
+    pairs = zip_longest(normalised_rows(reference, fmt), normalised_rows(other, fmt), fillvalue=end)
+    for number, (want, got) in enumerate(pairs, 1):
+        if want != got:
+            return f"row {number}: expected {list(want)}, got {list(got)}"
+    return None
+
+
+# -- the memory check ------------------------------------------------------------------------
+def _rss_points(sizes: tuple[int, ...], folder: Path, log: Log) -> list[RssPoint]:
+    from pipeline._bench_tools import find_tool
+
+    folder.mkdir(parents=True)
+    body = folder / "body.csv"
+    write_orders_csv(body, min(64 * MiB, max(sizes)))
+    tile = body.read_bytes()[len(ORDERS_HEADER) :]
+    body.unlink()
+    points = []
+    for size in sizes:
+        needed = size + size // 2 + 256 * MiB  # the output is about half the input
+        if shutil.disk_usage(folder).free < needed:
+            raise OSError(f"the {size / 1e9:.1f} GB memory check needs {needed / 1e9:.1f} GB free in {folder}")
+        source = folder / f"orders-{size}.csv"
+        _write_tiled(source, tile, size)
+        out = folder / f"out-{size}"
+        out.mkdir()
+        log(f"rss: wasm-pipeline on a {size / 1e6:,.0f} MB csv ...")
+        result, peak = run_child(find_tool("csv", REFERENCE), None, source, out)
+        points.append(RssPoint(size, float(result["seconds"]), peak))  # type: ignore[arg-type]
+        shutil.rmtree(out)
+        source.unlink()
+    return points
+
+
+def _write_tiled(path: Path, tile: bytes, size: int) -> None:
+    """The header, then ``tile`` over and over, whole rows only, up to ``size`` bytes.
+
+    Ids repeat from tile to tile (this input measures memory, not rows); a 10 GB input is written
+    at disk speed instead of the generator's ~25 MB/s.
+    """
+    with open(path, "wb") as out:
+        out.write(ORDERS_HEADER.encode())
+        remaining = size - len(ORDERS_HEADER)
+        while remaining >= len(tile):
+            out.write(tile)
+            remaining -= len(tile)
+        out.write(tile[: tile.rfind(b"\n", 0, remaining) + 1])
+
+
+# -- the machine -----------------------------------------------------------------------------
+def machine_info() -> dict[str, str]:
+    """CPU, cores, RAM, OS, Python and library versions, and the date, for the report."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    info = {
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "CPU": f"{cpu} ({platform.machine()})",
+        "cores": str(os.cpu_count()),
+        "RAM": f"{ram / 2**30:.1f} GiB",
+        "OS": platform.platform(),
+        "Python": f"{platform.python_version()} ({platform.python_implementation()})",
+    }
+    for name in _LIBRARIES:
+        try:
+            info[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            info[name] = "not installed"
+    return info
+
+
+__all__ = [
+    "CHECKPOINT_OFF",
+    "JOBS",
+    "BenchOptions",
+    "JobReport",
+    "Report",
+    "ToolRun",
+    "compare_outputs",
+    "count_rows",
+    "normalised_rows",
+    "run_benchmarks",
+]

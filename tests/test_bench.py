@@ -1,0 +1,147 @@
+"""``pipeline bench``: every tool at a tiny size, the row check, the report, the generators."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline import bench
+from pipeline.bench import BenchOptions, compare_outputs, count_rows, run_benchmarks
+from pipeline.cli import cli
+from pipeline.testing.data import write_events_jsonl, write_small_files
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> bench.Report:
+    options = BenchOptions(size=1_000_000, files=40, threads="both", workdir=tmp_path_factory.mktemp("bench"))
+    return run_benchmarks(options, command="pipeline bench --size 1MB --files 40", log=lambda line: None)
+
+
+def test_every_tool_gives_the_same_rows(report: bench.Report) -> None:
+    assert [job.job for job in report.jobs] == ["csv", "jsonl", "small-files"]
+    for job in report.jobs:
+        assert job.rows_out and 0 < job.rows_out < job.rows_in
+        for run in job.runs:
+            assert run.status == "ok", (job.job, run.tool.name, run.detail)
+            assert len(run.seconds) == 1 and run.seconds[0] > 0 and run.peak_rss > 10 * 2**20
+    assert report.ok
+    names = {(job.job, run.tool.name) for job in report.jobs for run in job.runs}
+    for peer in ("python-csv", "pyarrow", "duckdb", "polars", "wasm-pipeline-no-ckpt"):
+        assert ("csv", peer) in names
+    assert {("jsonl", "python-json"), ("jsonl", "duckdb"), ("jsonl", "polars")} <= names
+
+
+def test_pinned_peers_really_run_on_one_thread(report: bench.Report) -> None:
+    pinned = [run for job in report.jobs for run in job.runs if run.tool.threaded and run.threads == 1]
+    assert {run.tool.name for run in pinned} == {"pyarrow", "duckdb", "polars", "wasm-pipeline"}
+    assert all(run.effective_threads == 1 for run in pinned)
+
+
+def test_the_report_is_well_formed(report: bench.Report) -> None:
+    text = report.markdown()
+    assert text.startswith("# Benchmark results\n\n`pipeline bench --size 1MB --files 40`")
+    for key in ("CPU", "cores", "RAM", "OS", "Python", "wasmtime", "duckdb", "polars", "pyarrow"):
+        assert re.search(rf"^\| {key} \| \S", text, re.M), key
+    for job in ("csv", "jsonl", "small-files"):
+        assert f"\n## {job}: " in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line.endswith(" | equal |")]
+    assert len(rows) == sum(len(job.runs) for job in report.jobs)
+    for line in rows:  # tool, threads, seconds, [files/s,] MB/s, rows/s, peak RSS, ratio, rows
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert len(cells) in (8, 9) and float(cells[2]) > 0 and cells[-3].endswith(" MiB")
+    targets = text.split("## Targets (issue 7)")[1].split("## How it is measured")[0]
+    assert len(re.findall(r"^\| (csv|jsonl|peak RSS|small files)", targets, re.M)) == 8
+    assert "not measured in this run" in targets  # no --rss here
+
+
+def _csv(path: Path, rows: list[str]) -> Path:
+    path.write_text("id,customer,amount,city\n" + "".join(row + "\n" for row in rows))
+    return path
+
+
+def test_a_wrong_output_is_caught_and_located(tmp_path: Path) -> None:
+    good = _csv(tmp_path / "good.csv", ["1,ALICE,284.20,Oslo", '2,BOB,150.00,"New York, NY"', "3,ZOË,101.5,Paris"])
+    same = _csv(
+        tmp_path / "same.csv", ['"1","ALICE","284.2","Oslo"', '2,BOB,150,"New York, NY"', "3,ZOË,1.015e2,Paris"]
+    )
+    assert compare_outputs(good, same, "csv") is None
+    changed = _csv(
+        tmp_path / "changed.csv", ["1,ALICE,284.20,Oslo", '2,BOB,150.01,"New York, NY"', "3,ZOË,101.5,Paris"]
+    )
+    assert compare_outputs(good, changed, "csv") == (
+        "row 3: expected ['2', 'BOB', '150', 'New York, NY'], got ['2', 'BOB', '150.01', 'New York, NY']"
+    )
+    short = _csv(tmp_path / "short.csv", ["1,ALICE,284.20,Oslo", '2,BOB,150.00,"New York, NY"'])
+    assert (
+        compare_outputs(good, short, "csv") == "row 4: expected ['3', 'ZOË', '101.5', 'Paris'], got ['<end of output>']"
+    )
+    lower = _csv(tmp_path / "lower.csv", ["1,alice,284.20,Oslo", '2,BOB,150.00,"New York, NY"', "3,ZOË,101.5,Paris"])
+    assert compare_outputs(good, lower, "csv") is not None
+
+
+def test_jsonl_rows_compare_keys_in_order_and_numbers_as_decimals(tmp_path: Path) -> None:
+    reference = tmp_path / "a.jsonl"
+    reference.write_text('{"id":1,"city":"São Paulo","amount":120.50}\n{"id":2,"city":"Oslo","amount":100}\n')
+    spelled = tmp_path / "b.jsonl"
+    spelled.write_text('{"id": 1, "city": "S\\u00e3o Paulo", "amount": 120.5}\n\n{"id":2,"city":"Oslo","amount":1e2}\n')
+    assert compare_outputs(reference, spelled, "jsonl") is None
+    reordered = tmp_path / "c.jsonl"
+    reordered.write_text('{"city":"São Paulo","id":1,"amount":120.5}\n{"id":2,"city":"Oslo","amount":100}\n')
+    assert compare_outputs(
+        reference,
+        reordered,
+        "jsonl",
+    ).startswith("row 1: expected ['id=1'")
+    assert count_rows(reference, "jsonl") == 2
+
+
+def test_a_tool_with_different_rows_fails_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench, "compare_outputs", lambda reference, other, fmt: "row 2: expected ['1'], got ['2']")
+    out = tmp_path / "RESULTS.md"
+    args = ["bench", "--size", "100KB", "--jobs", "csv", "--tools", "wasm-pipeline,python-csv", "--out", str(out)]
+    result = CliRunner().invoke(cli, [*args, "--workdir", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "| python-csv | 1 |" in out.read_text()
+    assert "FAIL: row 2: expected ['1'], got ['2'] |" in out.read_text()
+
+
+def test_a_missing_peer_is_reported_not_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = bench.util.find_spec
+    monkeypatch.setattr(bench.util, "find_spec", lambda name: None if name == "polars" else real(name))
+    options = BenchOptions(
+        size=100_000, jobs=("csv",), threads="1", tools=("wasm-pipeline", "polars"), workdir=tmp_path
+    )
+    report = run_benchmarks(options, log=lambda line: None)
+    polars = report.jobs[0].runs[-1]
+    assert (polars.tool.name, polars.status, polars.detail) == ("polars", "not installed", "pip install polars")
+    assert report.ok and "| polars |  |" in report.markdown()
+
+
+def test_unknown_jobs_are_refused() -> None:
+    result = CliRunner().invoke(cli, ["bench", "--jobs", "csv,parquet", "--out", "-"])
+    assert result.exit_code == 1
+    assert "error: --jobs: unknown job 'parquet'" in result.output
+
+
+def test_the_generators_are_deterministic_and_hold_rows_to_reject(tmp_path: Path) -> None:
+    lines = write_events_jsonl(tmp_path / "a.jsonl", 2_000_000)
+    assert write_events_jsonl(tmp_path / "b.jsonl", 2_000_000) == lines
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    bad = 0
+    for line in (tmp_path / "a.jsonl").read_text().splitlines():
+        try:
+            bad += not isinstance(json.loads(line), dict)
+        except ValueError:
+            bad += 1
+    assert 0 < bad < lines / 1000
+    write_events_jsonl(tmp_path / "clean.jsonl", 2_000_000, invalid=False)
+    assert all(isinstance(json.loads(line), dict) for line in (tmp_path / "clean.jsonl").read_text().splitlines())
+    rows = write_small_files(tmp_path / "small", 12, size=1_000)
+    files = sorted((tmp_path / "small").iterdir())
+    assert [f.name for f in files][:2] == ["events-00.jsonl", "events-01.jsonl"] and len(files) == 12
+    assert all(1_000 <= f.stat().st_size < 1_400 for f in files)
+    assert sum(len(f.read_text().splitlines()) for f in files) == rows
