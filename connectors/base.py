@@ -9,18 +9,26 @@ back to exactly that handle after a crash, and publishes at the end (DESIGN §6)
     write(data)     append bytes (often a view of guest memory: don't keep it)
     persist()       make all written bytes durable; return the JSON-able handle to resume from
     commit()        publish atomically; idempotent, and a no-op when already published
-    discard()       throw the in-progress output away (``--fresh``, ``pipeline rm``)
+    discard(handle) throw the in-progress output a handle names away (``--fresh``, ``pipeline rm``)
     close()         release files, locks and connections; safe twice
+
+A sink that cannot make every byte durable at its destination between checkpoints (an S3
+upload's tail under the 5 MiB part minimum) keeps those bytes in the session's snapshot store
+through a :class:`Stash`, and lists the blobs in its handle under ``"blobs"`` (blob id ->
+stored size) so that the store keeps them exactly as long as a manifest needs them.
 
 Each sink's docstring states its guarantee (exactly-once or at-least-once).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from pipeline.errors import SpecError
+from pipeline.spec import OutputSpec
 
 
 class Sink(Protocol):
@@ -36,15 +44,56 @@ class Sink(Protocol):
     def write(self, data: memoryview | bytes) -> None: ...
     def persist(self) -> dict[str, Any]: ...
     def commit(self) -> None: ...
-    def discard(self) -> None: ...
+    def discard(self, handle: dict[str, Any] | None = None) -> None: ...
     def close(self) -> None: ...
 
 
-def open_sink(url: str, session: str) -> Sink:
-    """The sink for ``url``: a local path (or ``file://``) for now."""
-    scheme = urlsplit(url).scheme if "://" in url else "file"
+class Stash(Protocol):
+    """Bytes a sink keeps in the session's snapshot store, content-addressed."""
+
+    def put(self, data: bytes) -> tuple[str, int]:
+        """Store ``data``; return its blob id and the bytes it occupies in the store."""
+        ...
+
+    def get(self, blob_id: str) -> bytes:
+        """The bytes a :meth:`put` stored (``SnapshotCorrupt`` if missing or damaged)."""
+        ...
+
+
+def open_sink(spec: OutputSpec, session: str, *, stash: Stash | None = None) -> Sink:
+    """The sink writing ``spec`` for ``session`` (``stash`` is needed by ``s3://`` outputs)."""
+    if spec.format == "parquet":
+        from pipeline.connectors.parquet_sink import ParquetSink
+
+        return ParquetSink(spec, session, stash=stash)
+    scheme = urlsplit(spec.url).scheme if "://" in spec.url else "file"
     if scheme == "file":
         from pipeline.connectors.file_sink import FileSink
 
-        return FileSink(url, session)
-    raise SpecError(f"sink {url}: no sink for {scheme}:// URLs yet (local paths are supported)")
+        return FileSink(spec.url, session)
+    if scheme == "s3":
+        from pipeline.connectors.s3_sink import S3Sink
+
+        return S3Sink(spec, session, stash=stash)
+    if scheme == "memory":
+        from pipeline.connectors.memory_sink import MemorySink
+
+        return MemorySink(spec.url, session)
+    raise SpecError(f"sink {spec.url}: no sink writes {scheme}:// URLs (local paths, s3:// and memory:// do)")
+
+
+@contextlib.contextmanager
+def open_recorded_sink(entry: dict[str, Any], session: str, *, spec: OutputSpec | None = None) -> Iterator[Sink]:
+    """The sink of a manifest's ``sinks`` entry, held (``acquire``) until the block ends.
+
+    For discarding what an earlier run left in progress. ``spec`` supplies storage options the
+    manifest never records; without it they come from the environment (``AWS_ENDPOINT_URL``,
+    profiles, fsspec config).
+    """
+    spec = spec or OutputSpec(url=entry["url"], format=entry.get("format", "raw"))
+    sink = open_sink(spec, session)
+    try:
+        sink.acquire()
+        yield sink
+    finally:
+        sink.close()

@@ -142,8 +142,8 @@ class FileSink:
             raise SinkError(f"sink {self.url}: cannot publish: {exc.strerror}") from exc
         self._close_file()
 
-    def discard(self) -> None:
-        """Remove the in-progress file: a run with nothing to write, or an output a job dropped."""
+    def discard(self, handle: dict[str, Any] | None = None) -> None:
+        """Remove the in-progress file (its handle says nothing more): a restart, or ``pipeline rm``."""
         self._close_file()
         with contextlib.suppress(FileNotFoundError):
             self.part.unlink()

@@ -11,8 +11,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from pipeline.connectors.base import open_sink
+from pipeline.connectors.base import Sink, open_recorded_sink
 from pipeline.errors import KeyNotFound, SinkError, SnapshotCorrupt
 from pipeline.session import SessionStore, list_sessions
 from pipeline.snapshot import PAGE_SIZE, Manifest
@@ -79,7 +80,7 @@ def describe(manifest: Manifest) -> list[str]:
     if counts:
         lines.append(("rows", ", ".join(counts)))
     lines.append(("bytes", f"{stats.get('bytes_in', 0):,} in, {stats.get('bytes_out', 0):,} out"))
-    lines.append(("stored", f"{manifest.stored_bytes():,} bytes in {len(manifest.blob_ids())} page blobs"))
+    lines.append(("stored", f"{manifest.stored_bytes():,} bytes in {len(manifest.blob_ids())} blobs"))
     lines.append(("updated", format_time(stats.get("updated_at"))))
     return [f"{label:<11} {value}" for label, value in lines]
 
@@ -92,16 +93,14 @@ def format_time(timestamp: float | None) -> str:
 
 
 @contextlib.contextmanager
-def holding(session: str, manifest: Manifest | None) -> Iterator[None]:
-    """Hold the locks of a session's in-progress outputs: fails if a run is active."""
-    sinks = [open_sink(entry["url"], session) for entry in (manifest.sinks if manifest else [])]
-    try:
-        for sink in sinks:
-            sink.acquire()
-        yield
-    finally:
-        for sink in sinks:
-            sink.close()
+def holding(session: str, manifest: Manifest | None) -> Iterator[list[tuple[dict[str, Any], Sink]]]:
+    """Hold a session's in-progress outputs (fails if a run is active); yields (entry, sink) pairs.
+
+    Storage options of remote outputs come from the environment: manifests never record them.
+    """
+    with contextlib.ExitStack() as stack:
+        entries = manifest.sinks if manifest else []
+        yield [(entry, stack.enter_context(open_recorded_sink(entry, session))) for entry in entries]
 
 
 def remove_session(store: SnapshotStore, session: str) -> None:
@@ -114,9 +113,9 @@ def remove_session(store: SnapshotStore, session: str) -> None:
     else:
         if manifest is None:
             raise KeyNotFound(f"{store.url}: no session {session!r}", hint="`pipeline sessions` lists them")
-    with holding(session, manifest):
-        for entry in manifest.sinks if manifest else []:
-            open_sink(entry["url"], session).discard()
+    with holding(session, manifest) as sinks:
+        for entry, sink in sinks:
+            sink.discard(entry["handle"])
         state.delete_all()
 
 

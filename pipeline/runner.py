@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline._faults import FaultPoints
-from pipeline.connectors.base import Sink, open_sink
+from pipeline.connectors.base import Sink, open_recorded_sink, open_sink
 from pipeline.connectors.source import Source, describe_change, is_verifiable
 from pipeline.errors import GuestABIError, GuestError, ResumeMismatch, SnapshotCorrupt, SpecError
 from pipeline.runtime import Guest, GuestModule
@@ -100,11 +100,13 @@ class _Run:
         self.state = SessionStore(store, session)
         self.spec_sha = job.sha256()
         self.modules = [self._load_module(index) for index in range(len(job.stages))]
-        self.sinks: dict[str, Sink] = {MAIN: open_sink(job.sink.url, session)}
-        self.sinks |= {name: open_sink(out.url, session) for name, out in job.outputs.items()}
+        self.pages = PageWriter(store, self.state.pages_prefix)
+        self.outputs = {MAIN: job.sink} | job.outputs
+        self.sinks: dict[str, Sink] = {
+            name: open_sink(out, session, stash=self.pages) for name, out in self.outputs.items()
+        }
         self.routes = self._routes()
         self.guests: list[Guest] = []
-        self.pages = PageWriter(store, self.state.pages_prefix)
         self.manifest: Manifest | None = None
         self.offset = 0
         self.checkpoints = 0
@@ -300,13 +302,14 @@ class _Run:
         )
         self.state.commit(self.manifest)
         self.state.adopt(self.manifest)
-        ours = {sink.url for sink in self.sinks.values()}
-        for entry in old.sinks if old else []:  # in-progress outputs the job no longer writes to
-            if entry["url"] not in ours:
-                dropped = open_sink(entry["url"], self.session)
-                dropped.acquire()
-                dropped.discard()
-                dropped.close()
+        ours = {(sink.url, self.outputs[name].format): sink for name, sink in self.sinks.items()}
+        for entry in old.sinks if old else []:  # the old run's in-progress outputs (uploads, files)
+            sink = ours.get((entry["url"], entry.get("format", "raw")))
+            if sink is not None:
+                sink.discard(entry["handle"])
+            else:  # an output the job no longer writes to
+                with open_recorded_sink(entry, self.session) as dropped:
+                    dropped.discard(entry["handle"])
         for sink in self.sinks.values():
             sink.start()
         self._new_guests()
@@ -376,7 +379,10 @@ class _Run:
         """Commit a manifest: sinks persist -> page blobs -> manifest CAS -> release old blobs."""
         manifest = self.manifest
         assert manifest is not None
-        sinks = [{"name": name, "url": sink.url, "handle": sink.persist()} for name, sink in self.sinks.items()]
+        sinks = [
+            {"name": name, "url": sink.url, "format": self.outputs[name].format, "handle": sink.persist()}
+            for name, sink in self.sinks.items()
+        ]
         self.faults.reached("sinks-persisted")
         if state == "running":
             manifest.stages = [self.pages.capture(guest, guest.stage) for guest in self.guests]

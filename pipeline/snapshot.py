@@ -133,15 +133,21 @@ class Manifest:
     format: str = MANIFEST_FORMAT
 
     def blob_ids(self) -> set[str]:
-        """Every page blob this manifest references."""
-        return {blob for stage in self.stages for blob in stage.pages.values()}
+        """Every blob this manifest references: stage pages, and bytes sinks stashed."""
+        return set(self.blob_sizes())
+
+    def blob_sizes(self) -> dict[str, int]:
+        """Blob id -> bytes in the store, for every blob this manifest references."""
+        sizes: dict[str, int] = {}
+        for stage in self.stages:
+            sizes |= {blob: stage.blob_sizes.get(blob, 0) for blob in stage.pages.values()}
+        for sink in self.sinks:
+            sizes |= {blob: int(size) for blob, size in sink["handle"].get("blobs", {}).items()}
+        return sizes
 
     def stored_bytes(self) -> int:
         """Bytes this checkpoint occupies in the store: its distinct blobs."""
-        sizes: dict[str, int] = {}
-        for stage in self.stages:
-            sizes |= stage.blob_sizes
-        return sum(sizes.values())
+        return sum(self.blob_sizes().values())
 
     def to_bytes(self) -> bytes:
         data = asdict(self)
@@ -175,7 +181,10 @@ def _skipped_pages(guest: Guest) -> range:
 
 
 class PageWriter:
-    """Writes the pages of one session's stages as content-addressed blobs."""
+    """Writes the pages of one session's stages, and bytes its sinks stash, as content-addressed blobs.
+
+    It is the :class:`~pipeline.connectors.base.Stash` the runner hands its sinks.
+    """
 
     def __init__(self, store: SnapshotStore, prefix: str) -> None:
         self.store = store
@@ -198,12 +207,7 @@ class PageWriter:
                 blob_id = xxhash.xxh3_128_hexdigest(page)
                 if blob_id == _ZERO_PAGE_ID:
                     continue
-                if blob_id not in self.known:
-                    blob = encode_blob(page)
-                    self.store.put(blob_key(self.prefix, blob_id), blob)
-                    self.known[blob_id] = len(blob)
-                    self.bytes_written += len(blob)
-                    self.blobs_written += 1
+                self._store(blob_id, page)
                 pages[index] = blob_id
         finally:
             memory.release()
@@ -217,10 +221,31 @@ class PageWriter:
             blob_sizes={blob_id: self.known[blob_id] for blob_id in set(pages.values())},
         )
 
+    def _store(self, blob_id: str, data: bytes | memoryview) -> None:
+        if blob_id not in self.known:
+            blob = encode_blob(data)
+            self.store.put(blob_key(self.prefix, blob_id), blob)
+            self.known[blob_id] = len(blob)
+            self.bytes_written += len(blob)
+            self.blobs_written += 1
+
+    def put(self, data: bytes) -> tuple[str, int]:
+        """Stash bytes for a sink (its upload's tail); returns (blob id, bytes in the store)."""
+        blob_id = xxhash.xxh3_128_hexdigest(data)
+        self._store(blob_id, data)
+        return blob_id, self.known[blob_id]
+
+    def get(self, blob_id: str) -> bytes:
+        """Bytes a sink stashed, checked against their blob's checksum."""
+        key = blob_key(self.prefix, blob_id)
+        try:
+            return decode_blob(self.store.get(key), key)
+        except KeyNotFound:
+            raise SnapshotCorrupt(f"{key}: a sink's stashed bytes are missing from the store") from None
+
     def remember(self, manifest: Manifest) -> None:
         """Know the blobs a committed manifest references: the store holds those."""
-        for stage in manifest.stages:
-            self.known |= {blob: stage.blob_sizes.get(blob, 0) for blob in stage.pages.values()}
+        self.known |= manifest.blob_sizes()
 
     def retain(self, blob_ids: Iterable[str]) -> None:
         """Forget every blob but these (the rest were released from the store)."""

@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +65,49 @@ class StageSpec:
         return self.guest if self.guest.startswith("builtin:") else Path(self.guest).name
 
 
+SINK_SCHEMES = ("file", "s3", "memory")
+"""URL schemes an output may use (a plain path is ``file``)."""
+SINK_FORMATS = ("raw", "parquet")
+PARQUET_TYPES = ("string", "int64", "int32", "float64", "float32", "bool", "date32", "timestamp")
+"""Column types a Parquet output's ``schema`` may declare."""
+PARQUET_COMPRESSIONS = ("snappy", "zstd", "gzip", "none")
+DEFAULT_ROW_GROUP_SIZE = 128 * 1024
+MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest part but the last
+MAX_PART_SIZE = 5 * 1024**3
+DEFAULT_PART_SIZE = 8 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class OutputSpec:
-    """Where one guest output port goes."""
+    """Where one guest output port goes, and how it is written there."""
 
     url: str
+    format: str = "raw"
+    """``raw``: the guest's bytes as written (CSV, JSONL, HTML, ...); ``parquet``: its CSV or JSONL
+    rows converted to Parquet at publish."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Storage options for fsspec/s3fs (``endpoint_url``, ``profile``, ...); never stored or shown."""
+    schema: dict[str, str] = field(default_factory=dict)
+    """Parquet column types by name; columns not named are inferred from the first rows."""
+    row_group_size: int = DEFAULT_ROW_GROUP_SIZE
+    """Parquet rows per row group: what the conversion holds in memory at once."""
+    compression: str = "snappy"
+    part_size: int = DEFAULT_PART_SIZE
+    """S3 multipart part size: what an ``s3://`` output buffers in memory."""
+
+    @property
+    def scheme(self) -> str:
+        return self.url.split("://", 1)[0] if "://" in self.url else "file"
+
+    def for_url(self, url: str) -> OutputSpec:
+        """The same output written to another URL (a batch job's per-file output)."""
+        return replace(self, url=url)
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the bytes written: not the storage options or the part size."""
+        return {"url": self.url, "format": self.format, "schema": self.schema} | (
+            {"row_group_size": self.row_group_size, "compression": self.compression} if self.format == "parquet" else {}
+        )
 
 
 @dataclass(frozen=True)
@@ -100,8 +138,8 @@ class JobSpec:
         canonical = {
             "source": self.source.url,
             "stages": [{"guest": s.guest, "config": s.config} for s in self.stages],
-            "sink": self.sink.url,
-            "outputs": {name: out.url for name, out in self.outputs.items()},
+            "sink": self.sink.identity(),
+            "outputs": {name: out.identity() for name, out in self.outputs.items()},
         }
         return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
@@ -179,13 +217,19 @@ class _Checker:
         path = Path(text.removeprefix("file://")).expanduser()
         return str(path if path.is_absolute() else (self.path.parent / path).resolve())
 
-    def local_path(self, value: Any, where: str) -> str:
-        """An output location: a local path for now (remote sinks come with their connectors)."""
+    def output_url(self, value: Any, where: str) -> str:
+        """An output location: a local path, or a URL of a scheme some sink writes."""
         text = self.string(value, where)
-        if "://" in text and not text.startswith("file://"):
-            scheme = text.split("://", 1)[0]
-            raise self.fail(where, f"{scheme}:// outputs are not supported yet; use a local path")
+        scheme = text.split("://", 1)[0] if "://" in text else "file"
+        if scheme not in SINK_SCHEMES:
+            supported = "local paths, " + ", ".join(f"{s}://" for s in SINK_SCHEMES if s != "file")
+            raise self.fail(where, f"no sink writes {scheme}:// URLs (supported: {supported})")
         return self.url(text, where)
+
+    def choice(self, value: Any, where: str, choices: tuple[str, ...]) -> str:
+        if value not in choices:
+            raise self.fail(where, f"expected one of {', '.join(choices)}, got {value!r}")
+        return str(value)
 
     def wrap(self, where: str, parse: Any, value: Any) -> Any:
         try:
@@ -238,16 +282,15 @@ def parse_job(document: Any, path: Path) -> JobSpec:
     stages = [_parse_stage(check, doc, f"stages[{i}]") for i, doc in enumerate(stages_doc)]
 
     def output(doc: Any, where: str) -> OutputSpec:
-        doc = check.mapping(doc, where, required={"url"}, optional=set())
-        url = check.local_path(doc["url"], f"{where}.url")
+        out = _parse_output(check, doc, where)
         try:
-            rendered = render_output(url, "x/sample.csv")
+            rendered = render_output(out.url, "x/sample.csv")
         except (KeyError, ValueError, IndexError) as exc:
             fields = ", ".join(f"{{{f}}}" for f in TEMPLATE_FIELDS)
             raise check.fail(f"{where}.url", f"bad placeholder {exc} (available: {fields})") from None
-        if source.patterns and rendered == url:
+        if source.patterns and rendered == out.url:
             raise check.fail(f"{where}.url", "a batch job writes one output per file: use {stem} or {name} in it")
-        return OutputSpec(url=url)
+        return out
 
     sink = output(top["sink"], "sink")
     outputs_doc = top.get("outputs", {})
@@ -263,8 +306,8 @@ def parse_job(document: Any, path: Path) -> JobSpec:
             raise check.fail("rejects", "is also given as outputs.rejects; keep one")
         outputs["rejects"] = output(top["rejects"], "rejects")
     if not source.patterns:  # one file: fill in any placeholders now
-        sink = OutputSpec(render_output(sink.url, source.url))
-        outputs = {n: OutputSpec(render_output(o.url, source.url)) for n, o in outputs.items()}
+        sink = sink.for_url(render_output(sink.url, source.url))
+        outputs = {n: o.for_url(render_output(o.url, source.url)) for n, o in outputs.items()}
         check_distinct_outputs(path, source.url, sink, outputs)
 
     checkpoint = check.mapping(top.get("checkpoint", {}), "checkpoint", required=set(), optional={"every"})
@@ -298,6 +341,47 @@ def check_distinct_outputs(path: Path, source_url: str, sink: OutputSpec, output
         if out.url in seen:
             raise check.fail(where, f"is the same file as {seen[out.url]}; give each output its own file")
         seen[out.url] = where
+
+
+def _parse_output(check: _Checker, doc: Any, where: str) -> OutputSpec:
+    doc = check.mapping(
+        doc,
+        where,
+        required={"url"},
+        optional={"format", "options", "schema", "row_group_size", "compression", "part_size"},
+    )
+    url = check.output_url(doc["url"], f"{where}.url")
+    scheme = url.split("://", 1)[0] if "://" in url else "file"
+    out_format = check.choice(doc.get("format", "raw"), f"{where}.format", SINK_FORMATS)
+    options = doc.get("options", {})
+    if not isinstance(options, dict):
+        raise check.fail(f"{where}.options", f"expected a mapping of storage options, got {_kind(options)}")
+    parquet_only = {"schema", "row_group_size", "compression"} & doc.keys()
+    if parquet_only and out_format != "parquet":
+        where = f"{where}.{min(parquet_only)}"
+        raise check.fail(where, "applies to Parquet outputs only", hint="add `format: parquet`")
+    schema = doc.get("schema", {})
+    if not isinstance(schema, dict) or not all(isinstance(k, str) for k in schema):
+        raise check.fail(f"{where}.schema", f"expected a mapping of column name to type, got {_kind(schema)}")
+    for column, type_name in schema.items():
+        check.choice(type_name, f"{where}.schema.{column}", PARQUET_TYPES)
+    row_group_size = doc.get("row_group_size", DEFAULT_ROW_GROUP_SIZE)
+    if not isinstance(row_group_size, int) or isinstance(row_group_size, bool) or row_group_size < 1:
+        raise check.fail(f"{where}.row_group_size", f"expected a positive number of rows, got {row_group_size!r}")
+    if "part_size" in doc and scheme != "s3":
+        raise check.fail(f"{where}.part_size", "applies to s3:// outputs only")
+    part_size = check.wrap(f"{where}.part_size", parse_size, doc.get("part_size", DEFAULT_PART_SIZE))
+    if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
+        raise check.fail(f"{where}.part_size", f"S3 parts are 5MiB to 5GiB, got {part_size:,} bytes")
+    return OutputSpec(
+        url=url,
+        format=out_format,
+        options=options,
+        schema=dict(schema),
+        row_group_size=row_group_size,
+        compression=check.choice(doc.get("compression", "snappy"), f"{where}.compression", PARQUET_COMPRESSIONS),
+        part_size=part_size,
+    )
 
 
 def _parse_source(check: _Checker, doc: Any) -> SourceSpec:

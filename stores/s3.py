@@ -185,10 +185,17 @@ class S3Store(BaseStore):
             token = {"ContinuationToken": page["NextContinuationToken"]}
 
     def _close(self) -> None:
-        creator = getattr(self._fs, "_s3creator", None)
-        if creator is not None:
-            # Close the aiohttp session now rather than at garbage collection, where an
-            # unclosed connector warns (and pytest's filterwarnings=error would fail a test).
-            sync(self._fs.loop, creator.__aexit__, None, None, None)
-            self._fs._s3 = None
-            self._fs._s3creator = None
+        close_client(self._fs)
+
+
+def close_client(fs: s3fs.S3FileSystem) -> None:
+    """Close an s3fs instance's aiohttp session now (safe twice).
+
+    At garbage collection an unclosed connector warns, and pytest's filterwarnings=error would
+    fail a test; a long-lived process would hold the connections.
+    """
+    creator = getattr(fs, "_s3creator", None)
+    if creator is not None:
+        sync(fs.loop, creator.__aexit__, None, None, None)
+        fs._s3 = None
+        fs._s3creator = None

@@ -1,0 +1,204 @@
+"""Rows a guest writes as CSV or JSON Lines, published as one Parquet file (``format: parquet``).
+
+Guarantee: **exactly-once**, inherited from the sink that stages the rows. While the session
+runs, the guest's bytes go unchanged to a staging output beside the target
+(``.NAME~SESSION.rows``) through the sink its URL calls for (local file, ``s3://`` multipart
+upload, ``memory://``), so checkpoints, recovery and fencing are that sink's. :meth:`commit`
+publishes the staged rows, converts them in one streaming pass (pyarrow's CSV or JSON reader
+block by block, row groups of ``row_group_size`` rows) into the target, which appears
+atomically (a rename locally; on S3 an object exists only once its upload completes), and then
+removes the staging copy. Every step can be repeated: a commit interrupted anywhere converts
+again from the staged rows, which are byte-identical, into the same Parquet bytes.
+
+Columns come from the CSV header or the JSON keys; types are the job's ``schema:`` where given
+and otherwise inferred from the first block of rows (pyarrow's rules). A later row that does not
+fit an inferred type stops the publish with a message naming the column; declaring it fixes it.
+Staged rows starting with ``{`` are read as JSON Lines, anything else as CSV with a header.
+Memory: one read block (4 MiB) plus one row group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from pipeline._fs import fsync_dir
+from pipeline.connectors.base import Sink, Stash, open_sink
+from pipeline.errors import SinkError
+from pipeline.spec import OutputSpec
+
+_BLOCK_SIZE = 4 * 1024 * 1024
+
+
+class ParquetSink:
+    """An exactly-once Parquet output over a staging sink of raw rows."""
+
+    def __init__(self, spec: OutputSpec, session: str, *, stash: Stash | None) -> None:
+        self.url = spec.url
+        self.spec = spec
+        directory, _, name = spec.url.rpartition("/")
+        self.rows_url = f"{directory}/.{name}~{session}.rows"
+        self.tmp_name = f".{name}~{session}.tmp"
+        self._rows: Sink = open_sink(replace(spec, url=self.rows_url, format="raw"), session, stash=stash)
+        self._fs, self._target = fsspec.core.url_to_fs(spec.url, **spec.options)
+        self._published = False
+        self._length: int | None = None  # set when recovery finds the output already published
+
+    @property
+    def length(self) -> int:
+        return self._rows.length if self._length is None else self._length
+
+    def acquire(self, *, wait: bool = False) -> None:
+        """Hold the staging output (its sink's fencing)."""
+        self._rows.acquire(wait=wait)
+
+    def start(self) -> None:
+        """Begin a fresh session: empty staged rows."""
+        self._rows.start()
+
+    def recover(self, handle: dict[str, Any]) -> None:
+        """Resume the staged rows from a handle, or find the Parquet file already published."""
+        try:
+            self._rows.recover(handle)
+        except SinkError:
+            # Staged rows gone and the target present: the last commit converted them and
+            # removed them before the run could record that it had published.
+            if self._fs.exists(self._target) and not self._rows_exist():
+                self._published, self._length = True, int(handle["length"])
+                return
+            raise
+
+    def write(self, data: memoryview | bytes) -> None:
+        """Stage bytes of CSV or JSON Lines rows."""
+        self._rows.write(data)
+
+    def persist(self) -> dict[str, Any]:
+        """Persist the staged rows; the handle is the staging sink's."""
+        return self._rows.persist()
+
+    def commit(self) -> None:
+        """Publish the staged rows, convert them into the target, remove them. Idempotent."""
+        if self._published:
+            return
+        self._rows.commit()
+        self._convert()
+        fs, path = fsspec.core.url_to_fs(self.rows_url, **self.spec.options)
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(path)
+        self._published = True
+
+    def discard(self, handle: dict[str, Any] | None = None) -> None:
+        """Throw away the staged rows (in progress or published) and any half-written file."""
+        self._rows.discard(handle)
+        fs, path = fsspec.core.url_to_fs(self.rows_url, **self.spec.options)
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(path)
+        if isinstance(self._fs, LocalFileSystem):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(Path(self._target).with_name(self.tmp_name))
+
+    def close(self) -> None:
+        """Close the staging sink; safe twice."""
+        self._rows.close()
+
+    # -- conversion -----------------------------------------------------------------------
+    def _rows_exist(self) -> bool:
+        fs, path = fsspec.core.url_to_fs(self.rows_url, **self.spec.options)
+        return bool(fs.exists(path))
+
+    def _convert(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        fs, path = fsspec.core.url_to_fs(self.rows_url, **self.spec.options)
+        local = isinstance(self._fs, LocalFileSystem)
+        tmp = Path(self._target).with_name(self.tmp_name) if local else None
+        try:
+            with fs.open(path, "rb") as staged, _output(self._fs, self._target, tmp) as out:
+                reader = _open_rows(staged, self.spec.schema)
+                writer = pq.ParquetWriter(out, reader.schema, compression=self.spec.compression)
+                pending: list[Any] = []
+                rows = 0
+                for batch in reader:
+                    pending.append(batch)
+                    rows += batch.num_rows
+                    if rows >= self.spec.row_group_size:
+                        writer.write_table(pa.Table.from_batches(pending), row_group_size=self.spec.row_group_size)
+                        pending, rows = [], 0
+                if pending:
+                    writer.write_table(pa.Table.from_batches(pending), row_group_size=self.spec.row_group_size)
+                writer.close()
+        except pa.ArrowInvalid as exc:
+            raise SinkError(
+                f"sink {self.url}: the rows do not convert to Parquet: {_first_line(exc)}",
+                hint="declare the column's type under `schema:` on this output (e.g. `schema: {amount: float64}`)",
+            ) from exc
+        except OSError as exc:
+            raise SinkError(f"sink {self.url}: cannot write the Parquet file: {exc}") from exc
+        if tmp is not None:
+            os.replace(tmp, self._target)
+            fsync_dir(tmp.parent)
+
+
+@contextlib.contextmanager
+def _output(fs: Any, target: str, tmp: Path | None) -> Any:
+    """Where the Parquet bytes go: a temporary file renamed later (local) or the target itself."""
+    if tmp is None:
+        with fs.open(target, "wb") as remote:  # an object appears only when its upload completes
+            yield remote
+        return
+    with open(tmp, "wb") as file:
+        yield file
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _open_rows(staged: Any, schema: dict[str, str]) -> Any:
+    """A streaming record batch reader over staged CSV or JSON Lines, with declared types."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+    import pyarrow.json as pa_json
+
+    types = {name: _arrow_type(type_name) for name, type_name in schema.items()}
+    head = staged.read(64)
+    staged.seek(0)
+    if not head.strip():
+        return pa.RecordBatchReader.from_batches(pa.schema(list(types.items())), [])
+    if head.lstrip().startswith(b"{"):
+        return pa_json.open_json(
+            staged,
+            read_options=pa_json.ReadOptions(block_size=_BLOCK_SIZE),
+            parse_options=pa_json.ParseOptions(
+                explicit_schema=pa.schema(list(types.items())), unexpected_field_behavior="infer"
+            ),
+        )
+    return pa_csv.open_csv(
+        staged,
+        read_options=pa_csv.ReadOptions(block_size=_BLOCK_SIZE),
+        convert_options=pa_csv.ConvertOptions(column_types=types),
+    )
+
+
+def _arrow_type(name: str) -> Any:
+    import pyarrow as pa
+
+    return {
+        "string": pa.string(),
+        "int64": pa.int64(),
+        "int32": pa.int32(),
+        "float64": pa.float64(),
+        "float32": pa.float32(),
+        "bool": pa.bool_(),
+        "date32": pa.date32(),
+        "timestamp": pa.timestamp("us"),
+    }[name]
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,256 @@
+"""An S3 object written exactly once, by multipart upload (DESIGN §6; Flink's RecoverableWriter).
+
+Guarantee: **exactly-once.** A session writes one multipart upload. Bytes are buffered in
+memory and uploaded as a part whenever the buffer reaches the part size. At a checkpoint
+:meth:`S3Sink.persist` uploads the buffer as a part if it is at least 5 MiB (S3's minimum for
+any part but the last) and otherwise keeps that *tail* as a blob in the session's snapshot
+store; the handle holds the upload id, every completed part with its ETag and size, and the
+tail's blob id. Nothing is visible at the target key until :meth:`S3Sink.commit` completes the
+upload with exactly the parts the run recorded, which S3 makes atomic.
+
+After a crash :meth:`S3Sink.recover` checks the upload still exists and that every recorded
+part still carries its recorded ETag, reloads the tail from the store and carries on; parts
+uploaded after the checkpoint are simply overwritten, since the next part numbers are reused.
+A commit retried after it succeeded (the upload is gone) finds the object at the key with the
+size, and where S3 reports MD5-based ETags the multipart ETag, that the handle predicts, and
+does nothing. ``--fresh`` and ``pipeline rm`` abort the upload a handle names.
+
+Fencing: the session lease (a compare-and-swap on the manifest) stops a run that lost it at its
+next checkpoint, before it can complete the upload; a stale run that still uploads a part
+under a number the new run recorded changes that part's ETag, which the new run detects at
+recovery or when completing (S3 refuses a completion whose ETags do not match) and reports
+instead of publishing a mix. Memory: one part-sized buffer; the part size doubles every 2,000
+parts so an upload of 10,000 parts can reach S3's 5 TiB object limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from pipeline.connectors.base import Stash
+from pipeline.errors import SinkError
+from pipeline.spec import MIN_PART_SIZE, OutputSpec
+
+MAX_PARTS = 10_000
+_PARTS_PER_SIZE = 2_000
+_MISSING = {"NoSuchUpload", "NoSuchKey", "NotFound", "404"}
+_MD5 = re.compile(r"[0-9a-f]{32}")
+
+
+class S3Sink:
+    """An exactly-once S3 object sink (multipart upload with a stashed tail)."""
+
+    def __init__(self, spec: OutputSpec, session: str, *, stash: Stash | None) -> None:
+        import s3fs  # the s3 extra
+
+        self.url = spec.url
+        self.session = session
+        parts = urlsplit(spec.url)
+        self.bucket, self.key = parts.netloc, parts.path.lstrip("/")
+        if not self.bucket or not self.key or self.key.endswith("/"):
+            raise SinkError(f"sink {spec.url}: an S3 output needs a bucket and an object key: s3://bucket/key")
+        self.part_size = spec.part_size
+        self.length = 0
+        self._stash = stash
+        # Our own client (not fsspec's shared instance), so closing it breaks nobody else's.
+        self._fs = s3fs.S3FileSystem(skip_instance_cache=True, **spec.options)
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []  # [{"n", "etag", "size"}] in order
+        self._buffer = bytearray()
+        self._published = False
+
+    # -- requests ---------------------------------------------------------------------------
+    def _s3(self, method: str, doing: str, **kwargs: Any) -> dict[str, Any]:
+        """One request; any failure is a ``SinkError`` saying what we were doing."""
+        try:
+            response: dict[str, Any] = self._fs.call_s3(method, Bucket=self.bucket, **kwargs)
+        except Exception as exc:  # botocore, aiohttp, credentials: translate at this boundary
+            from pipeline.stores.s3 import describe
+
+            raise SinkError(f"sink {self.url}: cannot {doing}: {describe(_client_error(exc))}") from exc
+        return response
+
+    def _try(self, method: str, doing: str, **kwargs: Any) -> dict[str, Any] | None:
+        """One request whose target may be gone: None if S3 says so, else as :meth:`_s3`."""
+        try:
+            return self._s3(method, doing, **kwargs)
+        except SinkError as exc:
+            if _is_missing(exc.__cause__):
+                return None
+            raise
+
+    def _upload_part(self, data: bytes | bytearray) -> None:
+        number = len(self._parts) + 1
+        if number > MAX_PARTS:
+            raise SinkError(
+                f"sink {self.url}: the output outgrew S3's {MAX_PARTS:,} parts",
+                hint="raise part_size on this output",
+            )
+        body = bytes(data)
+        response = self._s3(
+            "upload_part",
+            f"upload part {number}",
+            Key=self.key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=body,
+        )
+        self._parts.append({"n": number, "etag": response["ETag"], "size": len(body)})
+
+    def _next_part_size(self) -> int:
+        return self.part_size << min(len(self._parts) // _PARTS_PER_SIZE, 4)
+
+    # -- the protocol -------------------------------------------------------------------------
+    def acquire(self, *, wait: bool = False) -> None:
+        """Nothing to lock locally: the session lease and the parts' ETags fence an S3 upload."""
+
+    def start(self) -> None:
+        """Begin a fresh upload, aborting any this session left unrecorded on the key."""
+        listing = self._s3("list_multipart_uploads", "list unfinished uploads", Prefix=self.key)
+        for upload in listing.get("Uploads", ()):
+            if upload["Key"] == self.key:  # an earlier attempt that died before its first checkpoint
+                self.discard({"upload_id": upload["UploadId"]})
+        created = self._s3("create_multipart_upload", "start an upload", Key=self.key)
+        self._upload_id = created["UploadId"]
+        self._parts, self._buffer, self.length = [], bytearray(), 0
+
+    def recover(self, handle: dict[str, Any]) -> None:
+        """Carry on from a checkpoint's handle: its parts, and its tail from the store."""
+        self._upload_id = handle["upload_id"]
+        self._parts = [dict(part) for part in handle["parts"]]
+        self.length = int(handle["length"])
+        tail = self._stash_get(handle["tail"]) if handle.get("tail") else b""
+        listing = self._try(
+            "list_parts", "list the parts of the upload", Key=self.key, UploadId=self._upload_id, MaxParts=MAX_PARTS
+        )
+        if listing is None:
+            if self._is_published(tail):
+                self._published = True
+                return
+            raise SinkError(
+                f"sink {self.url}: upload {self._upload_id[:16]}... no longer exists and the object is not "
+                "the one it would have published (aborted, or expired by a bucket lifecycle rule)",
+                hint="rerun with --fresh to write this output again",
+            )
+        uploaded = {part["PartNumber"]: part["ETag"] for part in listing.get("Parts", ())}
+        for part in self._parts:
+            if uploaded.get(part["n"]) != part["etag"]:
+                raise SinkError(
+                    f"sink {self.url}: part {part['n']} of the upload is not the one the checkpoint recorded "
+                    "(another run of this session wrote to it)",
+                    hint="stop the other run, then rerun with --fresh",
+                )
+        self._buffer = bytearray(tail)
+
+    def write(self, data: memoryview | bytes) -> None:
+        """Buffer bytes; a full buffer becomes the next part."""
+        if self._upload_id is None:
+            raise SinkError(f"sink {self.url}: written before start() or recover()")
+        self._buffer += data
+        self.length += len(data)
+        if len(self._buffer) >= self._next_part_size():
+            self._upload_part(self._buffer)
+            self._buffer = bytearray()
+
+    def persist(self) -> dict[str, Any]:
+        """Make everything written so far durable: a part if it can be one, else a stashed tail."""
+        if self._published:
+            return {"length": self.length, "upload_id": self._upload_id, "parts": self._parts, "tail": None}
+        if len(self._buffer) >= MIN_PART_SIZE:
+            self._upload_part(self._buffer)
+            self._buffer = bytearray()
+        handle: dict[str, Any] = {
+            "length": self.length,
+            "upload_id": self._upload_id,
+            "parts": [dict(part) for part in self._parts],
+            "tail": None,
+        }
+        if self._buffer:
+            if self._stash is None:
+                raise SinkError(f"sink {self.url}: an S3 output needs the session store to keep its tail")
+            blob_id, stored = self._stash.put(bytes(self._buffer))
+            handle |= {"tail": blob_id, "blobs": {blob_id: stored}}
+        return handle
+
+    def commit(self) -> None:
+        """Complete the upload with exactly the recorded parts. Idempotent."""
+        if self._published:
+            return
+        tail = bytes(self._buffer)
+        if not self._parts and not tail:
+            # S3 completes no upload without a part: an empty output is one empty PutObject.
+            self._s3("put_object", "write the empty object", Key=self.key, Body=b"")
+            self.discard()
+            self._published = True
+            return
+        if tail:
+            self._upload_part(tail)
+        self._buffer = bytearray()
+        parts = [{"PartNumber": p["n"], "ETag": p["etag"]} for p in self._parts]
+        try:
+            done = self._try(
+                "complete_multipart_upload",
+                "complete the upload",
+                Key=self.key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except SinkError as exc:
+            exc.hint = "if another run of this session was active, stop it and rerun with --fresh"
+            raise
+        if done is None and not self._is_published(b""):  # gone: completed by an earlier attempt?
+            raise SinkError(
+                f"sink {self.url}: the upload disappeared before it completed (aborted by another run?)",
+                hint="rerun with --fresh to write this output again",
+            )
+        self._published = True
+
+    def discard(self, handle: dict[str, Any] | None = None) -> None:
+        """Abort the upload the handle names (or this run's own); a gone upload is fine."""
+        upload_id = (handle or {}).get("upload_id") or self._upload_id
+        if upload_id is None:
+            return
+        self._try("abort_multipart_upload", f"abort upload {upload_id[:16]}...", Key=self.key, UploadId=upload_id)
+
+    def close(self) -> None:
+        """Drop the buffer and the client's connections; safe twice. An unfinished upload stays."""
+        from pipeline.stores.s3 import close_client
+
+        self._buffer = bytearray()
+        with contextlib.suppress(Exception):
+            close_client(self._fs)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _stash_get(self, blob_id: str) -> bytes:
+        if self._stash is None:
+            raise SinkError(f"sink {self.url}: an S3 output needs the session store to reload its tail")
+        return self._stash.get(blob_id)
+
+    def _is_published(self, tail: bytes) -> bool:
+        """Whether the key holds what completing this upload (plus ``tail``) publishes."""
+        head = self._try("head_object", "look at the published object", Key=self.key)
+        if head is None or int(head.get("ContentLength", -1)) != self.length:
+            return False
+        digests = [p["etag"].strip('"') for p in self._parts] + ([hashlib.md5(tail).hexdigest()] if tail else [])
+        if not digests or not all(_MD5.fullmatch(d) for d in digests):
+            return True  # ETags that are not MD5s (SSE-KMS) cannot be predicted: the size has to do
+        expected = hashlib.md5(b"".join(bytes.fromhex(d) for d in digests)).hexdigest() + f"-{len(digests)}"
+        return str(head.get("ETag", "")).strip('"') == expected
+
+
+def _client_error(exc: BaseException) -> BaseException:
+    """The botocore error behind s3fs's translation of it, if there is one."""
+    cause = exc.__cause__
+    return cause if cause is not None and hasattr(cause, "response") else exc
+
+
+def _is_missing(exc: BaseException | None) -> bool:
+    if exc is None:
+        return False
+    error = _client_error(exc)
+    code = str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
+    return code in _MISSING or (not code and isinstance(exc, FileNotFoundError))
