@@ -1,7 +1,9 @@
 """Micro-benchmarks of the hot paths (pytest-benchmark): ``pytest benchmarks/``.
 
-A guest call, page hashing and compression, a checkpoint (full and delta, at 1 MiB and 64 MiB of
-guest memory), a warm restore, and one 1 MiB chunk through the csv-map guest.
+A guest call, a host import call (a guest's ``pl_emit`` reaching Python), page hashing and
+compression, a checkpoint (full and delta, at 1 MiB and 64 MiB of guest memory, in memory; and
+as a run takes it, in the default directory store with its fsyncs), a warm and a cold resume,
+and one 1 MiB chunk through the csv-map guest (output dropped, and written to a file).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from collections.abc import Iterator
 import pytest
 import xxhash
 
-from pipeline.runtime import Guest, GuestModule
-from pipeline.snapshot import PAGE_SIZE, PageWriter, encode_blob, restore
+from pipeline.runtime import EmitHandler, Guest, GuestModule
+from pipeline.session import SessionStore
+from pipeline.snapshot import PAGE_SIZE, Manifest, PageWriter, encode_blob, restore
+from pipeline.stores.directory import DirectoryStore
 from pipeline.stores.memory import MemoryStore
 from pipeline.testing import wat
 from pipeline.testing.data import _row
@@ -43,6 +47,29 @@ def echo() -> Iterator[Guest]:
 
 def test_guest_call(benchmark, echo: Guest) -> None:  # type: ignore[no-untyped-def]
     benchmark(echo.process, 0)
+
+
+# pl_process(n) calls pl_emit n times with 64 bytes: the cost of one host import call.
+EMIT_N = f"""(module {wat._EMIT} {wat._ABI}
+  (func (export "pl_process") (param $n i32) (result i32) (local $i i32)
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+      (drop (call $emit (i32.const 0) (i32.const 65536) (i32.const 64)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $next)))
+    i32.const 0)
+  (func (export "pl_finish") (result i32) i32.const 0))
+"""
+EMITS = 1_000
+
+
+def test_host_import_call(benchmark) -> None:  # type: ignore[no-untyped-def]
+    """One guest call emitting 1,000 times; extra_info has the cost per pl_emit."""
+    module = GuestModule.load(wat.build(EMIT_N), name="emit-n")
+    with Guest(module, stage="emit-n", on_emit=lambda p, v: None) as guest:
+        guest.start(b"{}")
+        benchmark(guest.process, EMITS)
+    benchmark.extra_info["µs per pl_emit"] = round(benchmark.stats.stats.median / EMITS * 1e6, 2)
 
 
 def test_page_hash(benchmark) -> None:  # type: ignore[no-untyped-def]
@@ -78,6 +105,13 @@ def test_checkpoint_full(benchmark, echo: Guest, mib: int) -> None:  # type: ign
     benchmark.extra_info["bytes written per checkpoint"] = written[-1]
 
 
+def _dirty_4_pages(guest: Guest, value: int) -> None:
+    memory = guest.memory_view()
+    for page in (0, 5, 9, 15):
+        memory[page * PAGE_SIZE] = value
+    memory.release()
+
+
 @pytest.mark.parametrize("mib", [1, 64])
 def test_checkpoint_delta_4_dirty_pages(benchmark, echo: Guest, mib: int) -> None:  # type: ignore[no-untyped-def]
     _filled(echo, mib)
@@ -86,11 +120,7 @@ def test_checkpoint_delta_4_dirty_pages(benchmark, echo: Guest, mib: int) -> Non
     counter = iter(range(10**9))
 
     def delta() -> None:
-        memory = echo.memory_view()
-        value = next(counter) & 0xFF
-        for page in (0, 5, 9, 15):
-            memory[page * PAGE_SIZE] = value
-        memory.release()
+        _dirty_4_pages(echo, next(counter) & 0xFF)
         writer.capture(echo, "echo")
 
     before = writer.bytes_written
@@ -114,15 +144,49 @@ def test_warm_resume(benchmark) -> None:  # type: ignore[no-untyped-def]
     benchmark(resume)
 
 
-def test_csv_map_chunk_1mib(benchmark) -> None:  # type: ignore[no-untyped-def]
-    chunk = _csv_bytes(MiB)
+def _csv_map(on_emit: EmitHandler) -> Guest:
     config = {"select": ["id", "name", "amount", "city"], "rename": {"name": "customer"}, "upper": ["customer"]}
     config["filter"] = {"column": "amount", "op": ">", "value": 100}
-    module = GuestModule.load("builtin:csv-map")
-    with Guest(module, stage="csv-map", on_emit=lambda p, v: None) as guest:
-        guest.start(json.dumps(config).encode())
+    guest = Guest(GuestModule.load("builtin:csv-map"), stage="csv-map", on_emit=on_emit)
+    guest.start(json.dumps(config).encode())
+    return guest
+
+
+def test_csv_map_chunk_1mib(benchmark) -> None:  # type: ignore[no-untyped-def]
+    chunk = _csv_bytes(MiB)
+    with _csv_map(lambda p, v: None) as guest:
         benchmark(guest.feed, chunk)
     benchmark.extra_info["MB/s"] = MiB / 1e6 / benchmark.stats.stats.mean
+
+
+def test_csv_map_chunk_1mib_to_file(benchmark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A chunk through the stage with its output written to a file, as the main sink does."""
+    chunk = _csv_bytes(MiB)
+    with open(tmp_path / "out.csv", "wb") as out, _csv_map(lambda p, v: out.write(v)) as guest:
+        benchmark(guest.feed, chunk)
+    benchmark.extra_info["MB/s"] = MiB / 1e6 / benchmark.stats.stats.mean
+
+
+def test_checkpoint_directory_store(benchmark, echo: Guest, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A checkpoint as a run takes it in the default store, sinks aside: 4 dirty pages put (each
+    fsynced), the manifest CAS and its kept copy, the blobs no kept manifest needs deleted."""
+    _filled(echo, 1)
+    store = DirectoryStore(str(tmp_path / "store"))
+    session = SessionStore(store, "bench")
+    pages = PageWriter(store, session.pages_prefix)
+    manifest = Manifest(session="bench", seq=0, lease_epoch=1, spec_sha256="-", state="running", source={})
+    counter = iter(range(10**9))
+
+    def checkpoint() -> None:
+        _dirty_4_pages(echo, next(counter) & 0xFF)
+        manifest.stages = [pages.capture(echo, "echo")]
+        manifest.seq += 1
+        session.commit(manifest)
+        session.release(manifest)
+        pages.retain(session.referenced())
+
+    benchmark(checkpoint)
+    store.close()
 
 
 def test_cold_resume_new_process(benchmark, tmp_path) -> None:  # type: ignore[no-untyped-def]
