@@ -42,6 +42,7 @@ class FileSink:
         self.part = self.path.with_name(f".{self.path.name}~{session}.part")
         self.lock_path = self.path.with_name(f".{self.path.name}~{session}.lock")
         self.length = 0
+        self._durable = 0  # bytes known to be on disk: persist() skips an fsync with nothing new
         self._lock_fd: int | None = None
         self._file: BinaryIO | None = None
 
@@ -87,7 +88,7 @@ class FileSink:
     def start(self) -> None:
         """Begin a fresh session: an empty in-progress file."""
         self._file = self._open_part(truncate=True)
-        self.length = 0
+        self.length = self._durable = 0
 
     def recover(self, handle: dict[str, Any]) -> None:
         """Resume from a checkpoint's handle: drop every byte written after it."""
@@ -108,7 +109,7 @@ class FileSink:
         file.truncate(length)
         file.seek(length)
         self._file = file
-        self.length = length
+        self.length = self._durable = length
 
     def write(self, data: memoryview | bytes) -> None:
         """Append bytes (a view of guest memory is written without copying it first)."""
@@ -122,12 +123,13 @@ class FileSink:
 
     def persist(self) -> dict[str, Any]:
         """Make everything written so far durable and return the handle to resume from."""
-        if self._file is not None:
+        if self._file is not None and self._durable != self.length:
             try:
                 self._file.flush()
                 os.fsync(self._file.fileno())
             except OSError as exc:
                 raise SinkError(f"sink {self.url}: cannot persist: {exc.strerror}") from exc
+            self._durable = self.length
         return {"length": self.length}
 
     def commit(self) -> None:

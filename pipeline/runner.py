@@ -138,7 +138,7 @@ class _Run:
             else:
                 self._start_fresh(source)
             self.state.sweep()
-            if self.manifest is not None and self.manifest.state == "running":
+            if self.manifest is not None and self.manifest.state in ("starting", "running"):
                 self._stream(source)
                 for guest in self.guests:
                     guest.finish()
@@ -324,7 +324,8 @@ class _Run:
                 reason = guest.failure if isinstance(exc, GuestError) and guest.failure else exc.message
                 label = self.job.stages[index].label
                 raise SpecError(f"{self.job.path}: stages[{index}].config ({label}): {reason}") from exc
-        self._checkpoint("running", counted=False)
+        # No checkpoint here: one at offset 0 would resume exactly as a fresh start does (from the
+        # "starting" head), and skipping it saves a small file most of its store writes.
 
     def _old_head(self) -> Manifest | None:
         """The head a fresh start replaces (for its epoch and outputs), if it can be read."""

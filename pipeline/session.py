@@ -120,7 +120,7 @@ class SessionStore:
                 f"session {self.session!r} is held by another run (its checkpoint moved underneath this one)",
                 hint="only one run per session may proceed; this run stopped without publishing",
             ) from None
-        if manifest.state != "complete":  # nothing resumes from a complete session
+        if manifest.state in ("running", "finished"):  # a "starting" or "complete" head resumes nothing
             self.store.put(self._history_key(manifest.seq), data)
 
     def release(self, manifest: Manifest) -> None:

@@ -24,7 +24,7 @@ import json
 import struct
 import threading
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import xxhash
@@ -99,8 +99,11 @@ class StageState:
     """Stored (compressed) size of each distinct blob in ``pages``."""
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Shallow, by hand: dataclasses.asdict deep-copies every page entry, which showed up as
+        # the largest pure-Python cost of a small-file session.
+        data = _shallow(self)
         data["pages"] = {str(index): blob for index, blob in sorted(self.pages.items())}
+        data["globals"] = [_shallow(g) for g in self.globals]
         return data
 
     @classmethod
@@ -150,7 +153,7 @@ class Manifest:
         return sum(self.blob_sizes().values())
 
     def to_bytes(self) -> bytes:
-        data = asdict(self)
+        data = _shallow(self)
         data["stages"] = [stage.to_json() for stage in self.stages]
         return encode_blob(json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
 
@@ -165,6 +168,11 @@ class Manifest:
             return cls(**data)
         except (ValueError, KeyError, TypeError) as exc:
             raise SnapshotCorrupt(f"{key}: manifest is not valid: {exc}") from exc
+
+
+def _shallow(instance: Any) -> dict[str, Any]:
+    """A dataclass's fields as a dict, without copying their values."""
+    return {f.name: getattr(instance, f.name) for f in fields(instance)}
 
 
 def blob_key(prefix: str, blob_id: str) -> str:

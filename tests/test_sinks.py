@@ -321,7 +321,7 @@ def test_s3_glob_batch_killed_twice_reruns_to_golden_outputs_without_reprocessin
     golden_job = batch_job(tmp_path / "golden", "golden")
     assert run_cli("run", str(golden_job), "--parallel", "2").returncode == 0
     job = batch_job(tmp_path / "run", "out")
-    for kill_at in ("manifest-committed:12", "manifest-committed:9"):
+    for kill_at in ("published:2", "published:2"):  # each run dies after publishing its 2nd file
         killed = run_cli("run", str(job), "--parallel", "2", env={KILL_ENV: kill_at})
         assert killed.returncode == -signal.SIGKILL, killed.stderr
     status = run_cli("status", str(job))
