@@ -404,6 +404,31 @@ def test_parquet_publish_killed_midway_converts_again(orders: Path, tmp_path: Pa
     assert (tmp_path / "killed" / "o.parquet").read_bytes() == (tmp_path / "straight" / "o.parquet").read_bytes()
 
 
+@pytest.mark.s3
+def test_parquet_output_on_s3_resumes_and_reads_back(
+    orders: Path, golden: dict[str, bytes], bucket: Bucket, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    job = write_job(
+        tmp_path,
+        source=str(orders),
+        sink=bucket.output("lake/mapped.parquet", format="parquet"),
+        rejects=bucket.output("lake/rejects.csv"),
+    )
+    with pytest.raises(Interrupt):
+        run_session(load_job(job), on_progress=interrupt_at(4 * MiB))
+    assert run_session(load_job(job)).resumed_from
+    table = pq.read_table(io.BytesIO(bucket.read("lake/mapped.parquet")))
+    expected = _mapped_rows(golden["mapped.csv"])
+    assert table.column("customer").to_pylist() == [row["customer"] for row in expected]
+    assert table.column("id").to_pylist() == [int(row["id"]) for row in expected]  # inferred int64
+    assert bucket.read("lake/rejects.csv") == golden["rejects.csv"]
+    keys = bucket.client.list_objects_v2(Bucket=S3_TEST_BUCKET, Prefix=f"{bucket.prefix}/lake/")["Contents"]
+    assert sorted(k["Key"].rsplit("/", 1)[-1] for k in keys) == ["mapped.parquet", "rejects.csv"]  # staging gone
+    assert bucket.uploads() == []
+
+
 def test_parquet_row_that_does_not_fit_its_type_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "in.csv").write_text("id,amount,name,city\n1,200,a,x\n2,oops,b,y\n")
     job = write_job(
