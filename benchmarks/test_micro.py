@@ -3,7 +3,8 @@
 A guest call, a host import call (a guest's ``pl_emit`` reaching Python), page hashing and
 compression, a checkpoint (full and delta, at 1 MiB and 64 MiB of guest memory, in memory; and
 as a run takes it, in the default directory store with its fsyncs), a warm and a cold resume,
-and one 1 MiB chunk through the csv-map guest (output dropped, and written to a file).
+one 1 MiB chunk through the csv-map guest (output dropped, and written to a file), and one through
+jsonl-map (filter and projection).
 """
 
 from __future__ import annotations
@@ -187,6 +188,38 @@ def test_checkpoint_directory_store(benchmark, echo: Guest, tmp_path) -> None:  
 
     benchmark(checkpoint)
     store.close()
+
+
+def _jsonl_bytes(size: int) -> bytes:
+    import random
+
+    rng = random.Random(1)
+    lines = []
+    total = 0
+    while total < size:
+        kind = rng.choice(["signup", "refund", "purchase", "view"])
+        event = {
+            "id": len(lines) + 1,
+            "type": kind,
+            "ts": f"2026-03-{rng.randint(1, 28):02d}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00Z",
+            "user": {"id": rng.randint(1, 500), "city": rng.choice(["Berlin", "São Paulo", "Zürich"]), "plan": "pro"},
+            "amount": None if kind == "signup" else round(rng.uniform(1, 500), 2),
+            "tags": rng.choice([[], ["web"], ["app", "promo"]]),
+        }
+        lines.append(json.dumps(event, ensure_ascii=False).encode() + b"\n")
+        total += len(lines[-1])
+    return b"".join(lines)[:size]
+
+
+def test_jsonl_map_chunk_1mib(benchmark) -> None:  # type: ignore[no-untyped-def]
+    """One 1 MiB chunk through jsonl-map with a filter and a projection."""
+    chunk = _jsonl_bytes(MiB)
+    config = {"filter": {"field": "amount", "op": ">=", "value": 100}, "select": ["id", "ts", "user.id", "amount"]}
+    module = GuestModule.load("builtin:jsonl-map")
+    with Guest(module, stage="jsonl-map", on_emit=lambda p, v: None) as guest:
+        guest.start(json.dumps(config).encode())
+        benchmark(guest.feed, chunk)
+    benchmark.extra_info["MB/s"] = MiB / 1e6 / benchmark.stats.stats.mean
 
 
 def test_cold_resume_new_process(benchmark, tmp_path) -> None:  # type: ignore[no-untyped-def]

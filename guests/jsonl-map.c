@@ -269,8 +269,10 @@ static int pl_guest_init(const uint8_t *config, size_t len) {
 
 /* True if the JSON string text `s` (quotes included) decodes to the n bytes at want. */
 static bool string_is(span s, const void *want, size_t n) {
-    if ((size_t)(s.end - s.p) == n + 2 && memcmp(s.p + 1, want, n) == 0) return true;
-    if (!memchr(s.p, '\\', (size_t)(s.end - s.p))) return false;
+    /* Text with an escape is longer than the bytes it decodes to: only a longer one needs decoding. */
+    const size_t raw = (size_t)(s.end - s.p) - 2;
+    if (raw <= n) return raw == n && memcmp(s.p + 1, want, n) == 0;
+    if (!pl_memchr(s.p + 1, '\\', raw)) return false;
     pl_json j;
     pl_str d;
     pl_json_init(&j, s.p, (size_t)(s.end - s.p));
@@ -360,7 +362,7 @@ static int compare(const cond *c, span v) {
         if (first != '"') return -2;
         pl_str s = {(char *)v.p + 1, (size_t)(v.end - v.p) - 2};
         pl_str decoded = {0};
-        if (memchr(s.ptr, '\\', s.len)) {
+        if (pl_memchr(s.ptr, '\\', s.len)) {
             pl_json j;
             pl_json_init(&j, v.p, (size_t)(v.end - v.p));
             if (pl_json_string(&j, &decoded)) return -2;

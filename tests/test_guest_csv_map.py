@@ -389,8 +389,10 @@ def test_output_is_emitted_in_large_blocks() -> None:
         guest.start(b"{}")
         guest.feed(b"a,b\n")
         for _ in range(8):
+            before = len(emits)
             guest.feed(b"12345,abcdefghij\n" * 60_000)
-        assert all(size >= 64 << 10 for _, size in emits)  # only full buffers before the end
+            # Within a call only full buffers; what is left goes out once, when the call returns.
+            assert all(size >= 64 << 10 for _, size in emits[before:-1])
         guest.finish()
     assert sum(size for _, size in emits) == 4 + 8 * 17 * 60_000
     assert {port for port, _ in emits} == {0}
