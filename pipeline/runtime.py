@@ -404,8 +404,9 @@ class Guest:
 
     def _near_memory_limit(self) -> bool:
         # The limiter makes memory.grow return -1 without saying so; a failure with memory at
-        # (nearly) its cap is the observable sign.
-        return self._memory.data_len(self._store) + 16 * WASM_PAGE >= self.limits.memory
+        # (nearly) its cap is the observable sign. A failed instantiation has no memory yet.
+        memory = getattr(self, "_memory", None)
+        return memory is not None and memory.data_len(self._store) + 16 * WASM_PAGE >= self.limits.memory
 
     def _translate(self, exc: Exception, during: str) -> GuestError:
         where = f"{self._where()} ({during})"

@@ -30,6 +30,7 @@ from pipeline.errors import (
     GuestABIError,
     GuestError,
     GuestMemoryLimit,
+    GuestTrap,
     PipelineError,
     ResumeMismatch,
     SourceError,
@@ -236,6 +237,13 @@ def test_guest_with_a_start_function_instantiates() -> None:
         guest.start(b"{}")
         guest.feed(b"abc")
     assert out == [b"abc"]
+
+
+def test_start_function_that_traps_is_a_guest_trap_naming_instantiation() -> None:
+    trapping = WITH_START.replace("(func $init (global.set $ready (i32.const 1)))", "(func $init unreachable)")
+    module = GuestModule.load(wat.build(trapping), name="start.wasm")
+    with pytest.raises(GuestTrap, match=r"stage 1 \(start\.wasm\) at input byte 0 \(instantiating\): trapped"):
+        Guest(module, stage="stage 1 (start.wasm)", on_emit=lambda p, v: None)
 
 
 def test_mutable_v128_global_is_a_one_line_error_not_a_process_abort(tmp_path: Path) -> None:
