@@ -239,7 +239,11 @@ class ChildFailed(Exception):
 
 
 def run_child(tool: Tool, threads: int | None, source: Path, out: Path) -> tuple[dict[str, object], int]:
-    """Run ``tool`` once in a child process; return its ``result.json`` and its peak RSS in bytes."""
+    """Run ``tool`` once in a child process; return its ``result.json`` and its peak RSS in bytes.
+
+    The peak is the child's own ``VmHWM``; ``ru_maxrss`` from ``wait4`` (which also counts this
+    process's RSS at fork) only where there is no ``/proc``.
+    """
     # The child imports the pipeline this process runs, whatever its working directory holds.
     home = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [home, os.environ.get("PYTHONPATH")])))
@@ -249,13 +253,13 @@ def run_child(tool: Tool, threads: int | None, source: Path, out: Path) -> tuple
     log_path = out / "log.txt"
     with open(log_path, "wb") as log_file:
         child = subprocess.Popen([*command, str(out)], stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=out)
-        # wait4 rather than Popen.wait: it hands back this child's own resource usage.
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         lines = log_path.read_text(errors="replace").strip().splitlines()
         raise ChildFailed(lines[-1] if lines else f"exit status {child.returncode}")
-    return json.loads((out / "result.json").read_text()), usage.ru_maxrss * 1024  # Linux: KiB
+    result = json.loads((out / "result.json").read_text())
+    return result, result.get("peak_rss") or usage.ru_maxrss * 1024  # Linux: KiB
 
 
 # -- comparing outputs -----------------------------------------------------------------------
