@@ -42,7 +42,8 @@ class FileSink:
         self.part = self.path.with_name(f".{self.path.name}~{session}.part")
         self.lock_path = self.path.with_name(f".{self.path.name}~{session}.lock")
         self.length = 0
-        self._durable = 0  # bytes known to be on disk: persist() skips an fsync with nothing new
+        self._durable = 0  # bytes known to be on disk
+        self._flushed = 0  # bytes handed to the OS by the last flush()
         self._lock_fd: int | None = None
         self._file: BinaryIO | None = None
 
@@ -88,7 +89,7 @@ class FileSink:
     def start(self) -> None:
         """Begin a fresh session: an empty in-progress file."""
         self._file = self._open_part(truncate=True)
-        self.length = self._durable = 0
+        self.length = self._durable = self._flushed = 0
 
     def recover(self, handle: dict[str, Any]) -> None:
         """Resume from a checkpoint's handle: drop every byte written after it."""
@@ -109,7 +110,7 @@ class FileSink:
         file.truncate(length)
         file.seek(length)
         self._file = file
-        self.length = self._durable = length
+        self.length = self._durable = self._flushed = length
 
     def write(self, data: memoryview | bytes) -> None:
         """Append bytes (a view of guest memory is written without copying it first)."""
@@ -123,14 +124,30 @@ class FileSink:
 
     def persist(self) -> dict[str, Any]:
         """Make everything written so far durable and return the handle to resume from."""
-        if self._file is not None and self._durable != self.length:
+        handle = self.flush()
+        self.sync()
+        return handle
+
+    def flush(self) -> dict[str, Any]:
+        """Hand every written byte to the OS; return the handle :meth:`sync` makes durable."""
+        if self._file is not None:
             try:
                 self._file.flush()
-                os.fsync(self._file.fileno())
             except OSError as exc:
                 raise SinkError(f"sink {self.url}: cannot persist: {exc.strerror}") from exc
-            self._durable = self.length
+        self._flushed = self.length
         return {"length": self.length}
+
+    def sync(self) -> None:
+        """Fsync the bytes the last :meth:`flush` handed on (safe while writes go on)."""
+        flushed = self._flushed
+        if self._file is None or self._durable == flushed:
+            return  # nothing new since the last sync: skip an fsync (small files do it often)
+        try:
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise SinkError(f"sink {self.url}: cannot persist: {exc.strerror}") from exc
+        self._durable = flushed
 
     def commit(self) -> None:
         """Publish: atomically rename the in-progress file onto the target. Idempotent."""

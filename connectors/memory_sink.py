@@ -76,6 +76,11 @@ class MemorySink:
         """The handle to resume from (memory needs no flushing)."""
         return {"length": self.length}
 
+    flush = persist
+
+    def sync(self) -> None:
+        """Nothing to make durable in memory."""
+
     def commit(self) -> None:
         """Publish: move the in-progress object onto the target. Idempotent."""
         if self._file is None:

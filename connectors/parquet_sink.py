@@ -82,6 +82,14 @@ class ParquetSink:
         """Persist the staged rows; the handle is the staging sink's."""
         return self._rows.persist()
 
+    def flush(self) -> dict[str, Any]:
+        """The staging sink's flush."""
+        return self._rows.flush()
+
+    def sync(self) -> None:
+        """The staging sink's sync."""
+        self._rows.sync()
+
     def commit(self) -> None:
         """Publish the staged rows, convert them into the target, remove them. Idempotent."""
         if self._published:

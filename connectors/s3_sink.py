@@ -176,6 +176,11 @@ class S3Sink:
             handle |= {"tail": blob_id, "blobs": {blob_id: stored}}
         return handle
 
+    flush = persist  # the upload or the stash is the durable step: nothing left for sync()
+
+    def sync(self) -> None:
+        """Nothing to do: :meth:`persist` (as :meth:`flush`) already made the bytes durable."""
+
     def commit(self) -> None:
         """Complete the upload with exactly the recorded parts. Idempotent."""
         if self._published:

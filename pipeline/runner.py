@@ -11,15 +11,20 @@ from the last stage, to the main sink; any other port goes to the job output its
 A checkpoint is taken between chunks, when no guest call is active, in the commit order of
 DESIGN §4: sinks persist -> page blobs written -> manifest compare-and-swap -> blobs the new
 manifest no longer references released. A crash anywhere leaves the previous manifest valid,
-and the sinks' handles in it say how much output belongs to it.
+and the sinks' handles in it say how much output belongs to it. Only the scan of guest memory
+stops the guests; the durable steps run on a checkpoint thread while the next chunks are
+processed (Flink's asynchronous snapshot phase), one checkpoint in flight at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +116,8 @@ class _Run:
         self.offset = 0
         self.checkpoints = 0
         self.faults = FaultPoints()
+        self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline-checkpoint")
+        self._inflight: Future[None] | None = None
 
     def _load_module(self, index: int) -> GuestModule:
         stage = self.job.stages[index]
@@ -377,24 +384,51 @@ class _Run:
 
     # -- checkpoints ----------------------------------------------------------------------
     def _checkpoint(self, state: str, *, counted: bool = True) -> None:
-        """Commit a manifest: sinks persist -> page blobs -> manifest CAS -> release old blobs."""
+        """Commit a manifest: sinks persist -> page blobs -> manifest CAS -> release old blobs.
+
+        What needs the guests and sinks to stand still runs here: sinks flush, pages are hashed
+        and the new ones copied. The durable part (fsyncs, blob writes, the CAS, the release)
+        of a ``running`` checkpoint runs on the checkpoint thread while the guests go on; a
+        ``finished`` or ``complete`` one runs here. At most one is in flight: each checkpoint
+        first waits for the one before, and raises its error.
+        """
+        self._await_checkpoint()
         manifest = self.manifest
         assert manifest is not None
         sinks = [
-            {"name": name, "url": sink.url, "format": self.outputs[name].format, "handle": sink.persist()}
+            {"name": name, "url": sink.url, "format": self.outputs[name].format, "handle": sink.flush()}
             for name, sink in self.sinks.items()
         ]
-        self.faults.reached("sinks-persisted")
+        new_pages: dict[str, bytes] = {}
         if state == "running":
-            manifest.stages = [self.pages.capture(guest, guest.stage) for guest in self.guests]
+            manifest.stages = []
+            for guest in self.guests:
+                stage, new = self.pages.scan(guest, guest.stage)
+                manifest.stages.append(stage)
+                new_pages |= new
         elif state == "complete":
             manifest.stages = []  # nothing left to resume; the pages can go
-        self.faults.reached("blobs-written")
         manifest.state = state
         manifest.seq += 1
         manifest.sinks = sinks
         manifest.source["offset"] = self.offset
         manifest.stats.update(self._stats(), checkpoints=manifest.stats.get("checkpoints", 0) + counted)
+        # The checkpoint thread gets its own copy: this thread changes the manifest next time.
+        frozen = dataclasses.replace(
+            manifest, source=dict(manifest.source), stats=dict(manifest.stats), stages=list(manifest.stages)
+        )
+        if state == "running":
+            self._inflight = self._checkpointer.submit(self._commit, frozen, new_pages, counted)
+        else:
+            self._commit(frozen, new_pages, counted)
+
+    def _commit(self, manifest: Manifest, new_pages: dict[str, bytes], counted: bool) -> None:
+        """The durable half of a checkpoint, in DESIGN §4's order."""
+        for sink in self.sinks.values():
+            sink.sync()
+        self.faults.reached("sinks-persisted")
+        self.pages.write(new_pages, manifest.stages)
+        self.faults.reached("blobs-written")
         manifest.stats["stored_bytes"] = manifest.stored_bytes()
         self.state.commit(manifest)
         self.faults.reached("manifest-committed")
@@ -402,6 +436,12 @@ class _Run:
         self.state.release(manifest)
         self.pages.retain(self.state.referenced())
         self.faults.reached("released")
+
+    def _await_checkpoint(self) -> None:
+        """Wait for the checkpoint in flight, if any; its error is this run's."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            inflight.result()
 
     def _stats(self) -> dict[str, Any]:
         counters = [c for c in (g.counters() for g in self.guests) if c is not None]
@@ -442,6 +482,11 @@ class _Run:
         self.guests = []
 
     def _close(self) -> None:
+        # Only reached with a checkpoint in flight when the run is already failing: that error
+        # wins, and the checkpoint may land or not, as if the crash had come a moment later.
+        with contextlib.suppress(Exception):
+            self._await_checkpoint()
+        self._checkpointer.shutdown(wait=True)
         for sink in self.sinks.values():
             sink.close()
         self._close_guests()

@@ -203,10 +203,19 @@ class PageWriter:
         self.blobs_written = 0
 
     def capture(self, guest: Guest, name: str) -> StageState:
-        """Snapshot one stage: hash every page, store the ones not already held."""
+        """Snapshot one stage and store the pages the store does not hold yet."""
+        state, new = self.scan(guest, name)
+        self.write(new, [state])
+        return state
+
+    def scan(self, guest: Guest, name: str) -> tuple[StageState, dict[str, bytes]]:
+        """The first half of :meth:`capture`: hash every page; return the stage's state and copies
+        of the pages the store does not hold yet, for :meth:`write` — which may run on another
+        thread while the guest goes on. Scan again only after that write returned."""
         memory = guest.memory_view()
         skipped = _skipped_pages(guest)
         pages: dict[int, str] = {}
+        new: dict[str, bytes] = {}
         try:
             for index in range(len(memory) // PAGE_SIZE):
                 if index in skipped:
@@ -215,19 +224,28 @@ class PageWriter:
                 blob_id = xxhash.xxh3_128_hexdigest(page)
                 if blob_id == _ZERO_PAGE_ID:
                     continue
-                self._store(blob_id, page)
+                if blob_id not in self.known and blob_id not in new:
+                    new[blob_id] = bytes(page)
                 pages[index] = blob_id
         finally:
             memory.release()
-        return StageState(
+        state = StageState(
             name=name,
             module_sha256=guest.module.sha256,
             memory_pages=guest.memory_pages(),
             pages=pages,
             globals=guest.read_globals(),
             bytes_in=guest.bytes_in,
-            blob_sizes={blob_id: self.known[blob_id] for blob_id in set(pages.values())},
+            blob_sizes={blob_id: self.known[blob_id] for blob_id in set(pages.values()) if blob_id in self.known},
         )
+        return state, new
+
+    def write(self, new: dict[str, bytes], stages: list[StageState]) -> None:
+        """Compress and store the pages :meth:`capture` found new; record their sizes in ``stages``."""
+        for blob_id, page in new.items():
+            self._store(blob_id, page)
+        for stage in stages:
+            stage.blob_sizes |= {blob: self.known[blob] for blob in stage.pages.values() if blob in new}
 
     def _store(self, blob_id: str, data: bytes | memoryview) -> None:
         if blob_id not in self.known:
