@@ -31,9 +31,12 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+import s3fs  # the s3 extra; this module is imported only for s3:// outputs
+
 from pipeline.connectors.base import Stash
 from pipeline.errors import SinkError
 from pipeline.spec import MIN_PART_SIZE, OutputSpec
+from pipeline.stores.s3 import close_client, describe
 
 MAX_PARTS = 10_000
 _PARTS_PER_SIZE = 2_000
@@ -45,8 +48,6 @@ class S3Sink:
     """An exactly-once S3 object sink (multipart upload with a stashed tail)."""
 
     def __init__(self, spec: OutputSpec, session: str, *, stash: Stash | None) -> None:
-        import s3fs  # the s3 extra
-
         self.url = spec.url
         self.session = session
         parts = urlsplit(spec.url)
@@ -69,8 +70,6 @@ class S3Sink:
         try:
             response: dict[str, Any] = self._fs.call_s3(method, Bucket=self.bucket, **kwargs)
         except Exception as exc:  # botocore, aiohttp, credentials: translate at this boundary
-            from pipeline.stores.s3 import describe
-
             raise SinkError(f"sink {self.url}: cannot {doing}: {describe(_client_error(exc))}") from exc
         return response
 
@@ -124,10 +123,8 @@ class S3Sink:
         self._parts = [dict(part) for part in handle["parts"]]
         self.length = int(handle["length"])
         tail = self._stash_get(handle["tail"]) if handle.get("tail") else b""
-        listing = self._try(
-            "list_parts", "list the parts of the upload", Key=self.key, UploadId=self._upload_id, MaxParts=MAX_PARTS
-        )
-        if listing is None:
+        uploaded = self._uploaded_parts()
+        if uploaded is None:
             if self._is_published(tail):
                 self._published = True
                 return
@@ -136,7 +133,6 @@ class S3Sink:
                 "the one it would have published (aborted, or expired by a bucket lifecycle rule)",
                 hint="rerun with --fresh to write this output again",
             )
-        uploaded = {part["PartNumber"]: part["ETag"] for part in listing.get("Parts", ())}
         for part in self._parts:
             if uploaded.get(part["n"]) != part["etag"]:
                 raise SinkError(
@@ -223,13 +219,31 @@ class S3Sink:
 
     def close(self) -> None:
         """Drop the buffer and the client's connections; safe twice. An unfinished upload stays."""
-        from pipeline.stores.s3 import close_client
-
         self._buffer = bytearray()
         with contextlib.suppress(Exception):
             close_client(self._fs)
 
     # -- helpers ------------------------------------------------------------------------------
+    def _uploaded_parts(self) -> dict[int, str] | None:
+        """Part number -> ETag of every part the upload holds; None if the upload is gone."""
+        uploaded: dict[int, str] = {}
+        marker = 0
+        for _ in range(MAX_PARTS // 1000 + 1):  # S3 lists at most 1,000 parts a page
+            page = self._try(
+                "list_parts",
+                "list the parts of the upload",
+                Key=self.key,
+                UploadId=self._upload_id,
+                PartNumberMarker=marker,
+            )
+            if page is None:
+                return None
+            uploaded |= {part["PartNumber"]: part["ETag"] for part in page.get("Parts", ())}
+            if not page.get("IsTruncated"):
+                break
+            marker = int(page["NextPartNumberMarker"])
+        return uploaded
+
     def _stash_get(self, blob_id: str) -> bytes:
         if self._stash is None:
             raise SinkError(f"sink {self.url}: an S3 output needs the session store to reload its tail")
