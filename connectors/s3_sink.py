@@ -19,8 +19,9 @@ Fencing: the session lease (a compare-and-swap on the manifest) stops a run that
 next checkpoint, before it can complete the upload; a stale run that still uploads a part
 under a number the new run recorded changes that part's ETag, which the new run detects at
 recovery or when completing (S3 refuses a completion whose ETags do not match) and reports
-instead of publishing a mix. Memory: one part-sized buffer; the part size doubles every 2,000
-parts so an upload of 10,000 parts can reach S3's 5 TiB object limit.
+instead of publishing a mix. Parts upload on a thread of their own while the next one fills;
+memory: two part-sized buffers (the part size doubles every 2,000 parts so an upload of 10,000
+parts can reach S3's 5 TiB object limit).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -60,7 +62,10 @@ class S3Sink:
         # Our own client (not fsspec's shared instance), so closing it breaks nobody else's.
         self._fs = s3fs.S3FileSystem(skip_instance_cache=True, **spec.options)
         self._upload_id: str | None = None
-        self._parts: list[dict[str, Any]] = []  # [{"n", "etag", "size"}] in order
+        self._parts: list[dict[str, Any]] = []  # [{"n", "etag", "size"}] in order, uploaded
+        # One part uploads while the next fills: the run does not wait on S3 between checkpoints.
+        self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline-s3-part")
+        self._in_flight: Future[dict[str, Any]] | None = None
         self._buffer = bytearray()
         self._published = False
 
@@ -83,22 +88,27 @@ class S3Sink:
             raise
 
     def _upload_part(self, data: bytes | bytearray) -> None:
+        """Send ``data`` as the next part, on the uploader thread, once the part before it is up."""
+        self._drain()
         number = len(self._parts) + 1
         if number > MAX_PARTS:
             raise SinkError(
                 f"sink {self.url}: the output outgrew S3's {MAX_PARTS:,} parts",
                 hint="raise part_size on this output",
             )
-        body = bytes(data)
+        self._in_flight = self._uploader.submit(self._send_part, number, bytes(data))
+
+    def _send_part(self, number: int, body: bytes) -> dict[str, Any]:
         response = self._s3(
-            "upload_part",
-            f"upload part {number}",
-            Key=self.key,
-            UploadId=self._upload_id,
-            PartNumber=number,
-            Body=body,
+            "upload_part", f"upload part {number}", Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=body
         )
-        self._parts.append({"n": number, "etag": response["ETag"], "size": len(body)})
+        return {"n": number, "etag": response["ETag"], "size": len(body)}
+
+    def _drain(self) -> None:
+        """Wait for the part in flight and record it; its upload error is raised here."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            self._parts.append(in_flight.result())
 
     def _next_part_size(self) -> int:
         return self.part_size << min(len(self._parts) // _PARTS_PER_SIZE, 4)
@@ -159,6 +169,7 @@ class S3Sink:
         if len(self._buffer) >= MIN_PART_SIZE:
             self._upload_part(self._buffer)
             self._buffer = bytearray()
+        self._drain()
         handle: dict[str, Any] = {
             "length": self.length,
             "upload_id": self._upload_id,
@@ -181,6 +192,7 @@ class S3Sink:
         """Complete the upload with exactly the recorded parts. Idempotent."""
         if self._published:
             return
+        self._drain()
         tail = bytes(self._buffer)
         if not self._parts and not tail:
             # S3 completes no upload without a part: an empty output is one empty PutObject.
@@ -190,6 +202,7 @@ class S3Sink:
             return
         if tail:
             self._upload_part(tail)
+            self._drain()
         self._buffer = bytearray()
         parts = [{"PartNumber": p["n"], "ETag": p["etag"]} for p in self._parts]
         try:
@@ -220,6 +233,9 @@ class S3Sink:
     def close(self) -> None:
         """Drop the buffer and the client's connections; safe twice. An unfinished upload stays."""
         self._buffer = bytearray()
+        with contextlib.suppress(Exception):  # a failing run's part in flight: its error is moot
+            self._drain()
+        self._uploader.shutdown(wait=True)
         with contextlib.suppress(Exception):
             close_client(self._fs)
 
