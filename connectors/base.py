@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from pipeline.errors import SpecError
 from pipeline.spec import OutputSpec
@@ -71,7 +70,7 @@ def open_sink(spec: OutputSpec, session: str, *, stash: Stash | None = None) -> 
         from pipeline.connectors.parquet_sink import ParquetSink
 
         return ParquetSink(spec, session, stash=stash)
-    scheme = urlsplit(spec.url).scheme if "://" in spec.url else "file"
+    scheme = spec.scheme
     if scheme == "file":
         from pipeline.connectors.file_sink import FileSink
 

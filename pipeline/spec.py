@@ -97,7 +97,7 @@ class OutputSpec:
 
     @property
     def scheme(self) -> str:
-        return self.url.split("://", 1)[0] if "://" in self.url else "file"
+        return url_scheme(self.url)
 
     def for_url(self, url: str) -> OutputSpec:
         """The same output written to another URL (a batch job's per-file output)."""
@@ -220,7 +220,7 @@ class _Checker:
     def output_url(self, value: Any, where: str) -> str:
         """An output location: a local path, or a URL of a scheme some sink writes."""
         text = self.string(value, where)
-        scheme = text.split("://", 1)[0] if "://" in text else "file"
+        scheme = url_scheme(text)
         if scheme not in SINK_SCHEMES:
             supported = "local paths, " + ", ".join(f"{s}://" for s in SINK_SCHEMES if s != "file")
             raise self.fail(where, f"no sink writes {scheme}:// URLs (supported: {supported})")
@@ -324,6 +324,11 @@ def parse_job(document: Any, path: Path) -> JobSpec:
     )
 
 
+def url_scheme(url: str) -> str:
+    """``s3`` for ``s3://b/k``; ``file`` for a plain path."""
+    return url.split("://", 1)[0] if "://" in url else "file"
+
+
 def render_output(template: str, source_url: str) -> str:
     """An output URL for one source file: ``{stem}`` and ``{name}`` filled in."""
     name = source_url.rstrip("/").rsplit("/", 1)[-1]
@@ -351,7 +356,7 @@ def _parse_output(check: _Checker, doc: Any, where: str) -> OutputSpec:
         optional={"format", "options", "schema", "row_group_size", "compression", "part_size"},
     )
     url = check.output_url(doc["url"], f"{where}.url")
-    scheme = url.split("://", 1)[0] if "://" in url else "file"
+    scheme = url_scheme(url)
     out_format = check.choice(doc.get("format", "raw"), f"{where}.format", SINK_FORMATS)
     options = doc.get("options", {})
     if not isinstance(options, dict):
