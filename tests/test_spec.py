@@ -64,6 +64,24 @@ def test_spec_hash_ignores_checkpoint_interval_but_not_config(tmp_path: Path) ->
         (GOOD.replace("{url: out/mapped.csv}", "out/mapped.csv"), "sink: expected a mapping, got str"),
         (GOOD.replace("config: {select: [id]}", "config: [id]"), "stages[0].config: expected a mapping, got list"),
         (GOOD.replace("name: csv-map", "name: ../evil"), "name: '../evil' must be letters"),
+        (
+            GOOD.replace("{url: out/mapped.csv}", "{url: out/m.csv, format: orc}"),
+            "sink.format: expected one of raw, parquet, got 'orc'",
+        ),
+        (
+            GOOD.replace("{url: out/mapped.csv}", "{url: 's3://b/m.csv', part_size: 1MiB}"),
+            "sink.part_size: S3 parts are 5MiB to 5GiB, got 1,048,576 bytes",
+        ),
+        (
+            GOOD.replace("{url: out/mapped.csv}", "{url: out/m.csv, part_size: 8MiB}"),
+            "sink.part_size: applies to s3:// outputs only",
+        ),
+        (
+            GOOD.replace("{url: out/mapped.csv}", "{url: out/m.parquet, format: parquet, schema: {id: integer}}"),
+            "sink.schema.id: expected one of string, int64, int32, float64, float32, bool, date32, timestamp",
+        ),
+        (GOOD.replace("{url: out/mapped.csv}", "{url: out/m.csv, options: [a]}"), "sink.options: expected a mapping"),
+        (GOOD.replace("{url: out/rejects.csv}", "{url: 'ftp://h/r.csv'}"), "rejects.url: no sink writes ftp:// URLs"),
         ("stages: [\n", "invalid YAML at line 2"),
         ("- just a list\n", "top level: expected a mapping, got list"),
     ],
@@ -75,6 +93,14 @@ def test_bad_jobs_are_one_line_errors_naming_file_and_field(tmp_path: Path, text
     assert str(err.value).startswith(f"{path}: ")
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_output_settings_that_decide_the_bytes_are_in_the_spec_hash_and_options_are_not(tmp_path: Path) -> None:
+    parquet = GOOD.replace("{url: out/mapped.csv}", "{url: 's3://b/m.parquet', format: parquet}")
+    base = load_job(_write(tmp_path, parquet)).sha256()
+    assert load_job(_write(tmp_path, parquet.replace("parquet}", "parquet, compression: zstd}"))).sha256() != base
+    with_options = parquet.replace("parquet}", "parquet, options: {profile: etl}, part_size: 16MiB}")
+    assert load_job(_write(tmp_path, with_options)).sha256() == base
 
 
 def test_missing_job_file(tmp_path: Path) -> None:
