@@ -3,8 +3,8 @@
 A guest call, a host import call (a guest's ``pl_emit`` reaching Python), page hashing and
 compression, a checkpoint (full and delta, at 1 MiB and 64 MiB of guest memory, in memory; and
 as a run takes it, in the default directory store with its fsyncs), a warm and a cold resume,
-one 1 MiB chunk through the csv-map guest (output dropped, and written to a file), and one through
-jsonl-map (filter and projection).
+one 1 MiB chunk through the csv-map guest (output dropped, written to a file, and with a float
+column typed and filtered on), and one through jsonl-map (filter and projection).
 """
 
 from __future__ import annotations
@@ -164,6 +164,16 @@ def test_csv_map_chunk_1mib_to_file(benchmark, tmp_path) -> None:  # type: ignor
     """A chunk through the stage with its output written to a file, as the main sink does."""
     chunk = _csv_bytes(MiB)
     with open(tmp_path / "out.csv", "wb") as out, _csv_map(lambda p, v: out.write(v)) as guest:
+        benchmark(guest.feed, chunk)
+    benchmark.extra_info["MB/s"] = MiB / 1e6 / benchmark.stats.stats.mean
+
+
+def test_csv_map_chunk_1mib_typed(benchmark) -> None:  # type: ignore[no-untyped-def]
+    """A chunk through csv-map checking a float column and filtering on it (pl_parse_number twice a row)."""
+    chunk = _csv_bytes(MiB)
+    config = {"types": {"amount": "float"}, "filter": {"column": "amount", "op": "<", "value": 250.5}}
+    with Guest(GuestModule.load("builtin:csv-map"), stage="csv-map", on_emit=lambda p, v: None) as guest:
+        guest.start(json.dumps(config).encode())
         benchmark(guest.feed, chunk)
     benchmark.extra_info["MB/s"] = MiB / 1e6 / benchmark.stats.stats.mean
 
