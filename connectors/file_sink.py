@@ -91,13 +91,22 @@ class FileSink:
         self._file = self._open_part(truncate=True)
         self.length = self._durable = self._flushed = 0
 
-    def recover(self, handle: dict[str, Any]) -> None:
-        """Resume from a checkpoint's handle: drop every byte written after it."""
+    def recover(self, handle: dict[str, Any], *, finished: bool = False) -> None:
+        """Resume from a checkpoint's handle: drop every byte written after it.
+
+        With ``finished`` a missing in-progress file and a target of the handle's length mean
+        the run published before it could record so: ``commit()`` has nothing left to do.
+        """
         self._check_held()
         length = int(handle["length"])
-        if not self.part.exists() and self.path.exists() and self.path.stat().st_size == length:
-            self.length = length  # published before the crash; commit() has nothing left to do
-            return
+        if not self.part.exists():
+            if finished and self.path.exists() and self.path.stat().st_size == length:
+                self.length = length
+                return
+            raise SinkError(
+                f"sink {self.url}: in-progress file {self.part} is missing",
+                hint="it was removed outside pipeline; rerun with --fresh",
+            )
         file = self._open_part(truncate=False)
         actual = os.fstat(file.fileno()).st_size
         if actual < length:

@@ -49,11 +49,12 @@ class MemorySink:
         self._file = self._fs.store[self.part]
         self.length = 0
 
-    def recover(self, handle: dict[str, Any]) -> None:
-        """Resume from a handle: drop every byte written after it."""
+    def recover(self, handle: dict[str, Any], *, finished: bool = False) -> None:
+        """Resume from a handle: drop every byte written after it (or, ``finished``, find it published)."""
         length = int(handle["length"])
-        if not self._fs.exists(self.part) and self._fs.exists(self.path) and self._fs.size(self.path) == length:
-            self.length = length  # published before the run stopped
+        published = self._fs.exists(self.path) and self._fs.size(self.path) == length
+        if finished and not self._fs.exists(self.part) and published:
+            self.length = length
             return
         if not self._fs.exists(self.part) or self._fs.size(self.part) < length:
             raise SinkError(

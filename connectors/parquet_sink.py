@@ -6,9 +6,10 @@ runs, the guest's bytes go unchanged to a staging output beside the target
 upload, ``memory://``), so checkpoints, recovery and fencing are that sink's. :meth:`commit`
 publishes the staged rows, converts them in one streaming pass (pyarrow's CSV or JSON reader
 block by block, row groups of ``row_group_size`` rows) into the target, which appears
-atomically (a rename locally; on S3 an object exists only once its upload completes), and then
-removes the staging copy. Every step can be repeated: a commit interrupted anywhere converts
-again from the staged rows, which are byte-identical, into the same Parquet bytes.
+atomically (locally a rename; remotely a local spool file uploaded whole, and an S3 object
+exists only once its upload completes), and then removes the staging copy. Every step can be
+repeated: a commit interrupted anywhere converts again from the staged rows, which are
+byte-identical, into the same Parquet bytes.
 
 Columns come from the CSV header or the JSON keys; types are the job's ``schema:`` where given
 and otherwise inferred from the first block of rows (pyarrow's rules). A later row that does not
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -62,17 +64,18 @@ class ParquetSink:
         """Begin a fresh session: empty staged rows."""
         self._rows.start()
 
-    def recover(self, handle: dict[str, Any]) -> None:
-        """Resume the staged rows from a handle, or find the Parquet file already published."""
-        try:
-            self._rows.recover(handle)
-        except SinkError:
-            # Staged rows gone and the target present: the last commit converted them and
-            # removed them before the run could record that it had published.
-            if self._fs.exists(self._target) and not self._rows_exist():
+    def recover(self, handle: dict[str, Any], *, finished: bool = False) -> None:
+        """Resume the staged rows from a handle, or (``finished``) find the Parquet file published."""
+        if finished and not self._rows_exist() and self._fs.exists(self._target):
+            try:
+                self._rows.recover(handle, finished=True)
+            except SinkError:
+                # Staged rows gone and the target present after the last checkpoint: the commit
+                # converted them and removed them before the run could record that it had.
                 self._published, self._length = True, int(handle["length"])
+                self._rows.discard(handle)  # whatever is left of the staging sink
                 return
-            raise
+        self._rows.recover(handle, finished=finished)
 
     def write(self, data: memoryview | bytes) -> None:
         """Stage bytes of CSV or JSON Lines rows."""
@@ -156,10 +159,13 @@ class ParquetSink:
 
 @contextlib.contextmanager
 def _output(fs: Any, target: str, tmp: Path | None) -> Any:
-    """Where the Parquet bytes go: a temporary file renamed later (local) or the target itself."""
+    """Where the Parquet bytes go: a temporary file renamed by the caller (local), or a spool
+    file uploaded once it is whole (remote): a failed conversion leaves nothing at the target."""
     if tmp is None:
-        with fs.open(target, "wb") as remote:  # an object appears only when its upload completes
-            yield remote
+        with tempfile.NamedTemporaryFile(prefix="pipeline-", suffix=".parquet") as spool:
+            yield spool
+            spool.flush()
+            fs.put_file(spool.name, target)  # an S3 object appears only when its upload completes
         return
     with open(tmp, "wb") as file:
         yield file

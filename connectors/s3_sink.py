@@ -118,24 +118,24 @@ class S3Sink:
         """Nothing to lock locally: the session lease and the parts' ETags fence an S3 upload."""
 
     def start(self) -> None:
-        """Begin a fresh upload, aborting any this session left unrecorded on the key."""
-        listing = self._s3("list_multipart_uploads", "list unfinished uploads", Prefix=self.key)
-        for upload in listing.get("Uploads", ()):
-            if upload["Key"] == self.key:  # an earlier attempt that died before its first checkpoint
-                self.discard({"upload_id": upload["UploadId"]})
+        """Begin a fresh upload (the runner records its id at once, so ``--fresh`` and ``rm`` find it)."""
         created = self._s3("create_multipart_upload", "start an upload", Key=self.key)
         self._upload_id = created["UploadId"]
         self._parts, self._buffer, self.length = [], bytearray(), 0
 
-    def recover(self, handle: dict[str, Any]) -> None:
-        """Carry on from a checkpoint's handle: its parts, and its tail from the store."""
+    def recover(self, handle: dict[str, Any], *, finished: bool = False) -> None:
+        """Carry on from a checkpoint's handle: its parts, and its tail from the store.
+
+        An upload that is gone is published only if the handle is ``finished`` and the object at
+        the key is the one completing it would have made.
+        """
         self._upload_id = handle["upload_id"]
         self._parts = [dict(part) for part in handle["parts"]]
         self.length = int(handle["length"])
         tail = self._stash_get(handle["tail"]) if handle.get("tail") else b""
         uploaded = self._uploaded_parts()
         if uploaded is None:
-            if self._is_published(tail):
+            if finished and self._is_published(tail):
                 self._published = True
                 return
             raise SinkError(

@@ -128,13 +128,21 @@ class GcReport:
 
 
 def collect_garbage(store: SnapshotStore, *, older_than: float) -> GcReport:
-    """Remove complete sessions idle for ``older_than`` seconds and unreferenced blobs of the rest."""
+    """Remove complete sessions idle for ``older_than`` seconds; sweep unreferenced blobs of the
+    other sessions idle that long.
+
+    Idleness, not a lock, is what protects a session being run: outputs on S3 take no local
+    lock, and a run between two checkpoints has written blobs its head does not name yet. A run
+    sweeps its own session's leftovers when it starts, so gc only matters for abandoned ones.
+    """
     removed, swept = [], 0
     now = time.time()
     for info in session_infos(store):
         if info.manifest is None:
             continue  # damaged: leave it for a person to look at (`pipeline rm` removes it)
-        if info.state == "complete" and now - (info.updated_at or now) >= older_than:
+        if now - (info.updated_at or now) < older_than:
+            continue  # possibly being run right now
+        if info.state == "complete":
             remove_session(store, info.session)
             removed.append(info.session)
             continue

@@ -247,7 +247,9 @@ def show(session: str, as_json: bool, store: SnapshotStore) -> None:
 def rm(session: str, store: SnapshotStore) -> None:
     """Remove a session: its snapshots and in-progress outputs (published outputs stay).
 
-    Refused while a run holds the session.
+    Refused while a run on this machine holds the session's local outputs. A run elsewhere
+    writing only remote outputs cannot be seen: it stops at its next checkpoint, publishing
+    nothing.
 
     \b
     Example:
@@ -258,12 +260,15 @@ def rm(session: str, store: SnapshotStore) -> None:
 
 
 @cli.command()
-@click.option("--older-than", default="7d", show_default=True, help="Remove complete sessions idle this long.")
+@click.option(
+    "--older-than", default="7d", show_default=True, help="Only touch sessions idle this long (no checkpoint since)."
+)
 @store_options
 def gc(older_than: str, store: SnapshotStore) -> None:
-    """Remove old complete sessions and page blobs no checkpoint references.
+    """Remove old complete sessions, and blobs no checkpoint references from other old sessions.
 
-    Safe while other runs are active: sessions being run are skipped.
+    Sessions with a checkpoint more recent than --older-than are left alone, so runs in
+    progress are safe (keep it longer than your checkpoint interval takes to run).
 
     \b
     Example:

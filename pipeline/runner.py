@@ -196,12 +196,15 @@ class _Run:
             if manifest.state == "starting":
                 return None  # the previous run died before it wrote anything: start again
             self._check_resumable(manifest, source)
-            if manifest.state != "running":
+            if manifest.state == "complete":
                 return manifest
             try:
-                self._new_guests()
-                for guest, stage in zip(self.guests, manifest.stages, strict=True):
-                    restore(guest, stage, self.pages.store, self.state.pages_prefix)
+                for blob_id in manifest.sink_blobs():  # what sinks stashed must load too
+                    self.pages.get(blob_id)
+                if manifest.state == "running":
+                    self._new_guests()
+                    for guest, stage in zip(self.guests, manifest.stages, strict=True):
+                        restore(guest, stage, self.pages.store, self.state.pages_prefix)
             except SnapshotCorrupt as exc:
                 log.warning("%s; trying the checkpoint before it", exc)
                 first_error = first_error or exc
@@ -298,6 +301,7 @@ class _Run:
         # Take the lease before touching any output: until this CAS the previous manifest, and
         # the in-progress files it points into, stay intact. A "starting" head resumes as a
         # fresh start.
+        now = time.time()
         self.manifest = Manifest(
             session=self.session,
             seq=(old.seq if old else 0) + 1,
@@ -305,7 +309,8 @@ class _Run:
             spec_sha256=self.spec_sha,
             state="starting",
             source={"url": source.url, "identity": source.identity, "offset": 0, "size": source.size},
-            stats={"started_at": time.time()},
+            sinks=self._sink_entries(),  # so `pipeline rm` and gc find (and lock) the outputs at once
+            stats={"started_at": now, "updated_at": now},
         )
         self.state.commit(self.manifest)
         self.state.adopt(self.manifest)
@@ -319,6 +324,12 @@ class _Run:
                     dropped.discard(entry["handle"])
         for sink in self.sinks.values():
             sink.start()
+        started = self._sink_entries()
+        if started != self.manifest.sinks:  # an S3 upload id: record it before any part goes up
+            self.manifest.sinks = started
+            self.manifest.seq += 1
+            self.state.commit(self.manifest)
+            self.state.adopt(self.manifest)
         self._new_guests()
         # Last stage first: a stage may emit from pl_init into the next, which must be ready.
         for index in reversed(range(len(self.guests))):
@@ -352,7 +363,7 @@ class _Run:
         self.offset = manifest.source["offset"]
         handles = {entry["name"]: entry["handle"] for entry in manifest.sinks}
         for name, sink in self.sinks.items():
-            sink.recover(handles[name])
+            sink.recover(handles[name], finished=manifest.state == "finished")
 
     # -- output routing -------------------------------------------------------------------
     def _emitter(self, index: int) -> Callable[[int, memoryview], None]:
@@ -395,10 +406,7 @@ class _Run:
         self._await_checkpoint()
         manifest = self.manifest
         assert manifest is not None
-        sinks = [
-            {"name": name, "url": sink.url, "format": self.outputs[name].format, "handle": sink.flush()}
-            for name, sink in self.sinks.items()
-        ]
+        sinks = self._sink_entries()
         new_pages: dict[str, bytes] = {}
         if state == "running":
             manifest.stages = []
@@ -421,6 +429,13 @@ class _Run:
             self._inflight = self._checkpointer.submit(self._commit, frozen, new_pages, counted)
         else:
             self._commit(frozen, new_pages, counted)
+
+    def _sink_entries(self) -> list[dict[str, Any]]:
+        """The manifest's ``sinks``: each output with the handle its ``flush()`` returns."""
+        return [
+            {"name": name, "url": sink.url, "format": self.outputs[name].format, "handle": sink.flush()}
+            for name, sink in self.sinks.items()
+        ]
 
     def _commit(self, manifest: Manifest, new_pages: dict[str, bytes], counted: bool) -> None:
         """The durable half of a checkpoint, in DESIGN §4's order."""

@@ -144,9 +144,11 @@ class Manifest:
         sizes: dict[str, int] = {}
         for stage in self.stages:
             sizes |= {blob: stage.blob_sizes.get(blob, 0) for blob in stage.pages.values()}
-        for sink in self.sinks:
-            sizes |= {blob: int(size) for blob, size in sink["handle"].get("blobs", {}).items()}
-        return sizes
+        return sizes | self.sink_blobs()
+
+    def sink_blobs(self) -> dict[str, int]:
+        """Blob id -> stored size of the bytes sinks stashed (an S3 upload's tail)."""
+        return {blob: int(size) for sink in self.sinks for blob, size in sink["handle"].get("blobs", {}).items()}
 
     def stored_bytes(self) -> int:
         """Bytes this checkpoint occupies in the store: its distinct blobs."""

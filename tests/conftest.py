@@ -12,6 +12,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -202,3 +203,77 @@ def postgres_url(postgres_dsn: str) -> Iterator[str]:
     yield f"{postgres_dsn}{separator}table={table}"
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+
+
+# =================================================================================================
+# Sinks: a 12 MB orders input, its golden csv-map outputs, a prefix of the moto bucket (owner: connectors)
+# =================================================================================================
+
+
+@pytest.fixture(scope="module")
+def orders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 MB of orders: its mapped output is ~6 MiB, so a 5 MiB part plus a tail."""
+    from pipeline.testing.data import write_orders_csv  # imported late: see register_assert_rewrite
+
+    path = tmp_path_factory.mktemp("orders") / "orders.csv"
+    write_orders_csv(path, 12_000_000, seed=11)
+    return path
+
+
+@pytest.fixture(scope="module")
+def golden(orders: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The csv-map job's outputs from an uninterrupted run to local files."""
+    from support import write_job
+
+    from pipeline.runner import run_session
+    from pipeline.spec import load_job
+
+    directory = tmp_path_factory.mktemp("golden")
+    job = write_job(directory, source=str(orders), sink="{url: out/mapped.csv}", rejects="{url: out/rejects.csv}")
+    run_session(load_job(job))
+    return {name: (directory / "out" / name).read_bytes() for name in ("mapped.csv", "rejects.csv")}
+
+
+class Bucket:
+    """A fresh prefix in the moto bucket, with a boto3 client to look at it."""
+
+    def __init__(self, server: S3Server) -> None:
+        self.server = server
+        self.prefix = uuid.uuid4().hex
+        self.client = server.client()
+
+    def url(self, key: str) -> str:
+        return f"s3://{S3_TEST_BUCKET}/{self.prefix}/{key}"
+
+    def output(self, key: str, **extra: Any) -> str:
+        """A sink mapping for the job file, pointing at the moto server through ``options``."""
+        fields = {"url": self.url(key), "options": {"endpoint_url": self.server.endpoint}, **extra}
+        return "{" + ", ".join(f"{k}: {_yaml(v)}" for k, v in fields.items()) + "}"
+
+    def read(self, key: str) -> bytes:
+        body = self.client.get_object(Bucket=S3_TEST_BUCKET, Key=f"{self.prefix}/{key}")["Body"]
+        return bytes(body.read())
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=S3_TEST_BUCKET, Key=f"{self.prefix}/{key}", Body=data)
+
+    def uploads(self) -> list[str]:
+        listing = self.client.list_multipart_uploads(Bucket=S3_TEST_BUCKET, Prefix=self.prefix)
+        return [upload["Key"] for upload in listing.get("Uploads", ())]
+
+    def spec(self, key: str, **extra: Any) -> Any:
+        """An OutputSpec for ``key`` on the moto server."""
+        from pipeline.spec import OutputSpec
+
+        return OutputSpec(url=self.url(key), options={"endpoint_url": self.server.endpoint}, **extra)
+
+
+def _yaml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_yaml(v)}" for k, v in value.items()) + "}"
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+@pytest.fixture
+def bucket(s3_server: S3Server) -> Bucket:
+    return Bucket(s3_server)

@@ -114,3 +114,37 @@ def peak_rss(job: Path) -> int:
         [sys.executable, "-c", PEAK_RSS, str(job)], capture_output=True, text=True, timeout=600, check=True
     )
     return int(out.stdout.split()[-1]) * 1024
+
+
+# The csv-map job of the sink tests: source, sink and rejects filled in by write_job().
+CSV_MAP_JOB = """\
+name: orders
+source: {{url: "{source}", options: {source_options}}}
+stages:
+  - guest: builtin:csv-map
+    config:
+      select: [id, name, amount, city]
+      rename: {{name: customer}}
+      upper: [customer]
+      filter: {{column: amount, op: ">", value: 100}}
+sink: {sink}
+rejects: {rejects}
+store: store
+checkpoint: {{every: 1MiB}}
+"""
+
+
+def write_job(directory: Path, *, source: str, sink: str, rejects: str, source_options: str = "{}") -> Path:
+    """Write CSV_MAP_JOB with these (YAML-flow) values into ``directory``; return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "job.yaml"
+    path.write_text(CSV_MAP_JOB.format(source=source, sink=sink, rejects=rejects, source_options=source_options))
+    return path
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``pipeline ARGS...`` in a child process (``env`` added to this one's), output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip

@@ -45,11 +45,22 @@ def test_commit_already_published_before_a_crash_is_a_no_op(tmp_path: Path) -> N
 
     again = FileSink(str(target), "s1")
     again.acquire()
-    again.recover(handle)
+    again.recover(handle, finished=True)  # the handle of the run's last checkpoint
     again.commit()
     again.close()
     assert target.read_bytes() == b"done"
     assert not again.part.exists()
+
+
+def test_a_missing_in_progress_file_is_refused_unless_the_run_had_finished(tmp_path: Path) -> None:
+    target = tmp_path / "x.csv"
+    target.write_bytes(b"done")  # an older run's output, of the same length by chance
+    again = FileSink(str(target), "s1")
+    again.acquire()
+    with pytest.raises(SinkError, match=r"in-progress file .*\.x\.csv~s1\.part is missing"):
+        again.recover({"length": 4})
+    assert not again.part.exists()  # not created empty on the way
+    again.close()
 
 
 def test_in_progress_file_shorter_than_the_checkpoint_is_refused(tmp_path: Path) -> None:

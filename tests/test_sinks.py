@@ -11,119 +11,25 @@ import hashlib
 import io
 import os
 import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import S3_TEST_BUCKET, S3Server
-from support import Interrupt, interrupt_at
+from conftest import S3_TEST_BUCKET, Bucket, S3Server
+from support import Interrupt, interrupt_at, run_cli, write_job
 
 from pipeline._faults import ENV as KILL_ENV
 from pipeline.admin import remove_session
 from pipeline.connectors.s3_sink import S3Sink
 from pipeline.errors import ResumeMismatch, SinkError, SpecError
 from pipeline.runner import run_session
-from pipeline.spec import OutputSpec, load_job
+from pipeline.spec import load_job
 from pipeline.stores import open_store
 from pipeline.testing.data import write_orders_csv
 
-TIMEOUT = 300
 MiB = 1024 * 1024
 
-CSV_MAP_JOB = """\
-name: orders
-source: {{url: "{source}", options: {source_options}}}
-stages:
-  - guest: builtin:csv-map
-    config:
-      select: [id, name, amount, city]
-      rename: {{name: customer}}
-      upper: [customer]
-      filter: {{column: amount, op: ">", value: 100}}
-sink: {sink}
-rejects: {rejects}
-store: store
-checkpoint: {{every: 1MiB}}
-"""
-
-
-def write_job(directory: Path, *, source: str, sink: str, rejects: str, source_options: str = "{}") -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "job.yaml"
-    path.write_text(CSV_MAP_JOB.format(source=source, sink=sink, rejects=rejects, source_options=source_options))
-    return path
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=TIMEOUT,
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def orders(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """12 MB of orders: its mapped output is ~6 MiB, so a 5 MiB part plus a tail."""
-    path = tmp_path_factory.mktemp("orders") / "orders.csv"
-    write_orders_csv(path, 12_000_000, seed=11)
-    return path
-
-
-@pytest.fixture(scope="module")
-def golden(orders: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    """The csv-map job's outputs from an uninterrupted run to local files."""
-    directory = tmp_path_factory.mktemp("golden")
-    job = write_job(directory, source=str(orders), sink="{url: out/mapped.csv}", rejects="{url: out/rejects.csv}")
-    run_session(load_job(job))
-    return {name: (directory / "out" / name).read_bytes() for name in ("mapped.csv", "rejects.csv")}
-
-
 # -- S3 ---------------------------------------------------------------------------------------
-
-
-class Bucket:
-    """A fresh prefix in the moto bucket, with a boto3 client to look at it."""
-
-    def __init__(self, server: S3Server) -> None:
-        self.server = server
-        self.prefix = uuid.uuid4().hex
-        self.client = server.client()
-
-    def url(self, key: str) -> str:
-        return f"s3://{S3_TEST_BUCKET}/{self.prefix}/{key}"
-
-    def output(self, key: str, **extra: Any) -> str:
-        """A sink mapping for the job file, pointing at the moto server through ``options``."""
-        fields = {"url": self.url(key), "options": {"endpoint_url": self.server.endpoint}, **extra}
-        return "{" + ", ".join(f"{k}: {_yaml(v)}" for k, v in fields.items()) + "}"
-
-    def read(self, key: str) -> bytes:
-        body = self.client.get_object(Bucket=S3_TEST_BUCKET, Key=f"{self.prefix}/{key}")["Body"]
-        return bytes(body.read())
-
-    def put(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=S3_TEST_BUCKET, Key=f"{self.prefix}/{key}", Body=data)
-
-    def uploads(self) -> list[str]:
-        listing = self.client.list_multipart_uploads(Bucket=S3_TEST_BUCKET, Prefix=self.prefix)
-        return [upload["Key"] for upload in listing.get("Uploads", ())]
-
-    def spec(self, key: str, **extra: Any) -> OutputSpec:
-        return OutputSpec(url=self.url(key), options={"endpoint_url": self.server.endpoint}, **extra)
-
-
-def _yaml(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_yaml(v)}" for k, v in value.items()) + "}"
-    return f'"{value}"' if isinstance(value, str) else str(value)
-
-
-@pytest.fixture
-def bucket(s3_server: S3Server) -> Bucket:
-    return Bucket(s3_server)
 
 
 class DictStash:
@@ -214,7 +120,7 @@ def test_s3_commit_is_idempotent_and_recover_finds_it_published(bucket: Bucket) 
     assert bucket.read("x.bin") == data
     # A run killed after publishing resumes from the last checkpoint: nothing left to do.
     again = S3Sink(bucket.spec("x.bin"), "s", stash=stash)
-    again.recover(handle)
+    again.recover(handle, finished=True)
     again.commit()
     again.close()
     assert bucket.read("x.bin") == data
