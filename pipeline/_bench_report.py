@@ -20,8 +20,7 @@ METHOD = """\
   time of the job inside that process, after its libraries are imported (wasm-pipeline's guest
   comes from wasmtime's on-disk compile cache, as on any second run). Peak RSS is the child's
   own `VmHWM` (interpreter and libraries included; not `ru_maxrss`, which counts the parent's
-  RSS at fork). Rounds are interleaved (every tool once per
-  round) and the table shows the median.
+  RSS at fork). Rounds are interleaved (every tool once per round); the table shows medians.
 - Outputs are compared row by row with wasm-pipeline's, in order, after parsing: CSV fields and
   JSON values compared as text, numbers as decimals (`284.20` = `284.2`). A tool whose rows
   differ is marked FAIL.

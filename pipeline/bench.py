@@ -383,7 +383,20 @@ def machine_info() -> dict[str, str]:
             info[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             info[name] = "not installed"
+    commit = _git_commit()
+    if commit:
+        info["wasm-pipeline"] += f" (git {commit})"
     return info
+
+
+def _git_commit() -> str | None:
+    """The commit of the pipeline being measured, when it runs from a git checkout."""
+    home = Path(__file__).resolve().parent.parent
+    try:
+        done = subprocess.run(["git", "-C", str(home), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    except OSError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 __all__ = [
