@@ -87,8 +87,8 @@ def _job_section(job: JobReport, repeat: int) -> list[str]:
     return [*lines, ""]
 
 
-def _ratio_target(job: JobReport | None, peer: str, want: float) -> tuple[str, str, str]:
-    text = f"{job.job if job else '?'}: ≥ {want:g}x {peer} pinned to one thread"
+def _ratio_target(name: str, job: JobReport | None, peer: str, want: float) -> tuple[str, str, str]:
+    text = f"{name}: ≥ {want:g}x {peer} pinned to one thread"
     if job is None or job.reference is None or (other := job.find(peer, 1)) is None:
         return text, "not measured", "—"
     ratio = other.median / job.reference.median
@@ -110,8 +110,8 @@ def targets(report: Report) -> list[tuple[str, str, str]]:
         rows.append((text, f"{speed:,.1f} MB/s", _verdict(speed >= 500)))
     else:
         rows.append((text, "not measured", "—"))
-    rows += [_ratio_target(csv, "duckdb", 3), _ratio_target(csv, "polars", 3)]
-    rows += [_ratio_target(jsonl, "duckdb", 2), _ratio_target(jsonl, "polars", 2)]
+    rows += [_ratio_target("csv", csv, "duckdb", 3), _ratio_target("csv", csv, "polars", 3)]
+    rows += [_ratio_target("jsonl", jsonl, "duckdb", 2), _ratio_target("jsonl", jsonl, "polars", 2)]
     text = "csv: checkpoint overhead < 3% of run time at the default interval"
     off = csv.find("wasm-pipeline-no-ckpt") if csv else None
     if csv and csv.reference and off:
