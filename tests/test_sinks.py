@@ -149,6 +149,19 @@ def test_s3_recover_checks_parts_beyond_the_first_listing_page(bucket: Bucket) -
 
 
 @pytest.mark.s3
+def test_s3_part_upload_failing_on_the_uploader_thread_is_one_sink_error(bucket: Bucket) -> None:
+    sink = S3Sink(bucket.spec("denied.bin", part_size=5 * MiB), "s", stash=DictStash())
+    sink.start()
+    bucket.server.middleware.fail_next(1, status=403, code="AccessDenied")
+    sink.write(os.urandom(5 * MiB))  # a full part: it goes up on the uploader thread
+    with pytest.raises(SinkError) as caught:
+        sink.persist()  # the checkpoint waits for the part and meets its error
+    sink.close()
+    assert caught.value.message.startswith(f"sink {bucket.url('denied.bin')}: cannot upload part 1: AccessDenied")
+    assert "\n" not in caught.value.message
+
+
+@pytest.mark.s3
 def test_s3_empty_output_is_published_as_an_empty_object(bucket: Bucket) -> None:
     sink = S3Sink(bucket.spec("empty.csv"), "s", stash=DictStash())
     sink.start()
