@@ -28,6 +28,7 @@ Each sink's docstring states its guarantee (exactly-once or at-least-once).
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -69,23 +70,32 @@ class Stash(Protocol):
 def open_sink(spec: OutputSpec, session: str, *, stash: Stash | None = None) -> Sink:
     """The sink writing ``spec`` for ``session`` (``stash`` is needed by ``s3://`` outputs)."""
     if spec.format == "parquet":
-        from pipeline.connectors.parquet_sink import ParquetSink
-
-        return ParquetSink(spec, session, stash=stash)
+        parquet_sink = _connector("parquet_sink", "pyarrow", "parquet", "format: parquet")
+        return parquet_sink.ParquetSink(spec, session, stash=stash)
     scheme = spec.scheme
     if scheme == "file":
         from pipeline.connectors.file_sink import FileSink
 
         return FileSink(spec.url, session)
     if scheme == "s3":
-        from pipeline.connectors.s3_sink import S3Sink
-
-        return S3Sink(spec, session, stash=stash)
+        return _connector("s3_sink", "s3fs", "s3", "s3:// outputs").S3Sink(spec, session, stash=stash)
     if scheme == "memory":
         from pipeline.connectors.memory_sink import MemorySink
 
         return MemorySink(spec.url, session)
     raise SpecError(f"sink {spec.url}: no sink writes {scheme}:// URLs (local paths, s3:// and memory:// do)")
+
+
+def _connector(module: str, needs: str, extra: str, what: str) -> Any:
+    """A sink module that needs an optional dependency, or a clear error saying how to get it."""
+    try:
+        importlib.import_module(needs)  # up front: the Parquet sink imports pyarrow only to convert
+        return importlib.import_module(f"pipeline.connectors.{module}")
+    except ImportError as exc:
+        raise SpecError(
+            f"{what} need an optional dependency ({exc.name or needs} is missing)",
+            hint=f"pip install 'wasm-pipeline[{extra}]'",
+        ) from None
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import signal
+import sys
 import uuid
 from pathlib import Path
 
@@ -404,6 +405,22 @@ def test_parquet_settings_are_refused_on_raw_outputs(tmp_path: Path) -> None:
     job = write_job(tmp_path, source="in.csv", sink="{url: o.csv, schema: {a: int64}}", rejects="{url: r.csv}")
     with pytest.raises(SpecError, match=r"sink\.schema: applies to Parquet outputs only"):
         load_job(job)
+
+
+@pytest.mark.parametrize(
+    ("output", "missing", "extra"),
+    [("{url: o.parquet, format: parquet}", "pyarrow", "parquet"), ("{url: 's3://b/o.csv'}", "s3fs", "s3")],
+)
+def test_an_output_whose_extra_is_not_installed_says_what_to_install(
+    output: str, missing: str, extra: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # makes `import missing` fail
+    monkeypatch.delitem(sys.modules, "pipeline.connectors.s3_sink", raising=False)
+    (tmp_path / "in.csv").write_text("id\n1\n")
+    job = write_job(tmp_path, source=str(tmp_path / "in.csv"), sink=output, rejects="{url: r.csv}")
+    with pytest.raises(SpecError, match=rf"need an optional dependency \({missing} is missing\)") as caught:
+        run_session(load_job(job))
+    assert caught.value.hint == f"pip install 'wasm-pipeline[{extra}]'"
 
 
 def test_unsupported_output_scheme_is_a_spec_error(tmp_path: Path) -> None:
