@@ -82,6 +82,14 @@ static struct {
     pl_strs paths;
     size_t *first_len;     /* length of each path's first name */
     span *found;           /* each path's value in the line; .p NULL if it has none */
+    /* The fast path's state per path: its names as (start, length) pairs in the path, how many
+     * of them the open objects matched so far (`level`: the path is looked for in the object at
+     * depth level + 1), and where the value of a last name that matched starts. */
+    uint32_t **names;
+    uint32_t *nnames;
+    uint32_t *level;
+    const uint8_t **pending;
+    bool spaced; /* the line has whitespace inside its object */
     uint32_t *select_path; /* index in paths of each select entry */
 } g;
 
@@ -259,8 +267,26 @@ static int pl_guest_init(const uint8_t *config, size_t len) {
     static const char *const keys[] = {"filter", "select", "rename", "max_line_bytes", NULL};
     pl_lines_init(&g.lines, on_line, NULL);
     if (pl_config_read(config, len, keys, read_config) || (cfg.select.n && select_keys())) return -1;
-    g.found = calloc(g.paths.n + 1, sizeof *g.found);
-    return g.found ? 0 : pl_fail_str("out of memory");
+    const uint32_t n = g.paths.n + 1;
+    g.found = calloc(n, sizeof *g.found);
+    g.names = calloc(n, sizeof *g.names);
+    g.nnames = calloc(n, sizeof *g.nnames);
+    g.level = calloc(n, sizeof *g.level);
+    g.pending = calloc(n, sizeof *g.pending);
+    if (!g.found || !g.names || !g.nnames || !g.level || !g.pending) return pl_fail_str("out of memory");
+    for (uint32_t i = 0; i < g.paths.n; i++) {
+        const pl_str *p = &g.paths.v[i];
+        if (!(g.names[i] = calloc(2 * (p->len + 1), sizeof **g.names))) return pl_fail_str("out of memory");
+        for (size_t at = 0;; at++) {
+            const char *dot = memchr(p->ptr + at, '.', p->len - at);
+            const size_t name_end = dot ? (size_t)(dot - p->ptr) : p->len;
+            g.names[i][2 * g.nnames[i]] = (uint32_t)at;
+            g.names[i][2 * g.nnames[i]++ + 1] = (uint32_t)(name_end - at);
+            if (!dot) break;
+            at = name_end;
+        }
+    }
+    return 0;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -424,6 +450,8 @@ static int write_renamed(span key, span value, void *ctx) {
     return rc || pl_out_putc(w->o, ':') || pl_out_write(w->o, value.p, (size_t)(value.end - value.p));
 }
 
+static int write_value(pl_out *o, span v);
+
 static int write_line(span obj) {
     pl_out *o = pl_port(0);
     if (cfg.select.n) {
@@ -434,7 +462,7 @@ static int write_line(span obj) {
             if (!v.p) continue;
             const size_t key = i ? g.key_end[i - 1] : 0;
             if ((!first && pl_out_putc(o, ',')) || pl_out_write(o, g.keys.data + key, g.key_end[i] - key) ||
-                pl_out_write(o, v.p, (size_t)(v.end - v.p)))
+                write_value(o, v))
                 return -1;
             first = false;
         }
@@ -445,12 +473,9 @@ static int write_line(span obj) {
     return pl_out_putc(o, '{') || members(obj, write_renamed, &w) || pl_out_write(o, "}\n", 2);
 }
 
-static int on_line(void *ctx, const uint8_t *line, size_t len, uint64_t line_no) {
-    (void)ctx;
-    size_t i = 0;
-    while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r')) i++;
-    if (i == len) return 0; /* a blank line */
-    pl_stats.records_in++;
+/* The slow path, for a line the fast one did not take: validates it with the SDK's streaming
+ * scanner (whose error is the reject reason) and looks the paths up in its compact copy. */
+static int slow_line(const uint8_t *line, size_t len, uint64_t line_no) {
     pl_buf *c = &g.compact;
     c->len = 0;
     pl_buf *m = &g.reason;
@@ -474,6 +499,272 @@ static int on_line(void *ctx, const uint8_t *line, size_t len, uint64_t line_no)
     resolve(obj);
     if (cfg.has_filter && !holds(&cfg.filter)) return 0;
     pl_stats.records_out++;
+    return write_line(obj);
+}
+
+static inline bool is_ws(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+/* The closing quote of the string whose text starts at p (after its opening quote), or NULL
+ * if the string is invalid or unterminated; sets *esc if it has an escape. */
+static const uint8_t *scan_string(const uint8_t *p, const uint8_t *end, bool *esc) {
+    for (;;) {
+        p = pl__json_plain_end(p, end, true);
+        if (p == end) return NULL;
+        const uint8_t c = *p;
+        if (c == '"') return p;
+        if (c == '\\') {
+            *esc = true;
+            if (end - p < 2) return NULL;
+            const uint8_t e = p[1];
+            if (e == 'u') {
+                if (end - p < 6) return NULL;
+                for (int k = 2; k < 6; k++)
+                    if (!((uint8_t)(p[k] - '0') < 10 || (uint8_t)((p[k] | 0x20) - 'a') < 6)) return NULL;
+                p += 6;
+            } else if (e == '"' || e == '\\' || e == '/' || e == 'b' || e == 'f' || e == 'n' || e == 'r' || e == 't') {
+                p += 2;
+            } else {
+                return NULL;
+            }
+        } else if (c < 0x20) {
+            return NULL;
+        } else {
+            uint8_t lo, hi;
+            const int more = pl__utf8_lead(c, &lo, &hi);
+            if (!more || end - p <= more || p[1] < lo || p[1] > hi) return NULL;
+            for (int k = 2; k <= more; k++)
+                if ((p[k] & 0xC0) != 0x80) return NULL;
+            p += 1 + more;
+        }
+    }
+}
+
+/* True if the member name `key` (the text between the quotes; `esc` if it has an escape) is
+ * the n bytes at want. */
+static inline bool key_is(const uint8_t *key, const uint8_t *key_end, bool esc, const char *want, size_t n) {
+    if (esc) return string_is((span){key - 1, key_end + 1}, want, n);
+    /* The first and last bytes turn most other names down without a call. */
+    return (size_t)(key_end - key) == n && (!n || (key[0] == (uint8_t)want[0] && key[n - 1] == (uint8_t)want[n - 1] &&
+                                                   (n <= 2 || memcmp(key + 1, want + 1, n - 2) == 0)));
+}
+
+/* The member with name `key` in an object at `depth` starts its value at p: the paths looked for
+ * there whose next name it is match it. Returns true if one matched its last name (its value is
+ * complete at `after` in fast_object); sets *live if one goes on into the value, an object. */
+static bool match_name(uint32_t depth, const uint8_t *key, const uint8_t *key_end, bool esc, const uint8_t *p,
+                         bool *live) {
+    bool last = false;
+    for (uint32_t i = 0; i < g.paths.n; i++) {
+        const uint32_t k = g.level[i];
+        if (k != depth - 1 || !key_is(key, key_end, esc, g.paths.v[i].ptr + g.names[i][2 * k], g.names[i][2 * k + 1]))
+            continue;
+        /* With duplicate names the last one counts: forget what an earlier one led to. */
+        g.found[i].p = NULL;
+        if (k + 1 == g.nnames[i]) {
+            g.pending[i] = p;
+            last = true;
+        } else if (*p == '{') {
+            g.level[i] = depth;
+            *live = true;
+        }
+    }
+    return last;
+}
+
+/* The value of the open member of the object at `depth` ends at p: it is found for the paths
+ * it is pending for. */
+static void complete(uint32_t depth, const uint8_t *p) {
+    for (uint32_t i = 0; i < g.paths.n; i++)
+        if (g.pending[i] && g.level[i] == depth - 1) {
+            g.found[i] = (span){g.pending[i], p};
+            g.pending[i] = NULL;
+        }
+}
+
+/* The object at `depth` closed: the paths looked for in it go back to its parent. */
+static void leave(uint32_t depth) {
+    for (uint32_t i = 0; i < g.paths.n; i++)
+        if (g.level[i] == depth - 1) g.level[i] = depth - 2;
+}
+
+/* Appends the compact form of the valid JSON text [p, end) to `d`; returns the end. */
+static uint8_t *compact_into(uint8_t *d, const uint8_t *p, const uint8_t *end) {
+    while (p < end) {
+        const uint8_t *run = p;
+        while (p < end && *p != '"' && !is_ws(*p)) p++;
+        if (p < end && *p == '"') {
+            while (*(p = pl__json_plain_end(p + 1, end, false)) == '\\') p++;
+            p++;
+        }
+        memcpy(d, run, (size_t)(p - run));
+        d += p - run;
+        while (p < end && is_ws(*p)) p++;
+    }
+    return d;
+}
+
+#define FAST_MAX_DEPTH 63
+
+/*
+ * The fast path: validates the object [p, end) (p at its '{', end after its '}') in place, in
+ * one pass, and sets g.found as resolve would (the values' text as written, whitespace
+ * included). It accepts only what pl_json_compact accepts, so a line it turns down (returning
+ * false) goes to slow_line, which finds the error to report; it also turns down valid lines
+ * nested deeper than FAST_MAX_DEPTH. Sets g.spaced if there is whitespace inside the object.
+ */
+static bool fast_object(const uint8_t *p, const uint8_t *const end) {
+    uint64_t objects = 2;               /* bit per open container (1 << depth): 1 object, 0 array */
+    uint64_t live = g.paths.n ? 2 : 0;  /* bit per open object in which paths are looked for */
+    uint64_t pending = 0;               /* bit per open object whose open member is a path's value */
+    uint32_t depth = 1;
+    bool spaced = false, esc = false;
+    const uint8_t *q;
+    /* The object's last byte is its '}', so the scans below stop before `end` except in strings
+     * and literals, which check. */
+#define SKIP_WS()                                                                                                    \
+    if (is_ws(*p)) {                                                                                                 \
+        spaced = true;                                                                                               \
+        do p++;                                                                                                      \
+        while (is_ws(*p));                                                                                           \
+    }
+#define IN_OBJECT() (objects >> depth & 1)
+    p++;
+    SKIP_WS();
+    if (*p == '}') goto close;
+member : {
+    SKIP_WS();
+    if (*p != '"') return false;
+    esc = false;
+    const uint8_t *key = p + 1;
+    if (!(q = scan_string(key, end, &esc))) return false;
+    p = q + 1;
+    SKIP_WS();
+    if (*p++ != ':') return false;
+    SKIP_WS();
+    if (live >> depth & 1) {
+        bool deeper = false;
+        if (match_name(depth, key, q, esc, p, &deeper)) pending |= 1ull << depth;
+        if (deeper) live |= 2ull << depth;
+    }
+}
+value:
+    switch (*p) {
+    case '"':
+        if (!(q = scan_string(p + 1, end, &esc))) return false;
+        p = q + 1;
+        break;
+    case '{':
+    case '[':
+        if (depth == FAST_MAX_DEPTH) return false;
+        depth++;
+        objects = *p == '{' ? objects | 1ull << depth : objects & ~(1ull << depth);
+        p++;
+        SKIP_WS();
+        if (*p == (IN_OBJECT() ? '}' : ']')) goto close;
+        if (IN_OBJECT()) goto member;
+        goto value;
+    case 't':
+        if (end - p < 4 || memcmp(p, "true", 4)) return false;
+        p += 4;
+        break;
+    case 'f':
+        if (end - p < 5 || memcmp(p, "false", 5)) return false;
+        p += 5;
+        break;
+    case 'n':
+        if (end - p < 4 || memcmp(p, "null", 4)) return false;
+        p += 4;
+        break;
+    default:
+        if (*p == '-') p++;
+        if (*p == '0') {
+            p++;
+        } else if ((uint8_t)(*p - '1') < 9) {
+            do p++;
+            while ((uint8_t)(*p - '0') < 10);
+        } else {
+            return false;
+        }
+        if (*p == '.') {
+            if ((uint8_t)(*++p - '0') >= 10) return false;
+            do p++;
+            while ((uint8_t)(*p - '0') < 10);
+        }
+        if ((*p | 0x20) == 'e') {
+            p++;
+            if (*p == '+' || *p == '-') p++;
+            if ((uint8_t)(*p - '0') >= 10) return false;
+            do p++;
+            while ((uint8_t)(*p - '0') < 10);
+        }
+    }
+after:
+    if (pending >> depth & 1) {
+        complete(depth, p);
+        pending &= ~(1ull << depth);
+    }
+    SKIP_WS();
+    if (*p == ',') {
+        p++;
+        if (IN_OBJECT()) goto member;
+        SKIP_WS();
+        goto value;
+    }
+    if (*p != (IN_OBJECT() ? '}' : ']')) return false;
+close:
+    p++;
+    if (live >> depth & 1 && depth > 1) {
+        leave(depth);
+        live &= ~(1ull << depth);
+    }
+    if (--depth) {
+        if (p == end) return false;
+        goto after;
+    }
+#undef SKIP_WS
+#undef IN_OBJECT
+    g.spaced = spaced;
+    return p == end;
+}
+
+/* Writes a value found by the fast path, compact. */
+static int write_value(pl_out *o, span v) {
+    if (!g.spaced || (*v.p != '{' && *v.p != '[')) return pl_out_write(o, v.p, (size_t)(v.end - v.p));
+    pl_buf *c = &g.compact;
+    c->len = 0;
+    if (!pl_buf_reserve(c, (size_t)(v.end - v.p))) return pl_fail_str("out of memory");
+    return pl_out_write(o, c->data, (size_t)(compact_into(c->data, v.p, v.end) - c->data));
+}
+
+static int on_line(void *ctx, const uint8_t *line, size_t len, uint64_t line_no) {
+    (void)ctx;
+    size_t i = 0;
+    while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r')) i++;
+    if (i == len) return 0; /* a blank line */
+    pl_stats.records_in++;
+    size_t n = len;
+    while (is_ws(line[n - 1])) n--;
+    for (uint32_t k = 0; k < g.paths.n; k++) {
+        g.found[k].p = NULL;
+        g.pending[k] = NULL;
+        g.level[k] = 0;
+    }
+    if (line[i] != '{' || line[n - 1] != '}' || !fast_object(line + i, line + n)) {
+        g.spaced = false;
+        return slow_line(line, len, line_no);
+    }
+    if (cfg.has_filter && !holds(&cfg.filter)) return 0;
+    pl_stats.records_out++;
+    span obj = {line + i, line + n};
+    if (!cfg.select.n && (g.spaced || cfg.rename_from.n)) {
+        /* The whole object is written: compact it (renaming walks its compact members). */
+        pl_buf *c = &g.compact;
+        c->len = 0;
+        if (!pl_buf_reserve(c, n - i + 1)) return pl_fail_str("out of memory");
+        uint8_t *d = compact_into(c->data, obj.p, obj.end);
+        *d = 0; /* padding for pl_json_compact_skip */
+        obj = (span){c->data, d};
+    }
     return write_line(obj);
 }
 
