@@ -89,7 +89,8 @@ static struct {
     uint32_t *nnames;
     uint32_t *level;
     const uint8_t **pending;
-    bool spaced; /* the line has whitespace inside its object */
+    uint64_t name_hashes; /* bit name_hash() of every name of every path */
+    bool spaced;          /* the line has whitespace inside its object */
     uint32_t *select_path; /* index in paths of each select entry */
 } g;
 
@@ -247,6 +248,10 @@ static int select_keys(void) {
 
 static int on_line(void *ctx, const uint8_t *line, size_t len, uint64_t line_no);
 
+/* A 6-bit hash of a member name (n bytes at p): a name whose hash no path's name has is none of
+ * them, so most members are passed over without comparing names. */
+static inline uint32_t name_hash(const uint8_t *p, size_t n) { return (uint32_t)((n ? p[0] : 0) + n * 16) & 63; }
+
 enum { KEY_FILTER, KEY_SELECT, KEY_RENAME, KEY_MAX_LINE_BYTES };
 
 static int read_config(pl_json *j, int key) {
@@ -280,6 +285,7 @@ static int pl_guest_init(const uint8_t *config, size_t len) {
         for (size_t at = 0;; at++) {
             const char *dot = memchr(p->ptr + at, '.', p->len - at);
             const size_t name_end = dot ? (size_t)(dot - p->ptr) : p->len;
+            g.name_hashes |= 1ull << name_hash((const uint8_t *)p->ptr + at, name_end - at);
             g.names[i][2 * g.nnames[i]] = (uint32_t)at;
             g.names[i][2 * g.nnames[i]++ + 1] = (uint32_t)(name_end - at);
             if (!dot) break;
@@ -504,12 +510,35 @@ static int slow_line(const uint8_t *line, size_t len, uint64_t line_no) {
 
 static inline bool is_ws(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
+/* The bytes of the 16 at p that stop a run of plain string bytes: '"', '\\', a control
+ * character or a byte >= 0x80 (bit i for p[i]). */
+static inline uint32_t string_stops(const uint8_t *p) {
+    const v128_t v = wasm_v128_load(p);
+    v128_t stop = wasm_v128_or(wasm_i8x16_eq(v, wasm_i8x16_splat('"')), wasm_i8x16_eq(v, wasm_i8x16_splat('\\')));
+    stop = wasm_v128_or(stop, wasm_u8x16_lt(v, wasm_i8x16_splat(0x20)));
+    stop = wasm_v128_or(stop, wasm_i8x16_lt(v, wasm_i8x16_splat(0)));
+    return (uint32_t)wasm_i8x16_bitmask(stop);
+}
+
 /* The closing quote of the string whose text starts at p (after its opening quote), or NULL
- * if the string is invalid or unterminated; sets *esc if it has an escape. */
-static const uint8_t *scan_string(const uint8_t *p, const uint8_t *end, bool *esc) {
+ * if the string is invalid or unterminated; sets *esc if it has an escape. The line starts at
+ * `start`: near its end, 16 bytes are read from end - 16 rather than one at a time. */
+static const uint8_t *scan_string(const uint8_t *p, const uint8_t *end, const uint8_t *start, bool *esc) {
     for (;;) {
-        p = pl__json_plain_end(p, end, true);
-        if (p == end) return NULL;
+        uint32_t stops;
+        if (end - p >= 16) {
+            if (!(stops = string_stops(p))) {
+                p += 16;
+                continue;
+            }
+        } else if (end - start >= 16) {
+            if (!(stops = string_stops(end - 16) >> (16 - (end - p)))) return NULL;
+        } else {
+            while (p < end && *p != '"' && *p != '\\' && *p >= 0x20 && *p < 0x80) p++;
+            if (p == end) return NULL;
+            stops = 1;
+        }
+        p += __builtin_ctz(stops);
         const uint8_t c = *p;
         if (c == '"') return p;
         if (c == '\\') {
@@ -613,6 +642,7 @@ static uint8_t *compact_into(uint8_t *d, const uint8_t *p, const uint8_t *end) {
  * nested deeper than FAST_MAX_DEPTH. Sets g.spaced if there is whitespace inside the object.
  */
 static bool fast_object(const uint8_t *p, const uint8_t *const end) {
+    const uint8_t *const start = p;
     uint64_t objects = 2;               /* bit per open container (1 << depth): 1 object, 0 array */
     uint64_t live = g.paths.n ? 2 : 0;  /* bit per open object in which paths are looked for */
     uint64_t pending = 0;               /* bit per open object whose open member is a path's value */
@@ -636,12 +666,12 @@ member : {
     if (*p != '"') return false;
     esc = false;
     const uint8_t *key = p + 1;
-    if (!(q = scan_string(key, end, &esc))) return false;
+    if (!(q = scan_string(key, end, start, &esc))) return false;
     p = q + 1;
     SKIP_WS();
     if (*p++ != ':') return false;
     SKIP_WS();
-    if (live >> depth & 1) {
+    if (live >> depth & 1 && (esc || g.name_hashes >> name_hash(key, (size_t)(q - key)) & 1)) {
         bool deeper = false;
         if (match_name(depth, key, q, esc, p, &deeper)) pending |= 1ull << depth;
         if (deeper) live |= 2ull << depth;
@@ -650,7 +680,7 @@ member : {
 value:
     switch (*p) {
     case '"':
-        if (!(q = scan_string(p + 1, end, &esc))) return false;
+        if (!(q = scan_string(p + 1, end, start, &esc))) return false;
         p = q + 1;
         break;
     case '{':
