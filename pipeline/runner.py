@@ -394,7 +394,7 @@ class _Run:
         return emit
 
     # -- checkpoints ----------------------------------------------------------------------
-    def _checkpoint(self, state: str, *, counted: bool = True) -> None:
+    def _checkpoint(self, state: str) -> None:
         """Commit a manifest: sinks persist -> page blobs -> manifest CAS -> release old blobs.
 
         What needs the guests and sinks to stand still runs here: sinks flush, pages are hashed
@@ -420,15 +420,15 @@ class _Run:
         manifest.seq += 1
         manifest.sinks = sinks
         manifest.source["offset"] = self.offset
-        manifest.stats.update(self._stats(), checkpoints=manifest.stats.get("checkpoints", 0) + counted)
+        manifest.stats.update(self._stats(), checkpoints=manifest.stats.get("checkpoints", 0) + 1)
         # The checkpoint thread gets its own copy: this thread changes the manifest next time.
         frozen = dataclasses.replace(
             manifest, source=dict(manifest.source), stats=dict(manifest.stats), stages=list(manifest.stages)
         )
         if state == "running":
-            self._inflight = self._checkpointer.submit(self._commit, frozen, new_pages, counted)
+            self._inflight = self._checkpointer.submit(self._commit, frozen, new_pages)
         else:
-            self._commit(frozen, new_pages, counted)
+            self._commit(frozen, new_pages)
 
     def _sink_entries(self) -> list[dict[str, Any]]:
         """The manifest's ``sinks``: each output with the handle its ``flush()`` returns."""
@@ -437,7 +437,7 @@ class _Run:
             for name, sink in self.sinks.items()
         ]
 
-    def _commit(self, manifest: Manifest, new_pages: dict[str, bytes], counted: bool) -> None:
+    def _commit(self, manifest: Manifest, new_pages: dict[str, bytes]) -> None:
         """The durable half of a checkpoint, in DESIGN §4's order."""
         for sink in self.sinks.values():
             sink.sync()
@@ -447,7 +447,7 @@ class _Run:
         manifest.stats["stored_bytes"] = manifest.stored_bytes()
         self.state.commit(manifest)
         self.faults.reached("manifest-committed")
-        self.checkpoints += counted
+        self.checkpoints += 1
         self.state.release(manifest)
         self.pages.retain(self.state.referenced())
         self.faults.reached("released")
