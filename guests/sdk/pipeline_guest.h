@@ -1209,11 +1209,23 @@ PL_API void pl_lower(uint8_t *p, size_t n) { pl__case_map(p, n, false, false); }
  * spans, for text just written into an output buffer (PL_OUT_SLACK). */
 PL_API void pl_case_map_padded(uint8_t *p, size_t n, bool upper) {
 #ifdef __wasm_simd128__
-    if (n <= 16) { /* one block, inline; Latin-1 letters (lead byte C3) take the full path */
-        v128_t v = wasm_v128_load(p);
-        if (!wasm_v128_any_true(wasm_i8x16_eq(v, wasm_i8x16_splat((int8_t)0xC3)))) {
-            v128_t letter = wasm_u8x16_lt(wasm_i8x16_sub(v, wasm_i8x16_splat(upper ? 'a' : 'A')), wasm_i8x16_splat(26));
-            wasm_v128_store(p, wasm_v128_xor(v, wasm_v128_and(letter, wasm_i8x16_splat(0x20))));
+    if (n <= 16) { /* one block, inline */
+        const v128_t v = wasm_v128_load(p);
+        /* Lead bytes C3 within the n bytes (the rest may be anything), and the bytes after them. */
+        const v128_t lead = wasm_v128_and(wasm_i8x16_eq(v, wasm_i8x16_splat((int8_t)0xC3)),
+                                          wasm_u8x16_lt(wasm_i8x16_const(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                        wasm_i8x16_splat((int8_t)n)));
+        const v128_t next = wasm_i8x16_shuffle(wasm_i8x16_splat(0), lead, 0, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26,
+                                               27, 28, 29, 30);
+        /* C3 C3 pairs take the full path: there a C3 is sometimes the second byte of a pair. */
+        if (!wasm_v128_any_true(wasm_v128_and(lead, next))) {
+            v128_t flip = wasm_u8x16_lt(wasm_i8x16_sub(v, wasm_i8x16_splat(upper ? 'a' : 'A')), wasm_i8x16_splat(26));
+            /* Second bytes of Latin-1 letters (see pl__case_map); one after the n bytes is slack. */
+            const v128_t l1 = wasm_v128_andnot(
+                wasm_u8x16_lt(wasm_i8x16_sub(v, wasm_i8x16_splat((int8_t)(upper ? 0xA0 : 0x80))), wasm_i8x16_splat(0x1F)),
+                wasm_i8x16_eq(v, wasm_i8x16_splat((int8_t)(upper ? 0xB7 : 0x97))));
+            flip = wasm_v128_or(flip, wasm_v128_and(l1, next));
+            wasm_v128_store(p, wasm_v128_xor(v, wasm_v128_and(flip, wasm_i8x16_splat(0x20))));
             return;
         }
     }
