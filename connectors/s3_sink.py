@@ -224,11 +224,21 @@ class S3Sink:
         self._published = True
 
     def discard(self, handle: dict[str, Any] | None = None) -> None:
-        """Abort the upload the handle names (or this run's own); a gone upload is fine."""
-        upload_id = (handle or {}).get("upload_id") or self._upload_id
-        if upload_id is None:
-            return
-        self._try("abort_multipart_upload", f"abort upload {upload_id[:16]}...", Key=self.key, UploadId=upload_id)
+        """Abort the upload the handle names (without one, this run's own); a gone upload is fine.
+
+        A handle with no upload id comes from a run's first ``starting`` commit: that run may have
+        died between creating its upload and recording it, so every unfinished upload on the key
+        goes (another session writing the very same key is the one that could lose its upload).
+        """
+        if handle is None:
+            upload_ids = [self._upload_id] if self._upload_id else []
+        elif handle.get("upload_id"):
+            upload_ids = [handle["upload_id"]]
+        else:
+            listing = self._s3("list_multipart_uploads", "list unfinished uploads", Prefix=self.key)
+            upload_ids = [u["UploadId"] for u in listing.get("Uploads", ()) if u["Key"] == self.key]
+        for upload_id in upload_ids:
+            self._try("abort_multipart_upload", f"abort upload {upload_id[:16]}...", Key=self.key, UploadId=upload_id)
 
     def close(self) -> None:
         """Drop the buffer and the client's connections; safe twice. An unfinished upload stays."""

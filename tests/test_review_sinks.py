@@ -271,3 +271,28 @@ def test_local_parquet_resumed_after_publish_leaves_no_staging_file(orders: Path
     resumed = run_cli("run", str(job))
     assert resumed.returncode == 0, resumed.stderr
     assert sorted(os.listdir(tmp_path / "out")) == ["m.parquet", "r.csv"]
+
+
+# -- 9. A run killed between creating its S3 upload and recording it leaves no upload behind ----
+
+
+@pytest.mark.s3
+def test_upload_created_but_never_recorded_is_aborted_by_the_next_fresh_start(
+    orders: Path, golden: dict[str, bytes], bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = write_job(tmp_path, source=str(orders), sink=bucket.output("m.csv"), rejects="{url: out/r.csv}")
+    original = SessionStore.commit
+
+    def die_recording_the_upload(self: SessionStore, manifest: Any) -> None:
+        if manifest.state == "starting" and any(s["handle"].get("upload_id") for s in manifest.sinks):
+            raise Interrupt(0)  # the upload exists; the head still says "no upload yet"
+        original(self, manifest)
+
+    monkeypatch.setattr(SessionStore, "commit", die_recording_the_upload)
+    with pytest.raises(Interrupt):
+        run_session(load_job(job))
+    monkeypatch.undo()
+    assert bucket.uploads() == [f"{bucket.prefix}/m.csv"]
+    run_session(load_job(job))
+    assert bucket.read("m.csv") == golden["mapped.csv"]
+    assert bucket.uploads() == []
