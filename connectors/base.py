@@ -99,15 +99,14 @@ def _connector(module: str, needs: str, extra: str, what: str) -> Any:
 
 
 @contextlib.contextmanager
-def open_recorded_sink(entry: dict[str, Any], session: str, *, spec: OutputSpec | None = None) -> Iterator[Sink]:
+def open_recorded_sink(entry: dict[str, Any], session: str) -> Iterator[Sink]:
     """The sink of a manifest's ``sinks`` entry, held (``acquire``) until the block ends.
 
-    For discarding what an earlier run left in progress. ``spec`` supplies storage options the
-    manifest never records; without it they come from the environment (``AWS_ENDPOINT_URL``,
-    profiles, fsspec config).
+    For discarding what an earlier run left in progress. Manifests never record storage
+    options: remote outputs are reached with the environment's (``AWS_ENDPOINT_URL``, profiles,
+    fsspec config).
     """
-    spec = spec or OutputSpec(url=entry["url"], format=entry.get("format", "raw"))
-    sink = open_sink(spec, session)
+    sink = open_sink(OutputSpec(url=entry["url"], format=entry.get("format", "raw")), session)
     try:
         sink.acquire()
         yield sink

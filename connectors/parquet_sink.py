@@ -49,6 +49,7 @@ class ParquetSink:
         self.tmp_name = f".{name}~{session}.tmp"
         self._rows: Sink = open_sink(replace(spec, url=self.rows_url, format="raw"), session, stash=stash)
         self._fs, self._target = fsspec.core.url_to_fs(spec.url, **spec.options)
+        self._rows_path = self._fs._strip_protocol(self.rows_url)  # beside the target, same filesystem
         self._published = False
         self._length: int | None = None  # set when recovery finds the output already published
 
@@ -99,17 +100,13 @@ class ParquetSink:
             return
         self._rows.commit()
         self._convert()
-        fs, path = fsspec.core.url_to_fs(self.rows_url, **self.spec.options)
-        with contextlib.suppress(FileNotFoundError):
-            fs.rm_file(path)
+        self._remove_rows()
         self._published = True
 
     def discard(self, handle: dict[str, Any] | None = None) -> None:
         """Throw away the staged rows (in progress or published) and any half-written file."""
         self._rows.discard(handle)
-        fs, path = fsspec.core.url_to_fs(self.rows_url, **self.spec.options)
-        with contextlib.suppress(FileNotFoundError):
-            fs.rm_file(path)
+        self._remove_rows()
         if isinstance(self._fs, LocalFileSystem):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(Path(self._target).with_name(self.tmp_name))
@@ -120,18 +117,20 @@ class ParquetSink:
 
     # -- conversion -----------------------------------------------------------------------
     def _rows_exist(self) -> bool:
-        fs, path = fsspec.core.url_to_fs(self.rows_url, **self.spec.options)
-        return bool(fs.exists(path))
+        return bool(self._fs.exists(self._rows_path))
+
+    def _remove_rows(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._fs.rm_file(self._rows_path)
 
     def _convert(self) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        fs, path = fsspec.core.url_to_fs(self.rows_url, **self.spec.options)
         local = isinstance(self._fs, LocalFileSystem)
         tmp = Path(self._target).with_name(self.tmp_name) if local else None
         try:
-            with fs.open(path, "rb") as staged, _output(self._fs, self._target, tmp) as out:
+            with self._fs.open(self._rows_path, "rb") as staged, _output(self._fs, self._target, tmp) as out:
                 reader = _open_rows(staged, self.spec.schema)
                 writer = pq.ParquetWriter(out, reader.schema, compression=self.spec.compression)
                 pending: list[Any] = []

@@ -24,7 +24,7 @@ from pipeline.connectors.source import Source, redact_url
 from pipeline.errors import PipelineError, SnapshotCorrupt, SourceError
 from pipeline.runner import RunResult, run_session
 from pipeline.session import SessionStore
-from pipeline.spec import GLOB_CHARS, JobSpec, check_distinct_outputs, render_output
+from pipeline.spec import GLOB_CHARS, JobSpec, outputs_for
 from pipeline.stores import open_store
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -79,9 +79,7 @@ def job_for(job: JobSpec, url: str) -> JobSpec:
     """The one-file job for ``url``: its source and its rendered outputs."""
     if not job.is_batch:
         return job
-    sink = job.sink.for_url(render_output(job.sink.url, url))
-    outputs = {name: out.for_url(render_output(out.url, url)) for name, out in job.outputs.items()}
-    check_distinct_outputs(job.path, url, sink, outputs)
+    sink, outputs = outputs_for(job.path, url, job.sink, job.outputs)
     source = dataclasses.replace(job.source, url=url, patterns=())
     return dataclasses.replace(job, source=source, sink=sink, outputs=outputs)
 

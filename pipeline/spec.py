@@ -306,9 +306,7 @@ def parse_job(document: Any, path: Path) -> JobSpec:
             raise check.fail("rejects", "is also given as outputs.rejects; keep one")
         outputs["rejects"] = output(top["rejects"], "rejects")
     if not source.patterns:  # one file: fill in any placeholders now
-        sink = sink.for_url(render_output(sink.url, source.url))
-        outputs = {n: o.for_url(render_output(o.url, source.url)) for n, o in outputs.items()}
-        check_distinct_outputs(path, source.url, sink, outputs)
+        sink, outputs = outputs_for(path, source.url, sink, outputs)
 
     checkpoint = check.mapping(top.get("checkpoint", {}), "checkpoint", required=set(), optional={"every"})
     store = top.get("store", DEFAULT_STORE)
@@ -335,8 +333,13 @@ def render_output(template: str, source_url: str) -> str:
     return template.format_map({"name": name, "stem": name.split(".", 1)[0] if "." in name else name})
 
 
-def check_distinct_outputs(path: Path, source_url: str, sink: OutputSpec, outputs: dict[str, OutputSpec]) -> None:
-    """No output may overwrite the source or another output (``path`` names the job file)."""
+def outputs_for(
+    path: Path, source_url: str, sink: OutputSpec, outputs: dict[str, OutputSpec]
+) -> tuple[OutputSpec, dict[str, OutputSpec]]:
+    """The sink and outputs for one source file: placeholders filled in, and checked that none
+    overwrites the source or another output (``path`` names the job file in errors)."""
+    sink = sink.for_url(render_output(sink.url, source_url))
+    outputs = {name: out.for_url(render_output(out.url, source_url)) for name, out in outputs.items()}
     check = _Checker(path)
     seen = {source_url: "source.url", sink.url: "sink.url"}
     if sink.url == source_url:
@@ -346,6 +349,7 @@ def check_distinct_outputs(path: Path, source_url: str, sink: OutputSpec, output
         if out.url in seen:
             raise check.fail(where, f"is the same file as {seen[out.url]}; give each output its own file")
         seen[out.url] = where
+    return sink, outputs
 
 
 def _parse_output(check: _Checker, doc: Any, where: str) -> OutputSpec:
