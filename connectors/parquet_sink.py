@@ -144,7 +144,7 @@ class ParquetSink:
                 if pending:
                     writer.write_table(pa.Table.from_batches(pending), row_group_size=self.spec.row_group_size)
                 writer.close()
-        except pa.ArrowInvalid as exc:
+        except pa.ArrowException as exc:  # ArrowInvalid (parse, cast) and its kin: all one-line errors
             raise SinkError(
                 f"sink {self.url}: the rows do not convert to Parquet: {_first_line(exc)}",
                 hint="declare the column's type under `schema:` on this output (e.g. `schema: {amount: float64}`)",
