@@ -120,7 +120,10 @@ class SessionStore:
                 f"session {self.session!r} is held by another run (its checkpoint moved underneath this one)",
                 hint="only one run per session may proceed; this run stopped without publishing",
             ) from None
-        if manifest.state in ("running", "finished"):  # a "starting" or "complete" head resumes nothing
+        # A copy is a fallback worth its write only where it saves work: a "starting" or
+        # "complete" head resumes nothing, and a session that finished before its first
+        # checkpoint (no pages: a small file) redoes no more with --fresh than from a copy.
+        if manifest.state == "running" or (manifest.state == "finished" and manifest.stages):
             self.store.put(self._history_key(manifest.seq), data)
 
     def release(self, manifest: Manifest) -> None:

@@ -7,10 +7,13 @@ value. Durability of the rename needs the directory fsynced too: ``cas`` does th
 touched. Blobs are only ever reached through a manifest a ``cas`` committed, so the commit order
 of DESIGN §4 holds, with one directory fsync per checkpoint instead of one per page blob.
 
-``cas`` serialises writers of one key with an ``flock`` on a sidecar lock file, which works
-across threads and processes on one machine (not across machines: use S3 or PostgreSQL for a
-store shared by several hosts); versions are content hashes. The store's own files (temporary
-files, lock files) start with ``.~``; no key segment may, and ``list`` never shows them.
+``cas`` serialises writers with an ``flock`` on the key's directory, which works across threads
+and processes on one machine (not across machines: use S3 or PostgreSQL for a store shared by
+several hosts); versions are content hashes. Locking the directory rather than a sidecar lock
+file serialises every ``cas`` in one directory (a session's holds one key that takes ``cas``) and
+saves a file creation per session: on small files, creating files is most of the kernel's time.
+The store's own temporary files start with ``.~``; no key segment may, and ``list`` never
+shows them.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pipeline.errors import Conflict, KeyNotFound, StoreError
 from pipeline.stores._base import BaseStore
 from pipeline.stores._retry import RetryPolicy
 
-_PRIVATE = ".~"  # prefix of the store's own temporary and lock files; never a key segment
+_PRIVATE = ".~"  # prefix of the store's own temporary files; never a key segment
 
 
 def _version(data: bytes) -> str:
@@ -65,18 +68,24 @@ class DirectoryStore(BaseStore):
             raise StoreError(f"{self.url}: cannot read {key!r}: {exc.strerror}") from exc
         return data, _version(data)
 
-    def _write_atomically(self, key: str, data: bytes, *, sync_dir: bool = True) -> None:
+    def _write_atomically(self, key: str, data: bytes, *, dir_fd: int | None = None) -> None:
+        """Write ``key`` through a fsynced temporary file and a rename.
+
+        With ``dir_fd`` (the key's directory, open) the rename is made durable at once; without,
+        it is left for the next ``_sync_pending``.
+        """
         path = self.root / key
         tmp = path.with_name(f"{_PRIVATE}{path.name}.{uuid.uuid4().hex}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if dir_fd is None:
+                path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            if sync_dir:
-                fsync_dir(path.parent)
+            if dir_fd is not None:
+                os.fsync(dir_fd)
             else:
                 with self._unsynced_lock:
                     self._unsynced.add(path.parent)
@@ -86,7 +95,7 @@ class DirectoryStore(BaseStore):
             raise StoreError(f"{self.url}: cannot write {key!r}: {exc.strerror}") from exc
 
     def _put(self, key: str, data: bytes) -> None:
-        self._write_atomically(key, data, sync_dir=False)
+        self._write_atomically(key, data)
 
     def _sync_pending(self) -> None:
         """Fsync every directory a put renamed into since the last sync."""
@@ -102,26 +111,23 @@ class DirectoryStore(BaseStore):
 
     def _cas(self, key: str, data: bytes, expected: str | None) -> str:
         path = self.root / key
-        # Lock files are never removed: unlinking one while another writer holds or waits on
-        # it would let a third writer lock a fresh inode and break mutual exclusion.
-        lock_path = path.with_name(f"{_PRIVATE}{path.name}.lock")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise StoreError(f"{self.url}: cannot lock {key!r}: {exc.strerror}") from exc
         try:
             self._sync_pending()  # blobs put before this commit must be durable before it
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            fcntl.flock(dir_fd, fcntl.LOCK_EX)
             try:
                 current: str | None = _version(path.read_bytes())
             except FileNotFoundError:
                 current = None
             if current != expected:
                 raise Conflict(f"{self.url}: {key!r} changed underneath (compare-and-swap lost)")
-            self._write_atomically(key, data)
+            self._write_atomically(key, data, dir_fd=dir_fd)
         finally:
-            os.close(lock_fd)  # closing releases the flock
+            os.close(dir_fd)  # closing releases the flock
         return _version(data)
 
     def _list(self, prefix: str) -> Iterator[str]:

@@ -160,3 +160,35 @@ def test_encrypted_store_damaged_head_falls_back_and_nothing_is_plaintext(
         run_session(load_job(job))
     assert "sessions/echo/manifest" in caplog.text
     assert _published(tmp_path) == echo_expected(tmp_path)
+
+
+def test_a_session_finished_before_its_first_checkpoint_keeps_no_copy(tmp_path: Path) -> None:
+    """A small file's `finished` manifest has no pages: a copy would save nothing over --fresh."""
+    job = make_echo_job(tmp_path, size=1000)
+    states: list[tuple[str, int]] = []
+    original = SessionStore.commit
+
+    def spy(self: SessionStore, manifest: Manifest) -> None:
+        original(self, manifest)
+        states.append((manifest.state, len(list(self.store.list(self.history_prefix)))))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SessionStore, "commit", spy)
+        run_session(load_job(job))
+    assert states == [("starting", 0), ("finished", 0), ("complete", 0)]
+    assert _published(tmp_path) == echo_expected(tmp_path)
+
+
+def test_a_finished_manifest_with_pages_keeps_its_copy(interrupted: Path) -> None:
+    copies: list[int] = []
+    original = SessionStore.commit
+
+    def spy(self: SessionStore, manifest: Manifest) -> None:
+        original(self, manifest)
+        if manifest.state == "finished":
+            copies.append(len([k for k in self.store.list(self.history_prefix) if k.endswith(f"{manifest.seq:012d}")]))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SessionStore, "commit", spy)
+        run_session(load_job(interrupted / "job.yaml"))
+    assert copies == [1]

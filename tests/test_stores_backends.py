@@ -108,6 +108,16 @@ def test_directory_hides_leftover_temporary_files(tmp_path: Path) -> None:
     assert list(store.list("")) == ["a/b"]
 
 
+def test_directory_cas_creates_no_lock_files(tmp_path: Path) -> None:
+    """CAS locks the key's directory: creating a lock file per key cost a file creation per session."""
+    store = DirectoryStore(str(tmp_path))
+    version = store.cas("sessions/s/manifest", b"1", None)
+    store.cas("sessions/s/manifest", b"2", version)
+    assert sorted(p.name for p in (tmp_path / "sessions" / "s").iterdir()) == ["manifest"]
+    with pytest.raises(Conflict):
+        store.cas("sessions/s/manifest", b"3", version)
+
+
 def test_directory_key_that_is_a_folder_is_not_found(tmp_path: Path) -> None:
     store = DirectoryStore(str(tmp_path))
     store.put("a/b", b"x")
