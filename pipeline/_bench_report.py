@@ -36,6 +36,9 @@ METHOD = """\
   files its threads are `--parallel N` sessions at once.
 - The JSONL input holds no invalid lines: polars' `scan_ndjson` stops at the first one and has no
   option to skip it. The small-files input does hold some (only wasm-pipeline and Python run it).
+- Small files: `python-json` writes each file's two outputs and nothing else; `python-json-durable`
+  also publishes them as a durable sink must (temp file, fsync, rename, directory fsync), with no
+  session state: the floor of a durable per-file publish on this disk.
 - The machine is shared with other work: figures are noisy; compare the ratios more than the
   absolute numbers."""
 

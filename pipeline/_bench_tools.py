@@ -187,6 +187,33 @@ def python_small_files(source: Path, out: Path, threads: int | None) -> Path:
     return out / "files"
 
 
+def python_small_files_durable(source: Path, out: Path, threads: int | None) -> Path:
+    """The script publishing each file's outputs durably, as wasm-pipeline's sinks do.
+
+    Temp file, fsync, rename, directory fsync, and nothing else (no session state, no locks):
+    the floor a durable per-file publish costs on this disk.
+    """
+    from pipeline._fs import fsync_dir
+
+    files, rejects = out / "files", out / "rejects"
+    files.mkdir()
+    rejects.mkdir()
+    for path in sorted(source.glob("*.jsonl")):
+        targets = (files / path.name, rejects / f"{path.stem}.csv")
+        temps = [target.with_name(f".{target.name}.part") for target in targets]
+        _python_jsonl_file(path, *temps)
+        for temp, target in zip(temps, targets, strict=True):
+            fd = os.open(temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, target)
+        fsync_dir(files)
+        fsync_dir(rejects)
+    return files
+
+
 # -- peers ---------------------------------------------------------------------------------
 def pyarrow_csv(source: Path, out: Path, threads: int | None) -> Path:
     """pyarrow: read the whole CSV (all columns as text), compute the mask and columns, write."""
@@ -310,6 +337,7 @@ TOOLS = [
     Tool("polars", "jsonl", polars_jsonl, ("polars",), threaded=True),
     Tool("wasm-pipeline", "small-files", wasm_small_files, ("pipeline.batch",), threaded=True),
     Tool("python-json", "small-files", python_small_files),
+    Tool("python-json-durable", "small-files", python_small_files_durable),
 ]
 
 

@@ -33,6 +33,7 @@ def test_every_tool_gives_the_same_rows(report: bench.Report) -> None:
     for peer in ("python-csv", "pyarrow", "duckdb", "polars", "wasm-pipeline-no-ckpt"):
         assert ("csv", peer) in names
     assert {("jsonl", "python-json"), ("jsonl", "duckdb"), ("jsonl", "polars")} <= names
+    assert {("small-files", "python-json"), ("small-files", "python-json-durable")} <= names
 
 
 def test_pinned_peers_really_run_on_one_thread(report: bench.Report) -> None:
