@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,10 @@ def test_the_generators_are_deterministic_and_hold_rows_to_reject(tmp_path: Path
     assert [f.name for f in files][:2] == ["events-00.jsonl", "events-01.jsonl"] and len(files) == 12
     assert all(1_000 <= f.stat().st_size < 1_400 for f in files)
     assert sum(len(f.read_text().splitlines()) for f in files) == rows
+
+
+def test_bench_needs_no_pytest() -> None:
+    """`pip install 'wasm-pipeline[bench]'` brings no pytest; `pipeline bench` must still import."""
+    code = "import sys; sys.modules['pytest'] = None; import pipeline.bench, pipeline.testing.data"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
