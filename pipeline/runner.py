@@ -420,7 +420,9 @@ class _Run:
         manifest.seq += 1
         manifest.sinks = sinks
         manifest.source["offset"] = self.offset
-        manifest.stats.update(self._stats(), checkpoints=manifest.stats.get("checkpoints", 0) + 1)
+        # Publishing moves no bytes: a "complete" manifest keeps the figures of the "finished" one.
+        figures = {"updated_at": time.time()} if state == "complete" else self._stats()
+        manifest.stats.update(figures, checkpoints=manifest.stats.get("checkpoints", 0) + 1)
         # The checkpoint thread gets its own copy: this thread changes the manifest next time.
         frozen = dataclasses.replace(
             manifest, source=dict(manifest.source), stats=dict(manifest.stats), stages=list(manifest.stages)
@@ -476,7 +478,7 @@ class _Run:
 
     def _result(self, resumed_from: int | None, seconds: float) -> RunResult:
         assert self.manifest is not None
-        stats = self.manifest.stats | (self._stats() if self.guests else {})
+        stats = self.manifest.stats  # as the "finished" checkpoint (this run's or the resumed one) left them
         return RunResult(
             session=self.session,
             status="complete",
