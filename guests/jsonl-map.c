@@ -69,6 +69,19 @@ static struct {
     pl_strs rename_from, rename_to;
 } cfg;
 
+/* A name the fast path looks for in an object (see build_tree). */
+typedef struct entry {
+    uint8_t name16[16]; /* the name's first 16 bytes, zero-padded: compared in one go */
+    const char *name;
+    uint32_t len;
+    int32_t node;  /* the object it is looked for in */
+    int32_t path;  /* the path it is the last name of, or -1 */
+    int32_t child; /* the node of its value, if that is an object, or -1 */
+    int32_t next;  /* the next entry of its node with the same name_hash, or -1 */
+    uint32_t *paths; /* every path through it: when the name comes again, their values are forgotten */
+    uint32_t npaths;
+} entry;
+
 /* Stream state. */
 static struct {
     pl_lines lines;
@@ -82,16 +95,16 @@ static struct {
     pl_strs paths;
     size_t *first_len;     /* length of each path's first name */
     span *found;           /* each path's value in the line; .p NULL if it has none */
-    /* The fast path's state per path: its names as (start, length) pairs in the path, how many
-     * of them the open objects matched so far (`level`: the path is looked for in the object at
-     * depth level + 1), and where the value of a last name that matched starts. */
-    uint32_t **names;
-    uint32_t *nnames;
-    uint32_t *level;
-    const uint8_t **pending;
-    uint64_t name_hashes; /* bit name_hash() of every name of every path */
-    bool spaced;          /* the line has whitespace inside its object */
     uint32_t *select_path; /* index in paths of each select entry */
+    /* The fast path: the paths' names as a tree of nodes, one per object looked in (node 0 is the
+     * line's object), each a 64-slot hash table of its entries; the line's tokens (index_line). */
+    entry *entries;
+    uint32_t nentries;
+    int32_t (*slots)[64];
+    uint32_t nnodes;
+    pl_buf tokens;
+    bool escapes; /* the line has a backslash */
+    bool spaced;  /* the line has whitespace inside its object */
 } g;
 
 /* ---------------------------------------------------------------------------------------- */
@@ -268,31 +281,69 @@ static int read_config(pl_json *j, int key) {
     }
 }
 
+/* A new node, with no entries; -1 if memory ran out. */
+static int32_t add_node(void) {
+    int32_t(*slots)[64] = realloc(g.slots, (g.nnodes + 1) * sizeof *slots);
+    if (!slots) return -1;
+    g.slots = slots;
+    memset(slots[g.nnodes], 0xFF, sizeof *slots); /* every slot -1: empty */
+    return (int32_t)g.nnodes++;
+}
+
+/* The entry of `node` for the name (len bytes at name, which must outlive it), added if new; -1
+ * if memory ran out. */
+static int32_t add_entry(int32_t node, const char *name, uint32_t len) {
+    const uint32_t h = name_hash((const uint8_t *)name, len);
+    for (int32_t i = g.slots[node][h]; i >= 0; i = g.entries[i].next)
+        if (g.entries[i].len == len && memcmp(g.entries[i].name, name, len) == 0) return i;
+    entry *entries = realloc(g.entries, (g.nentries + 1) * sizeof *entries);
+    if (!entries) return -1;
+    g.entries = entries;
+    entry *e = &entries[g.nentries];
+    *e = (entry){.name = name, .len = len, .node = node, .path = -1, .child = -1, .next = g.slots[node][h]};
+    memcpy(e->name16, name, len < 16 ? len : 16);
+    g.slots[node][h] = (int32_t)g.nentries;
+    return (int32_t)g.nentries++;
+}
+
+/* Builds the fast path's tree of names from g.paths: "a.b" and "a.c" share the entry of "a" in
+ * node 0, whose child node has the entries "b" and "c". */
+static int build_tree(void) {
+    if (g.paths.n && add_node() < 0) return pl_fail_str("out of memory");
+    for (uint32_t i = 0; i < g.paths.n; i++) {
+        const pl_str *p = &g.paths.v[i];
+        int32_t node = 0;
+        for (size_t at = 0;;) {
+            const char *dot = memchr(p->ptr + at, '.', p->len - at);
+            const size_t name_end = dot ? (size_t)(dot - p->ptr) : p->len;
+            const int32_t e = add_entry(node, p->ptr + at, (uint32_t)(name_end - at));
+            if (e < 0) return pl_fail_str("out of memory");
+            uint32_t *paths = realloc(g.entries[e].paths, (g.entries[e].npaths + 1) * sizeof *paths);
+            if (!paths) return pl_fail_str("out of memory");
+            g.entries[e].paths = paths;
+            paths[g.entries[e].npaths++] = i;
+            if (!dot) {
+                g.entries[e].path = (int32_t)i;
+                break;
+            }
+            if (g.entries[e].child < 0) {
+                const int32_t child = add_node();
+                if (child < 0) return pl_fail_str("out of memory");
+                g.entries[e].child = child;
+            }
+            node = g.entries[e].child;
+            at = name_end + 1;
+        }
+    }
+    return 0;
+}
+
 static int pl_guest_init(const uint8_t *config, size_t len) {
     static const char *const keys[] = {"filter", "select", "rename", "max_line_bytes", NULL};
     pl_lines_init(&g.lines, on_line, NULL);
     if (pl_config_read(config, len, keys, read_config) || (cfg.select.n && select_keys())) return -1;
-    const uint32_t n = g.paths.n + 1;
-    g.found = calloc(n, sizeof *g.found);
-    g.names = calloc(n, sizeof *g.names);
-    g.nnames = calloc(n, sizeof *g.nnames);
-    g.level = calloc(n, sizeof *g.level);
-    g.pending = calloc(n, sizeof *g.pending);
-    if (!g.found || !g.names || !g.nnames || !g.level || !g.pending) return pl_fail_str("out of memory");
-    for (uint32_t i = 0; i < g.paths.n; i++) {
-        const pl_str *p = &g.paths.v[i];
-        if (!(g.names[i] = calloc(2 * (p->len + 1), sizeof **g.names))) return pl_fail_str("out of memory");
-        for (size_t at = 0;; at++) {
-            const char *dot = memchr(p->ptr + at, '.', p->len - at);
-            const size_t name_end = dot ? (size_t)(dot - p->ptr) : p->len;
-            g.name_hashes |= 1ull << name_hash((const uint8_t *)p->ptr + at, name_end - at);
-            g.names[i][2 * g.nnames[i]] = (uint32_t)at;
-            g.names[i][2 * g.nnames[i]++ + 1] = (uint32_t)(name_end - at);
-            if (!dot) break;
-            at = name_end;
-        }
-    }
-    return 0;
+    if (!(g.found = calloc(g.paths.n + 1, sizeof *g.found))) return pl_fail_str("out of memory");
+    return build_tree();
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -510,110 +561,361 @@ static int slow_line(const uint8_t *line, size_t len, uint64_t line_no) {
 
 static inline bool is_ws(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
-/* The bytes of the 16 at p that stop a run of plain string bytes: '"', '\\', a control
- * character or a byte >= 0x80 (bit i for p[i]). */
-static inline uint32_t string_stops(const uint8_t *p) {
-    const v128_t v = wasm_v128_load(p);
-    v128_t stop = wasm_v128_or(wasm_i8x16_eq(v, wasm_i8x16_splat('"')), wasm_i8x16_eq(v, wasm_i8x16_splat('\\')));
-    stop = wasm_v128_or(stop, wasm_u8x16_lt(v, wasm_i8x16_splat(0x20)));
-    stop = wasm_v128_or(stop, wasm_i8x16_lt(v, wasm_i8x16_splat(0)));
-    return (uint32_t)wasm_i8x16_bitmask(stop);
+/* ---------------------------------------------------------------------------------------- */
+/* The fast path                                                                             */
+/* ---------------------------------------------------------------------------------------- */
+
+/*
+ * The fast path checks a line and finds the paths' values in two passes, as simdjson does, so
+ * that no loop goes byte by byte. index_line classifies the line 64 bytes at a time into bit
+ * masks, works out which bytes are inside strings (backslash runs, then a prefix XOR of the
+ * unescaped quotes) and lists the line's tokens: each structural character , : [ ] { } outside
+ * strings, each quote that opens or closes a string, and the first byte of each run of other
+ * bytes outside strings (a number or a literal). Control characters, escapes and UTF-8 are
+ * checked there, in bulk. fast_object then walks the tokens through the JSON grammar, one step
+ * per token, checks numbers and literals, and matches member names against the tree of the
+ * paths' names. A line it turns down goes to slow_line, which finds the error to report.
+ */
+
+/* Lines longer than this take the slow path: the token list takes 4 bytes per byte at worst. */
+#define FAST_MAX_LINE (1u << 20)
+/* The walk keeps a bit per open container in a uint64_t: deeper lines take the slow path. */
+#define FAST_MAX_DEPTH 63
+/* index_line reads whole 64-byte blocks, up to this many bytes past the end of the line. */
+#define FAST_OVERREAD 64u
+
+/* Bit i set if an odd number of bits 0..i of x are set: which bytes lie between quotes. */
+static inline uint64_t prefix_xor(uint64_t x) {
+    x ^= x << 1;
+    x ^= x << 2;
+    x ^= x << 4;
+    x ^= x << 8;
+    x ^= x << 16;
+    return x ^ x << 32;
 }
 
-/* The closing quote of the string whose text starts at p (after its opening quote), or NULL
- * if the string is invalid or unterminated; sets *esc if it has an escape. The line starts at
- * `start`: near its end, 16 bytes are read from end - 16 rather than one at a time. */
-static const uint8_t *scan_string(const uint8_t *p, const uint8_t *end, const uint8_t *start, bool *esc) {
+/* The bytes escaped by a backslash in a block whose backslashes are `bs`: in a run of them,
+ * every other one escapes the next byte. *carry is 1 if the block's first byte is escaped (a
+ * run with an odd length ended the block before) and is set for the next block. simdjson's
+ * branchless way: a run's escaping backslashes are those at an even distance from its start. */
+static inline uint64_t escaped_bytes(uint64_t bs, uint64_t *carry) {
+    const uint64_t even = 0x5555555555555555ull;
+    bs &= ~*carry;
+    const uint64_t follows = bs << 1 | *carry;
+    const uint64_t odd_starts = bs & ~even & ~follows;
+    uint64_t even_runs;
+    *carry = __builtin_add_overflow(odd_starts, bs, &even_runs);
+    return (even ^ even_runs << 1) & follows;
+}
+
+static inline bool is_hex(uint8_t c) { return (uint8_t)(c - '0') < 10 || (uint8_t)((c | 0x20) - 'a') < 6; }
+
+/* True if each byte of the block at b that `escaped` marks makes a valid escape with the
+ * backslash before it: one of " \ / b f n r t, or u and four hex digits. */
+static bool escapes_valid(const uint8_t *b, uint64_t escaped) {
+    for (; escaped; escaped &= escaped - 1) {
+        const uint8_t *e = b + __builtin_ctzll(escaped);
+        switch (*e) {
+        case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't': break;
+        case 'u':
+            if (!is_hex(e[1]) || !is_hex(e[2]) || !is_hex(e[3]) || !is_hex(e[4])) return false;
+            break;
+        default: return false;
+        }
+    }
+    return true;
+}
+
+/* Appends the position of each set bit of `bits` (byte i of the block at b) to out; returns the
+ * new end. Eight at a time: it may write up to 8 further (garbage) entries past the end. */
+static inline const uint8_t **put_tokens(const uint8_t **out, const uint8_t *b, uint64_t bits) {
+    const uint32_t n = (uint32_t)__builtin_popcountll(bits);
+    const uint8_t **o = out;
+    do {
+        for (int k = 0; k < 8; k++) {
+            o[k] = b + __builtin_ctzll(bits);
+            bits &= bits - 1;
+        }
+        o += 8;
+    } while (bits);
+    return out + n;
+}
+
+/* The byte that no token has: the walk stops at it. */
+static const uint8_t NO_TOKEN = 0;
+
+/* The classes of up to 64 bytes (bit i for byte i). */
+typedef struct block {
+    uint64_t quotes, structural, ws;
+    bool rare; /* a backslash, a control character (tab and CR included) or a byte >= 0x80 */
+} block;
+
+/* The 16 bytes at p into bits k.. of the block's masks. */
+static inline void classify16(block *bl, const uint8_t *p, int k) {
+    const v128_t v = wasm_v128_load(p), lower = wasm_i8x16_splat(0x20);
+    bl->quotes |= (uint64_t)wasm_i8x16_bitmask(wasm_i8x16_eq(v, wasm_i8x16_splat('"'))) << k;
+    /* , : [ ] { } are , : { } once bit 5 is set; so are a few control characters, which make a
+     * line invalid where they would count (outside strings). */
+    const v128_t l = wasm_v128_or(v, lower);
+    const v128_t s = wasm_v128_or(wasm_v128_or(wasm_i8x16_eq(l, wasm_i8x16_splat(',')), wasm_i8x16_eq(l, wasm_i8x16_splat(':'))),
+                                  wasm_v128_or(wasm_i8x16_eq(l, wasm_i8x16_splat('{')), wasm_i8x16_eq(l, wasm_i8x16_splat('}'))));
+    bl->structural |= (uint64_t)wasm_i8x16_bitmask(s) << k;
+    /* Whitespace, and the control characters (checked apart). */
+    bl->ws |= (uint64_t)wasm_i8x16_bitmask(wasm_u8x16_le(v, lower)) << k;
+    /* Signed, bytes below 0x20 are the control characters and those >= 0x80. */
+    bl->rare |= wasm_v128_any_true(wasm_v128_or(wasm_i8x16_lt(v, lower), wasm_i8x16_eq(v, wasm_i8x16_splat('\\'))));
+}
+
+/* Bit i set for each byte i of the 64 at b equal to c. */
+static inline uint64_t bytes_eq(const uint8_t *b, uint8_t c) {
+    uint64_t m = 0;
+    for (int k = 0; k < 64; k += 16)
+        m |= (uint64_t)wasm_i8x16_bitmask(wasm_i8x16_eq(wasm_v128_load(b + k), wasm_i8x16_splat((int8_t)c))) << k;
+    return m;
+}
+
+/* Bit i set for each byte i of the 64 at b below 0x20 (unsigned) or, if `high`, >= 0x80. */
+static inline uint64_t bytes_below_space(const uint8_t *b, bool high) {
+    uint64_t m = 0;
+    for (int k = 0; k < 64; k += 16) {
+        const v128_t v = wasm_v128_load(b + k), space = wasm_i8x16_splat(0x20);
+        m |= (uint64_t)wasm_i8x16_bitmask(high ? wasm_i8x16_lt(v, space) : wasm_u8x16_lt(v, space)) << k;
+    }
+    return m;
+}
+
+/*
+ * Pass 1 over the object [start, end) (start at its '{', end after its '}', FAST_OVERREAD
+ * readable bytes after it): lists its tokens in g.tokens, NO_TOKEN-terminated (four times, for
+ * the walk's look-ahead), and sets g.spaced and g.escapes. False if it finds the line invalid:
+ * a control character other than tab or CR outside strings, an invalid escape, an unterminated
+ * string or invalid UTF-8 (bytes >= 0x80 outside strings are invalid too, and the walk finds
+ * those: they are not a number or a literal).
+ */
+static bool index_line(const uint8_t *const start, const uint8_t *const end) {
+    const size_t n = (size_t)(end - start);
+    pl_buf *tb = &g.tokens;
+    tb->len = 0;
+    if (!pl_buf_reserve(tb, (n + 16) * sizeof(const uint8_t *))) return false;
+    const uint8_t **tok = (const uint8_t **)(void *)tb->data;
+    uint64_t in_string = 0, escape_carry = 0, scalar_carry = 0, spaced = 0;
+    bool escapes = false;
+    const uint8_t *high = NULL; /* the first block with a byte >= 0x80 */
+    for (size_t at = 0; at < n; at += 64) {
+        const uint8_t *const b = start + at;
+        const size_t left = n - at;
+        const uint64_t valid = left >= 64 ? ~0ull : (1ull << left) - 1;
+        /* 16 bytes at a time, only as many as the line has. */
+        block bl = {0};
+        classify16(&bl, b, 0);
+        if (left > 16) classify16(&bl, b + 16, 16);
+        if (left > 32) classify16(&bl, b + 32, 32);
+        if (left > 48) classify16(&bl, b + 48, 48);
+        bl.quotes &= valid;
+        bl.structural &= valid;
+        bl.ws &= valid;
+        uint64_t escaped = 0, ctrl = 0;
+        if (bl.rare || escape_carry) {
+            const uint64_t bs = bytes_eq(b, '\\') & valid;
+            escaped = escaped_bytes(bs, &escape_carry) & valid;
+            escapes |= bs != 0;
+            if (escaped && !escapes_valid(b, escaped)) return false;
+            ctrl = bytes_below_space(b, false) & valid;
+            if (!high && bytes_below_space(b, true) & ~ctrl & valid) high = b;
+        }
+        const uint64_t quotes = bl.quotes & ~escaped;
+        /* From each opening quote up to (not including) its closing quote. */
+        const uint64_t inside = prefix_xor(quotes) ^ in_string;
+        in_string = (uint64_t)((int64_t)inside >> 63);
+        /* Tab and CR are whitespace outside strings; any other control character, and any
+         * inside a string, makes the line invalid. */
+        if (ctrl && ctrl & ~((bytes_eq(b, '\t') | bytes_eq(b, '\r')) & ~inside)) return false;
+        spaced |= bl.ws & ~inside;
+        /* Bytes of numbers and literals (or of anything invalid) outside strings: a token where
+         * a run of them starts. */
+        const uint64_t scalar = valid & ~(inside | bl.quotes | bl.structural | bl.ws);
+        const uint64_t tokens = (bl.structural & ~inside) | quotes | (scalar & ~(scalar << 1 | scalar_carry));
+        scalar_carry = scalar >> 63;
+        tok = put_tokens(tok, b, tokens);
+    }
+    if (in_string || (high && !pl_utf8_valid(high, (size_t)(end - high)))) return false;
+    for (int k = 0; k < 4; k++) tok[k] = &NO_TOKEN;
+    tb->len = (size_t)((const uint8_t *)tok - tb->data);
+    g.spaced = spaced != 0;
+    g.escapes = escapes;
+    return true;
+}
+
+/* The number of decimal digits at p, found 16 bytes at a time (the line's '}' stops them). */
+static inline size_t digit_run(const uint8_t *p) {
+    for (size_t n = 0;; n += 16) {
+        const v128_t d = wasm_i8x16_sub(wasm_v128_load(p + n), wasm_i8x16_splat('0'));
+        const uint32_t k = (uint32_t)__builtin_ctz(~wasm_i8x16_bitmask(wasm_u8x16_lt(d, wasm_i8x16_splat(10))));
+        if (k < 16) return n + k;
+    }
+}
+
+/* The end of the JSON number at p, or NULL if there is none. */
+static const uint8_t *number_end(const uint8_t *p) {
+    p += *p == '-';
+    if (*p == '0') {
+        p++;
+    } else if ((uint8_t)(*p - '1') < 9) {
+        p += digit_run(p);
+    } else {
+        return NULL;
+    }
+    if (*p == '.') {
+        const size_t n = digit_run(p + 1);
+        if (!n) return NULL;
+        p += 1 + n;
+    }
+    if ((*p | 0x20) == 'e') {
+        p++;
+        p += *p == '+' || *p == '-';
+        const size_t n = digit_run(p);
+        if (!n) return NULL;
+        p += n;
+    }
+    return p;
+}
+
+/* The bytes that may follow a number or a literal: those that end a run of them in index_line
+ * (whitespace and control characters, quotes and the structural characters). */
+static const bool ENDS_SCALAR[256] = {[0 ... 0x20] = true, ['"'] = true, [','] = true, [':'] = true,
+                                      ['['] = true,        [']'] = true, ['{'] = true, ['}'] = true};
+
+/* The entry of `node` for the member name [key, key_end), or -1. */
+static int32_t find_entry(int32_t node, const uint8_t *key, const uint8_t *key_end) {
+    const size_t n = (size_t)(key_end - key);
+    if (g.escapes && pl_memchr(key, '\\', n)) {
+        /* The name's text is not the name: decode it (rare). */
+        for (uint32_t i = 0; i < g.nentries; i++)
+            if (g.entries[i].node == node && string_is((span){key - 1, key_end + 1}, g.entries[i].name, g.entries[i].len))
+                return (int32_t)i;
+        return -1;
+    }
+    for (int32_t i = g.slots[node][name_hash(key, n)]; i >= 0; i = g.entries[i].next) {
+        const entry *e = &g.entries[i];
+        if (e->len != n) continue;
+        if (n <= 16) {
+            /* The 16 bytes at key are readable: the line's '}' and FAST_OVERREAD bytes follow. */
+            const v128_t eq = wasm_i8x16_eq(wasm_v128_load(key), wasm_v128_load(e->name16));
+            if ((((uint32_t)wasm_i8x16_bitmask(eq) | 0xFFFFu << n) & 0xFFFF) == 0xFFFF) return i;
+        } else if (memcmp(key, e->name, n) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* The walk's state (fast_object). */
+typedef struct walk {
+    const uint8_t *const *t; /* the next token */
+    int32_t node;            /* the node of the innermost object, -1 if none */
+    int32_t pending;         /* the path the open member's value is the value of, or -1 */
+    int32_t child;           /* the node of the open member's value, if it is an object, or -1 */
+    const uint8_t *value;    /* where the open member's value starts */
+} walk;
+
+/* At a member of an object: its name's quotes and ':' (false if they are not there); matches the
+ * name in the object's node and moves on to the value. */
+static inline bool member(walk *w) {
+    const uint8_t *const *t = w->t;
+    if (**t != '"' || *t[2] != ':') return false;
+    w->value = t[3];
+    w->t = t + 3;
+    if (w->node < 0) return true;
+    const int32_t i = find_entry(w->node, t[0] + 1, t[1]);
+    if (i >= 0) {
+        const entry *e = &g.entries[i];
+        /* With duplicate names the last one counts: forget what an earlier one led to. */
+        for (uint32_t k = 0; k < e->npaths; k++) g.found[e->paths[k]].p = NULL;
+        w->pending = e->path;
+        w->child = e->child;
+    }
+    return true;
+}
+
+/*
+ * The fast path: checks the object [p, end) (p at its '{', end after its '}', FAST_OVERREAD
+ * readable bytes after it) and sets g.found as resolve would (the values' text as written,
+ * whitespace included). It accepts only what pl_json_compact accepts, so a line it turns down
+ * (returning false) goes to slow_line, which finds the error to report; it also turns down valid
+ * lines nested deeper than FAST_MAX_DEPTH. Sets g.spaced if there is whitespace inside the
+ * object.
+ */
+static bool fast_object(const uint8_t *const p, const uint8_t *const end) {
+    if (!index_line(p, end)) return false;
+    /* Per open container, the walk's state in the member it is the value of. */
+    static struct {
+        int32_t node, pending;
+        const uint8_t *value;
+    } saved[FAST_MAX_DEPTH + 1];
+    const uint8_t *const *const tokens = (const uint8_t *const *)(const void *)g.tokens.data;
+    const uint8_t *const *const t_end = (const uint8_t *const *)(const void *)(g.tokens.data + g.tokens.len);
+    walk w = {tokens, -1, -1, g.nnodes ? 0 : -1, NULL};
+    uint64_t objects = 0; /* bit per open container (1 << depth): 1 object, 0 array */
+    uint32_t depth = 0;
+    const uint8_t *value_end; /* where the value just read ends */
+    /* The line is a value, the object at p: its '{' is the first token. Each round reads one
+     * value, then closes the containers that end after it. */
     for (;;) {
-        uint32_t stops;
-        if (end - p >= 16) {
-            if (!(stops = string_stops(p))) {
-                p += 16;
+        const uint8_t c = **w.t;
+        if (c == '{' || c == '[') {
+            if (depth == FAST_MAX_DEPTH) return false;
+            saved[depth].node = w.node;
+            saved[depth].pending = w.pending;
+            saved[depth].value = w.value;
+            depth++;
+            const bool object = c == '{';
+            objects = object ? objects | 1ull << depth : objects & ~(1ull << depth);
+            w.node = object ? w.child : -1;
+            w.pending = w.child = -1;
+            w.t++;
+            if (**w.t != (object ? '}' : ']')) {
+                if (object && !member(&w)) return false;
                 continue;
             }
-        } else if (end - start >= 16) {
-            if (!(stops = string_stops(end - 16) >> (16 - (end - p)))) return NULL;
+            /* Empty: the loop below closes it. */
+        } else if (c == '"') {
+            value_end = w.t[1] + 1;
+            w.t += 2;
         } else {
-            while (p < end && *p != '"' && *p != '\\' && *p >= 0x20 && *p < 0x80) p++;
-            if (p == end) return NULL;
-            stops = 1;
-        }
-        p += __builtin_ctz(stops);
-        const uint8_t c = *p;
-        if (c == '"') return p;
-        if (c == '\\') {
-            *esc = true;
-            if (end - p < 2) return NULL;
-            const uint8_t e = p[1];
-            if (e == 'u') {
-                if (end - p < 6) return NULL;
-                for (int k = 2; k < 6; k++)
-                    if (!((uint8_t)(p[k] - '0') < 10 || (uint8_t)((p[k] | 0x20) - 'a') < 6)) return NULL;
-                p += 6;
-            } else if (e == '"' || e == '\\' || e == '/' || e == 'b' || e == 'f' || e == 'n' || e == 'r' || e == 't') {
-                p += 2;
-            } else {
-                return NULL;
+            const uint8_t *q = *w.t;
+            if (c == 't' || c == 'n') {
+                if (memcmp(q, c == 't' ? "true" : "null", 4)) return false;
+                value_end = q + 4;
+            } else if (c == 'f') {
+                if (memcmp(q, "false", 5)) return false;
+                value_end = q + 5;
+            } else if (!(value_end = number_end(q))) {
+                return false;
             }
-        } else if (c < 0x20) {
-            return NULL;
-        } else {
-            uint8_t lo, hi;
-            const int more = pl__utf8_lead(c, &lo, &hi);
-            if (!more || end - p <= more || p[1] < lo || p[1] > hi) return NULL;
-            for (int k = 2; k <= more; k++)
-                if ((p[k] & 0xC0) != 0x80) return NULL;
-            p += 1 + more;
+            /* The whole run of bytes is the number or literal. */
+            if (!ENDS_SCALAR[*value_end]) return false;
+            w.t++;
+        }
+        /* After a value: ',' and the next, or the end of its container. */
+        for (;;) {
+            if (w.pending >= 0) g.found[w.pending] = (span){w.value, value_end};
+            w.pending = w.child = -1;
+            const uint8_t d = **w.t;
+            const bool in_object = objects >> depth & 1;
+            if (d == ',') {
+                w.t++;
+                if (in_object && !member(&w)) return false;
+                break;
+            }
+            if (d != (in_object ? '}' : ']')) return false;
+            value_end = *w.t + 1;
+            w.t++;
+            if (!--depth) return w.t == t_end;
+            w.node = saved[depth].node;
+            w.pending = saved[depth].pending;
+            w.value = saved[depth].value;
         }
     }
-}
-
-/* True if the member name `key` (the text between the quotes; `esc` if it has an escape) is
- * the n bytes at want. */
-static inline bool key_is(const uint8_t *key, const uint8_t *key_end, bool esc, const char *want, size_t n) {
-    if (esc) return string_is((span){key - 1, key_end + 1}, want, n);
-    /* The first and last bytes turn most other names down without a call. */
-    return (size_t)(key_end - key) == n && (!n || (key[0] == (uint8_t)want[0] && key[n - 1] == (uint8_t)want[n - 1] &&
-                                                   (n <= 2 || memcmp(key + 1, want + 1, n - 2) == 0)));
-}
-
-/* The member with name `key` in an object at `depth` starts its value at p: the paths looked for
- * there whose next name it is match it. Returns true if one matched its last name (its value is
- * complete at `after` in fast_object); sets *live if one goes on into the value, an object. */
-static bool match_name(uint32_t depth, const uint8_t *key, const uint8_t *key_end, bool esc, const uint8_t *p,
-                         bool *live) {
-    bool last = false;
-    for (uint32_t i = 0; i < g.paths.n; i++) {
-        const uint32_t k = g.level[i];
-        if (k != depth - 1 || !key_is(key, key_end, esc, g.paths.v[i].ptr + g.names[i][2 * k], g.names[i][2 * k + 1]))
-            continue;
-        /* With duplicate names the last one counts: forget what an earlier one led to. */
-        g.found[i].p = NULL;
-        if (k + 1 == g.nnames[i]) {
-            g.pending[i] = p;
-            last = true;
-        } else if (*p == '{') {
-            g.level[i] = depth;
-            *live = true;
-        }
-    }
-    return last;
-}
-
-/* The value of the open member of the object at `depth` ends at p: it is found for the paths
- * it is pending for. */
-static void complete(uint32_t depth, const uint8_t *p) {
-    for (uint32_t i = 0; i < g.paths.n; i++)
-        if (g.pending[i] && g.level[i] == depth - 1) {
-            g.found[i] = (span){g.pending[i], p};
-            g.pending[i] = NULL;
-        }
-}
-
-/* The object at `depth` closed: the paths looked for in it go back to its parent. */
-static void leave(uint32_t depth) {
-    for (uint32_t i = 0; i < g.paths.n; i++)
-        if (g.level[i] == depth - 1) g.level[i] = depth - 2;
 }
 
 /* Appends the compact form of the valid JSON text [p, end) to `d`; returns the end. */
@@ -632,131 +934,6 @@ static uint8_t *compact_into(uint8_t *d, const uint8_t *p, const uint8_t *end) {
     return d;
 }
 
-#define FAST_MAX_DEPTH 63
-
-/*
- * The fast path: validates the object [p, end) (p at its '{', end after its '}') in place, in
- * one pass, and sets g.found as resolve would (the values' text as written, whitespace
- * included). It accepts only what pl_json_compact accepts, so a line it turns down (returning
- * false) goes to slow_line, which finds the error to report; it also turns down valid lines
- * nested deeper than FAST_MAX_DEPTH. Sets g.spaced if there is whitespace inside the object.
- */
-static bool fast_object(const uint8_t *p, const uint8_t *const end) {
-    const uint8_t *const start = p;
-    uint64_t objects = 2;               /* bit per open container (1 << depth): 1 object, 0 array */
-    uint64_t live = g.paths.n ? 2 : 0;  /* bit per open object in which paths are looked for */
-    uint64_t pending = 0;               /* bit per open object whose open member is a path's value */
-    uint32_t depth = 1;
-    bool spaced = false, esc = false;
-    const uint8_t *q;
-    /* The object's last byte is its '}', so the scans below stop before `end` except in strings
-     * and literals, which check. */
-#define SKIP_WS()                                                                                                    \
-    if (is_ws(*p)) {                                                                                                 \
-        spaced = true;                                                                                               \
-        do p++;                                                                                                      \
-        while (is_ws(*p));                                                                                           \
-    }
-#define IN_OBJECT() (objects >> depth & 1)
-    p++;
-    SKIP_WS();
-    if (*p == '}') goto close;
-member : {
-    SKIP_WS();
-    if (*p != '"') return false;
-    esc = false;
-    const uint8_t *key = p + 1;
-    if (!(q = scan_string(key, end, start, &esc))) return false;
-    p = q + 1;
-    SKIP_WS();
-    if (*p++ != ':') return false;
-    SKIP_WS();
-    if (live >> depth & 1 && (esc || g.name_hashes >> name_hash(key, (size_t)(q - key)) & 1)) {
-        bool deeper = false;
-        if (match_name(depth, key, q, esc, p, &deeper)) pending |= 1ull << depth;
-        if (deeper) live |= 2ull << depth;
-    }
-}
-value:
-    switch (*p) {
-    case '"':
-        if (!(q = scan_string(p + 1, end, start, &esc))) return false;
-        p = q + 1;
-        break;
-    case '{':
-    case '[':
-        if (depth == FAST_MAX_DEPTH) return false;
-        depth++;
-        objects = *p == '{' ? objects | 1ull << depth : objects & ~(1ull << depth);
-        p++;
-        SKIP_WS();
-        if (*p == (IN_OBJECT() ? '}' : ']')) goto close;
-        if (IN_OBJECT()) goto member;
-        goto value;
-    case 't':
-        if (end - p < 4 || memcmp(p, "true", 4)) return false;
-        p += 4;
-        break;
-    case 'f':
-        if (end - p < 5 || memcmp(p, "false", 5)) return false;
-        p += 5;
-        break;
-    case 'n':
-        if (end - p < 4 || memcmp(p, "null", 4)) return false;
-        p += 4;
-        break;
-    default:
-        if (*p == '-') p++;
-        if (*p == '0') {
-            p++;
-        } else if ((uint8_t)(*p - '1') < 9) {
-            do p++;
-            while ((uint8_t)(*p - '0') < 10);
-        } else {
-            return false;
-        }
-        if (*p == '.') {
-            if ((uint8_t)(*++p - '0') >= 10) return false;
-            do p++;
-            while ((uint8_t)(*p - '0') < 10);
-        }
-        if ((*p | 0x20) == 'e') {
-            p++;
-            if (*p == '+' || *p == '-') p++;
-            if ((uint8_t)(*p - '0') >= 10) return false;
-            do p++;
-            while ((uint8_t)(*p - '0') < 10);
-        }
-    }
-after:
-    if (pending >> depth & 1) {
-        complete(depth, p);
-        pending &= ~(1ull << depth);
-    }
-    SKIP_WS();
-    if (*p == ',') {
-        p++;
-        if (IN_OBJECT()) goto member;
-        SKIP_WS();
-        goto value;
-    }
-    if (*p != (IN_OBJECT() ? '}' : ']')) return false;
-close:
-    p++;
-    if (live >> depth & 1 && depth > 1) {
-        leave(depth);
-        live &= ~(1ull << depth);
-    }
-    if (--depth) {
-        if (p == end) return false;
-        goto after;
-    }
-#undef SKIP_WS
-#undef IN_OBJECT
-    g.spaced = spaced;
-    return p == end;
-}
-
 /* Writes a value found by the fast path, compact. */
 static int write_value(pl_out *o, span v) {
     if (!g.spaced || (*v.p != '{' && *v.p != '[')) return pl_out_write(o, v.p, (size_t)(v.end - v.p));
@@ -764,6 +941,11 @@ static int write_value(pl_out *o, span v) {
     c->len = 0;
     if (!pl_buf_reserve(c, (size_t)(v.end - v.p))) return pl_fail_str("out of memory");
     return pl_out_write(o, c->data, (size_t)(compact_into(c->data, v.p, v.end) - c->data));
+}
+
+/* True if the fast path may read FAST_OVERREAD bytes past `end`. */
+static inline bool overread_ok(const uint8_t *end) {
+    return (uint64_t)(uintptr_t)end + FAST_OVERREAD <= (uint64_t)__builtin_wasm_memory_size(0) << 16;
 }
 
 static int on_line(void *ctx, const uint8_t *line, size_t len, uint64_t line_no) {
@@ -774,12 +956,9 @@ static int on_line(void *ctx, const uint8_t *line, size_t len, uint64_t line_no)
     pl_stats.records_in++;
     size_t n = len;
     while (is_ws(line[n - 1])) n--;
-    for (uint32_t k = 0; k < g.paths.n; k++) {
-        g.found[k].p = NULL;
-        g.pending[k] = NULL;
-        g.level[k] = 0;
-    }
-    if (line[i] != '{' || line[n - 1] != '}' || !fast_object(line + i, line + n)) {
+    for (uint32_t k = 0; k < g.paths.n; k++) g.found[k].p = NULL;
+    if (line[i] != '{' || line[n - 1] != '}' || n - i > FAST_MAX_LINE || !overread_ok(line + n) ||
+        !fast_object(line + i, line + n)) {
         g.spaced = false;
         return slow_line(line, len, line_no);
     }
