@@ -80,6 +80,7 @@ typedef struct entry {
     int32_t next;  /* the next entry of its node with the same name_hash, or -1 */
     uint32_t *paths; /* every path through it: when the name comes again, their values are forgotten */
     uint32_t npaths;
+    uint64_t seen; /* the object it was last seen in (member) */
 } entry;
 
 /* Stream state. */
@@ -103,7 +104,8 @@ static struct {
     int32_t (*slots)[64];
     uint32_t nnodes;
     pl_buf tokens;
-    bool escapes; /* the line has a backslash */
+    uint64_t line_no; /* the line being handled */
+    bool escapes;     /* the line has a backslash */
     bool spaced;  /* the line has whitespace inside its object */
 } g;
 
@@ -627,17 +629,21 @@ static bool escapes_valid(const uint8_t *b, uint64_t escaped) {
 }
 
 /* Appends the position of each set bit of `bits` (byte i of the block at b) to out; returns the
- * new end. Eight at a time: it may write up to 8 further (garbage) entries past the end. */
+ * new end. It writes up to 8 further (garbage) entries past the end: whole groups of 8, the
+ * first two without a loop (the usual block has fewer than 16 tokens). */
 static inline const uint8_t **put_tokens(const uint8_t **out, const uint8_t *b, uint64_t bits) {
     const uint32_t n = (uint32_t)__builtin_popcountll(bits);
-    const uint8_t **o = out;
-    do {
-        for (int k = 0; k < 8; k++) {
-            o[k] = b + __builtin_ctzll(bits);
-            bits &= bits - 1;
-        }
-        o += 8;
-    } while (bits);
+#define PUT_8(o)                                                                                                     \
+    for (int k = 0; k < 8; k++) {                                                                                    \
+        (o)[k] = b + __builtin_ctzll(bits);                                                                          \
+        bits &= bits - 1;                                                                                            \
+    }
+    PUT_8(out);
+    if (n > 8) {
+        PUT_8(out + 8);
+        for (const uint8_t **o = out + 16; bits; o += 8) PUT_8(o);
+    }
+#undef PUT_8
     return out + n;
 }
 
@@ -647,23 +653,23 @@ static const uint8_t NO_TOKEN = 0;
 /* The classes of up to 64 bytes (bit i for byte i). */
 typedef struct block {
     uint64_t quotes, structural, ws;
-    bool rare; /* a backslash, a control character (tab and CR included) or a byte >= 0x80 */
+    v128_t rare; /* nonzero for a backslash, a control character (tab and CR too) or a byte >= 0x80 */
 } block;
 
 /* The 16 bytes at p into bits k.. of the block's masks. */
 static inline void classify16(block *bl, const uint8_t *p, int k) {
-    const v128_t v = wasm_v128_load(p), lower = wasm_i8x16_splat(0x20);
+    const v128_t v = wasm_v128_load(p), space = wasm_i8x16_splat(0x20);
     bl->quotes |= (uint64_t)wasm_i8x16_bitmask(wasm_i8x16_eq(v, wasm_i8x16_splat('"'))) << k;
     /* , : [ ] { } are , : { } once bit 5 is set; so are a few control characters, which make a
      * line invalid where they would count (outside strings). */
-    const v128_t l = wasm_v128_or(v, lower);
+    const v128_t l = wasm_v128_or(v, space);
     const v128_t s = wasm_v128_or(wasm_v128_or(wasm_i8x16_eq(l, wasm_i8x16_splat(',')), wasm_i8x16_eq(l, wasm_i8x16_splat(':'))),
                                   wasm_v128_or(wasm_i8x16_eq(l, wasm_i8x16_splat('{')), wasm_i8x16_eq(l, wasm_i8x16_splat('}'))));
     bl->structural |= (uint64_t)wasm_i8x16_bitmask(s) << k;
-    /* Whitespace, and the control characters (checked apart). */
-    bl->ws |= (uint64_t)wasm_i8x16_bitmask(wasm_u8x16_le(v, lower)) << k;
-    /* Signed, bytes below 0x20 are the control characters and those >= 0x80. */
-    bl->rare |= wasm_v128_any_true(wasm_v128_or(wasm_i8x16_lt(v, lower), wasm_i8x16_eq(v, wasm_i8x16_splat('\\'))));
+    /* Bytes <= 0x20: whitespace, and the control characters (checked apart). */
+    bl->ws |= (uint64_t)wasm_i8x16_bitmask(wasm_i8x16_eq(wasm_u8x16_min(v, space), v)) << k;
+    /* Signed, the bytes below 0x20 are the control characters and those >= 0x80. */
+    bl->rare = wasm_v128_or(bl->rare, wasm_v128_or(wasm_i8x16_lt(v, space), wasm_i8x16_eq(v, wasm_i8x16_splat('\\'))));
 }
 
 /* Bit i set for each byte i of the 64 at b equal to c. */
@@ -684,13 +690,101 @@ static inline uint64_t bytes_below_space(const uint8_t *b, bool high) {
     return m;
 }
 
+/* index_line's state from one block to the next, in memory rather than in locals: wasmtime's
+ * register allocator spills much less that way. */
+static struct {
+    uint64_t in_string;    /* all ones if the block starts inside a string */
+    uint64_t escape_carry; /* 1 if the block's first byte is escaped */
+    uint64_t scalar_carry; /* 1 if the byte before the block is part of a number or literal */
+    uint64_t spaced;       /* whitespace outside strings so far */
+    uint64_t escaped;      /* the escaped bytes of the block (rare_block) */
+    uint32_t utf8_carry;   /* continuation bytes at the block's start that rare_block checked */
+    bool escapes;          /* a backslash so far */
+} scan;
+
+/* True if the bytes >= 0x80 of the block at b (bit i for byte i) are whole valid UTF-8
+ * sequences; the block's first scan.utf8_carry bytes were checked with the block before. */
+static bool utf8_block(const uint8_t *b, uint64_t high) {
+    high &= ~0ull << scan.utf8_carry;
+    scan.utf8_carry = 0;
+    while (high) {
+        const uint32_t i = (uint32_t)__builtin_ctzll(high);
+        uint8_t lo, hi;
+        const int more = pl__utf8_lead(b[i], &lo, &hi);
+        /* The line's last byte is its '}', which is no continuation byte: a sequence cut short
+         * by the end of the line fails here without reading past that. */
+        if (!more || b[i + 1] < lo || b[i + 1] > hi) return false;
+        for (int k = 2; k <= more; k++)
+            if ((b[i + k] & 0xC0) != 0x80) return false;
+        if (i + (uint32_t)more >= 63) {
+            scan.utf8_carry = i + (uint32_t)more - 63;
+            break;
+        }
+        high &= ~0ull << (i + (uint32_t)more + 1);
+    }
+    return true;
+}
+
+/* The backslashes, control characters and bytes >= 0x80 of the block at b (bytes `valid`):
+ * sets scan.escaped to the escaped bytes and returns the control characters; UINT64_MAX if an
+ * escape or the UTF-8 is invalid. */
+PL_COLD uint64_t rare_block(const uint8_t *b, uint64_t valid) {
+    const uint64_t bs = bytes_eq(b, '\\') & valid;
+    const uint64_t escaped = scan.escaped = escaped_bytes(bs, &scan.escape_carry) & valid;
+    scan.escapes |= bs != 0;
+    if (escaped && !escapes_valid(b, escaped)) return UINT64_MAX;
+    const uint64_t ctrl = bytes_below_space(b, false) & valid;
+    const uint64_t high = bytes_below_space(b, true) & ~ctrl & valid;
+    if ((high || scan.utf8_carry) && !utf8_block(b, high)) return UINT64_MAX;
+    return ctrl;
+}
+
+/* Tab and CR are whitespace outside strings; any other control character, and any inside a
+ * string, makes the line invalid. */
+PL_COLD bool controls_valid(const uint8_t *b, uint64_t ctrl, uint64_t inside) {
+    return !(ctrl & ~((bytes_eq(b, '\t') | bytes_eq(b, '\r')) & ~inside));
+}
+
+/* Indexes the `left` bytes at b (64 at most): appends their tokens to tok; returns the new end,
+ * or NULL if the block makes the line invalid. */
+static __attribute__((noinline)) const uint8_t **index_block(const uint8_t *b, size_t left, const uint8_t **tok) {
+    const uint64_t valid = left >= 64 ? ~0ull : (1ull << left) - 1;
+    /* 16 bytes at a time, only as many as the line has. */
+    block bl = {0, 0, 0, wasm_i64x2_splat(0)};
+    classify16(&bl, b, 0);
+    if (left > 16) classify16(&bl, b + 16, 16);
+    if (left > 32) classify16(&bl, b + 32, 32);
+    if (left > 48) classify16(&bl, b + 48, 48);
+    uint64_t ctrl = 0;
+    scan.escaped = 0;
+    if ((wasm_v128_any_true(bl.rare) || scan.escape_carry || scan.utf8_carry) &&
+        (ctrl = rare_block(b, valid)) == UINT64_MAX)
+        return NULL;
+    const uint64_t all_quotes = bl.quotes & valid, quotes = all_quotes & ~scan.escaped;
+    /* From each opening quote up to (not including) its closing quote. */
+    const uint64_t inside = prefix_xor(quotes) ^ scan.in_string;
+    scan.in_string = (uint64_t)((int64_t)inside >> 63);
+    if (ctrl && !controls_valid(b, ctrl, inside)) return NULL;
+    const uint64_t ws = bl.ws & valid, structural = bl.structural & valid;
+    scan.spaced |= ws & ~inside;
+    /* Bytes of numbers and literals (or of anything invalid) outside strings: a token where a
+     * run of them starts. */
+    const uint64_t scalar = valid & ~(inside | all_quotes | structural | ws);
+    const uint64_t tokens =
+        (structural & ~inside) | (quotes & inside) | (scalar & ~(scalar << 1 | scan.scalar_carry));
+    scan.scalar_carry = scalar >> 63;
+    return put_tokens(tok, b, tokens);
+}
+
 /*
  * Pass 1 over the object [start, end) (start at its '{', end after its '}', FAST_OVERREAD
  * readable bytes after it): lists its tokens in g.tokens, NO_TOKEN-terminated (four times, for
- * the walk's look-ahead), and sets g.spaced and g.escapes. False if it finds the line invalid:
- * a control character other than tab or CR outside strings, an invalid escape, an unterminated
- * string or invalid UTF-8 (bytes >= 0x80 outside strings are invalid too, and the walk finds
- * those: they are not a number or a literal).
+ * the walk's look-ahead), and sets g.spaced and g.escapes. The tokens are each structural
+ * character outside strings, each quote that opens a string and the first byte of each run of
+ * other bytes outside strings (a number or a literal, or something invalid). False if it finds
+ * the line invalid: a control character other than tab or CR outside strings, an invalid
+ * escape, an unterminated string or invalid UTF-8 (bytes >= 0x80 outside strings are invalid
+ * too, and the walk finds those: they are not a number or a literal).
  */
 static bool index_line(const uint8_t *const start, const uint8_t *const end) {
     const size_t n = (size_t)(end - start);
@@ -698,51 +792,16 @@ static bool index_line(const uint8_t *const start, const uint8_t *const end) {
     tb->len = 0;
     if (!pl_buf_reserve(tb, (n + 16) * sizeof(const uint8_t *))) return false;
     const uint8_t **tok = (const uint8_t **)(void *)tb->data;
-    uint64_t in_string = 0, escape_carry = 0, scalar_carry = 0, spaced = 0;
-    bool escapes = false;
-    const uint8_t *high = NULL; /* the first block with a byte >= 0x80 */
-    for (size_t at = 0; at < n; at += 64) {
-        const uint8_t *const b = start + at;
-        const size_t left = n - at;
-        const uint64_t valid = left >= 64 ? ~0ull : (1ull << left) - 1;
-        /* 16 bytes at a time, only as many as the line has. */
-        block bl = {0};
-        classify16(&bl, b, 0);
-        if (left > 16) classify16(&bl, b + 16, 16);
-        if (left > 32) classify16(&bl, b + 32, 32);
-        if (left > 48) classify16(&bl, b + 48, 48);
-        bl.quotes &= valid;
-        bl.structural &= valid;
-        bl.ws &= valid;
-        uint64_t escaped = 0, ctrl = 0;
-        if (bl.rare || escape_carry) {
-            const uint64_t bs = bytes_eq(b, '\\') & valid;
-            escaped = escaped_bytes(bs, &escape_carry) & valid;
-            escapes |= bs != 0;
-            if (escaped && !escapes_valid(b, escaped)) return false;
-            ctrl = bytes_below_space(b, false) & valid;
-            if (!high && bytes_below_space(b, true) & ~ctrl & valid) high = b;
-        }
-        const uint64_t quotes = bl.quotes & ~escaped;
-        /* From each opening quote up to (not including) its closing quote. */
-        const uint64_t inside = prefix_xor(quotes) ^ in_string;
-        in_string = (uint64_t)((int64_t)inside >> 63);
-        /* Tab and CR are whitespace outside strings; any other control character, and any
-         * inside a string, makes the line invalid. */
-        if (ctrl && ctrl & ~((bytes_eq(b, '\t') | bytes_eq(b, '\r')) & ~inside)) return false;
-        spaced |= bl.ws & ~inside;
-        /* Bytes of numbers and literals (or of anything invalid) outside strings: a token where
-         * a run of them starts. */
-        const uint64_t scalar = valid & ~(inside | bl.quotes | bl.structural | bl.ws);
-        const uint64_t tokens = (bl.structural & ~inside) | quotes | (scalar & ~(scalar << 1 | scalar_carry));
-        scalar_carry = scalar >> 63;
-        tok = put_tokens(tok, b, tokens);
-    }
-    if (in_string || (high && !pl_utf8_valid(high, (size_t)(end - high)))) return false;
+    scan.in_string = scan.escape_carry = scan.scalar_carry = scan.spaced = 0;
+    scan.utf8_carry = 0;
+    scan.escapes = false;
+    for (size_t at = 0; at < n; at += 64)
+        if (!(tok = index_block(start + at, n - at, tok))) return false;
+    if (scan.in_string) return false;
     for (int k = 0; k < 4; k++) tok[k] = &NO_TOKEN;
     tb->len = (size_t)((const uint8_t *)tok - tb->data);
-    g.spaced = spaced != 0;
-    g.escapes = escapes;
+    g.spaced = scan.spaced != 0;
+    g.escapes = scan.escapes;
     return true;
 }
 
@@ -756,7 +815,7 @@ static inline size_t digit_run(const uint8_t *p) {
 }
 
 /* The end of the JSON number at p, or NULL if there is none. */
-static const uint8_t *number_end(const uint8_t *p) {
+static inline const uint8_t *number_end(const uint8_t *p) {
     p += *p == '-';
     if (*p == '0') {
         p++;
@@ -780,33 +839,52 @@ static const uint8_t *number_end(const uint8_t *p) {
     return p;
 }
 
-/* The bytes that may follow a number or a literal: those that end a run of them in index_line
+/* The bytes that may follow a number or a literal: those that end a run of them in index_block
  * (whitespace and control characters, quotes and the structural characters). */
 static const bool ENDS_SCALAR[256] = {[0 ... 0x20] = true, ['"'] = true, [','] = true, [':'] = true,
                                       ['['] = true,        [']'] = true, ['{'] = true, ['}'] = true};
 
-/* The entry of `node` for the member name [key, key_end), or -1. */
-static int32_t find_entry(int32_t node, const uint8_t *key, const uint8_t *key_end) {
+/* find_entry for a name with an escape: decodes it (rare). */
+PL_COLD int32_t find_escaped_entry(int32_t node, const uint8_t *key, const uint8_t *key_end) {
+    for (uint32_t i = 0; i < g.nentries; i++)
+        if (g.entries[i].node == node && string_is((span){key - 1, key_end + 1}, g.entries[i].name, g.entries[i].len))
+            return (int32_t)i;
+    return -1;
+}
+
+/* Whether `e` is the name of n <= 16 bytes whose 16 bytes (the name, then anything) are k. */
+static inline bool entry_is(const entry *e, v128_t k, size_t n) {
+    const uint32_t same = (uint32_t)wasm_i8x16_bitmask(wasm_i8x16_eq(k, wasm_v128_load(e->name16)));
+    return e->len == n && ((same | 0xFFFFu << n) & 0xFFFF) == 0xFFFF;
+}
+
+/* find_entry for names of more than 16 bytes, lines with an escape and names past the first
+ * of their slot. */
+PL_COLD int32_t find_entry_slow(int32_t node, const uint8_t *key, const uint8_t *key_end) {
     const size_t n = (size_t)(key_end - key);
     if (g.escapes && pl_memchr(key, '\\', n)) {
-        /* The name's text is not the name: decode it (rare). */
+        /* The name's text is not the name: decode it. */
         for (uint32_t i = 0; i < g.nentries; i++)
             if (g.entries[i].node == node && string_is((span){key - 1, key_end + 1}, g.entries[i].name, g.entries[i].len))
                 return (int32_t)i;
         return -1;
     }
-    for (int32_t i = g.slots[node][name_hash(key, n)]; i >= 0; i = g.entries[i].next) {
-        const entry *e = &g.entries[i];
-        if (e->len != n) continue;
-        if (n <= 16) {
-            /* The 16 bytes at key are readable: the line's '}' and FAST_OVERREAD bytes follow. */
-            const v128_t eq = wasm_i8x16_eq(wasm_v128_load(key), wasm_v128_load(e->name16));
-            if ((((uint32_t)wasm_i8x16_bitmask(eq) | 0xFFFFu << n) & 0xFFFF) == 0xFFFF) return i;
-        } else if (memcmp(key, e->name, n) == 0) {
-            return i;
-        }
-    }
+    for (int32_t i = g.slots[node][name_hash(key, n)]; i >= 0; i = g.entries[i].next)
+        if (g.entries[i].len == n && memcmp(key, g.entries[i].name, n) == 0) return i;
     return -1;
+}
+
+/* The entry of `node` for the member name [key, key_end), or -1. The name is followed by at
+ * least 16 readable bytes (the line's '}' and FAST_OVERREAD more). */
+static inline __attribute__((always_inline)) int32_t find_entry(int32_t node, const uint8_t *key,
+                                                               const uint8_t *key_end) {
+    const size_t n = (size_t)(key_end - key);
+    if (n > 16 || g.escapes) return find_entry_slow(node, key, key_end);
+    /* The usual name: at most 16 bytes, no escape, the first in its slot. Compared in one go,
+     * the bytes past the name masked off. */
+    const int32_t i = g.slots[node][name_hash(key, n)];
+    if (i < 0 || entry_is(&g.entries[i], wasm_v128_load(key), n)) return i;
+    return g.entries[i].next < 0 ? -1 : find_entry_slow(node, key, key_end);
 }
 
 /* The walk's state (fast_object). */
@@ -818,19 +896,38 @@ typedef struct walk {
     const uint8_t *value;    /* where the open member's value starts */
 } walk;
 
-/* At a member of an object: its name's quotes and ':' (false if they are not there); matches the
- * name in the object's node and moves on to the value. */
-static inline bool member(walk *w) {
+/* A name came again in one object: what the earlier one led to is forgotten (the last one
+ * counts, as in Python's json module). */
+PL_COLD void forget(const entry *e) {
+    for (uint32_t k = 0; k < e->npaths; k++) g.found[e->paths[k]].p = NULL;
+}
+
+/* The last byte before p that is not whitespace, +1: the end of a value or a member name
+ * followed by whitespace. */
+PL_COLD const uint8_t *trim_end(const uint8_t *p) {
+    while (p[-1] <= ' ') p--;
+    return p;
+}
+
+/* At a member of the object at `depth`: its name and ':' (false if they are not there); matches
+ * the name in the object's node and moves on to the value. */
+static inline __attribute__((always_inline)) bool member(walk *w, uint32_t depth) {
     const uint8_t *const *t = w->t;
-    if (**t != '"' || *t[2] != ':') return false;
-    w->value = t[3];
-    w->t = t + 3;
+    const uint8_t *const colon = t[1];
+    if (**t != '"' || *colon != ':') return false;
+    w->value = t[2];
+    w->t = t + 2;
     if (w->node < 0) return true;
-    const int32_t i = find_entry(w->node, t[0] + 1, t[1]);
+    /* The name's closing quote is the last byte before the ':' that is not whitespace. */
+    const uint8_t *key_end = colon[-1] == '"' ? colon - 1 : trim_end(colon) - 1;
+    const int32_t i = find_entry(w->node, t[0] + 1, key_end);
     if (i >= 0) {
-        const entry *e = &g.entries[i];
-        /* With duplicate names the last one counts: forget what an earlier one led to. */
-        for (uint32_t k = 0; k < e->npaths; k++) g.found[e->paths[k]].p = NULL;
+        entry *e = &g.entries[i];
+        /* An object is told apart from others of its node by line and depth: two in one line at
+         * one depth come from a name that came again further out, which forgot all they led to. */
+        const uint64_t stamp = g.line_no << 6 | depth;
+        if (e->seen == stamp) forget(e);
+        e->seen = stamp;
         w->pending = e->path;
         w->child = e->child;
     }
@@ -857,58 +954,58 @@ static bool fast_object(const uint8_t *const p, const uint8_t *const end) {
     walk w = {tokens, -1, -1, g.nnodes ? 0 : -1, NULL};
     uint64_t objects = 0; /* bit per open container (1 << depth): 1 object, 0 array */
     uint32_t depth = 0;
-    const uint8_t *value_end; /* where the value just read ends */
     /* The line is a value, the object at p: its '{' is the first token. Each round reads one
      * value, then closes the containers that end after it. */
     for (;;) {
-        const uint8_t c = **w.t;
-        if (c == '{' || c == '[') {
+        const uint8_t *const v = *w.t;
+        if (*v == '{' || *v == '[') {
             if (depth == FAST_MAX_DEPTH) return false;
             saved[depth].node = w.node;
             saved[depth].pending = w.pending;
             saved[depth].value = w.value;
             depth++;
-            const bool object = c == '{';
+            const bool object = *v == '{';
             objects = object ? objects | 1ull << depth : objects & ~(1ull << depth);
             w.node = object ? w.child : -1;
             w.pending = w.child = -1;
             w.t++;
             if (**w.t != (object ? '}' : ']')) {
-                if (object && !member(&w)) return false;
+                if (object && !member(&w, depth)) return false;
                 continue;
             }
             /* Empty: the loop below closes it. */
-        } else if (c == '"') {
-            value_end = w.t[1] + 1;
-            w.t += 2;
         } else {
-            const uint8_t *q = *w.t;
-            if (c == 't' || c == 'n') {
-                if (memcmp(q, c == 't' ? "true" : "null", 4)) return false;
-                value_end = q + 4;
-            } else if (c == 'f') {
-                if (memcmp(q, "false", 5)) return false;
-                value_end = q + 5;
-            } else if (!(value_end = number_end(q))) {
-                return false;
-            }
-            /* The whole run of bytes is the number or literal. */
-            if (!ENDS_SCALAR[*value_end]) return false;
             w.t++;
+            if (*v != '"') {
+                const uint8_t *value_end;
+                if (*v == 't' || *v == 'n') {
+                    if (memcmp(v, *v == 't' ? "true" : "null", 4)) return false;
+                    value_end = v + 4;
+                } else if (*v == 'f') {
+                    if (memcmp(v, "false", 5)) return false;
+                    value_end = v + 5;
+                } else if (!(value_end = number_end(v))) {
+                    return false;
+                }
+                /* The whole run of bytes is the number or literal. */
+                if (!ENDS_SCALAR[*value_end]) return false;
+            }
         }
         /* After a value: ',' and the next, or the end of its container. */
         for (;;) {
-            if (w.pending >= 0) g.found[w.pending] = (span){w.value, value_end};
+            const uint8_t *const after = *w.t;
+            if (w.pending >= 0) {
+                /* The value ends at the last byte before this token that is not whitespace. */
+                g.found[w.pending] = (span){w.value, after[-1] > ' ' ? after : trim_end(after)};
+            }
             w.pending = w.child = -1;
-            const uint8_t d = **w.t;
             const bool in_object = objects >> depth & 1;
-            if (d == ',') {
+            if (*after == ',') {
                 w.t++;
-                if (in_object && !member(&w)) return false;
+                if (in_object && !member(&w, depth)) return false;
                 break;
             }
-            if (d != (in_object ? '}' : ']')) return false;
-            value_end = *w.t + 1;
+            if (*after != (in_object ? '}' : ']')) return false;
             w.t++;
             if (!--depth) return w.t == t_end;
             w.node = saved[depth].node;
@@ -957,6 +1054,7 @@ static int on_line(void *ctx, const uint8_t *line, size_t len, uint64_t line_no)
     size_t n = len;
     while (is_ws(line[n - 1])) n--;
     for (uint32_t k = 0; k < g.paths.n; k++) g.found[k].p = NULL;
+    g.line_no = line_no;
     if (line[i] != '{' || line[n - 1] != '}' || n - i > FAST_MAX_LINE || !overread_ok(line + n) ||
         !fast_object(line + i, line + n)) {
         g.spaced = false;
