@@ -105,7 +105,7 @@ static struct {
     uint32_t nnodes;
     pl_buf tokens;
     uint64_t line_no; /* the line being handled */
-    bool escapes;     /* the line has a backslash */
+    bool escapes;     /* the line may have a backslash (fast path: has one) */
     bool spaced;  /* the line has whitespace inside its object */
 } g;
 
@@ -433,6 +433,19 @@ static void resolve(span obj) {
 /* Filter                                                                                    */
 /* ---------------------------------------------------------------------------------------- */
 
+/* memcmp's sign (-1, 0 or 1), 8 bytes at a time: the libc one goes byte by byte. */
+static int bytes_compare(const uint8_t *a, const uint8_t *b, size_t n) {
+    for (; n >= 8; a += 8, b += 8, n -= 8) {
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        if (x != y) return __builtin_bswap64(x) > __builtin_bswap64(y) ? 1 : -1;
+    }
+    for (; n; a++, b++, n--)
+        if (*a != *b) return *a > *b ? 1 : -1;
+    return 0;
+}
+
 /* -2: not comparable (other type); else the sign of value - c's value. */
 static int compare(const cond *c, span v) {
     const uint8_t first = *v.p;
@@ -447,15 +460,15 @@ static int compare(const cond *c, span v) {
         if (first != '"') return -2;
         pl_str s = {(char *)v.p + 1, (size_t)(v.end - v.p) - 2};
         pl_str decoded = {0};
-        if (pl_memchr(s.ptr, '\\', s.len)) {
+        if (g.escapes && pl_memchr(s.ptr, '\\', s.len)) {
             pl_json j;
             pl_json_init(&j, v.p, (size_t)(v.end - v.p));
             if (pl_json_string(&j, &decoded)) return -2;
             s = decoded;
         }
         const size_t n = s.len < c->string.len ? s.len : c->string.len;
-        int cmp = memcmp(s.ptr, c->string.ptr, n);
-        cmp = cmp ? (cmp > 0) - (cmp < 0) : (s.len > c->string.len) - (s.len < c->string.len);
+        int cmp = bytes_compare((const uint8_t *)s.ptr, (const uint8_t *)c->string.ptr, n);
+        if (!cmp) cmp = (s.len > c->string.len) - (s.len < c->string.len);
         pl_str_free(&decoded);
         return cmp;
     }
@@ -534,7 +547,7 @@ static int write_line(span obj) {
 
 /* The slow path, for a line the fast one did not take: validates it with the SDK's streaming
  * scanner (whose error is the reject reason) and looks the paths up in its compact copy. */
-static int slow_line(const uint8_t *line, size_t len, uint64_t line_no) {
+PL_COLD int slow_line(const uint8_t *line, size_t len, uint64_t line_no) {
     pl_buf *c = &g.compact;
     c->len = 0;
     pl_buf *m = &g.reason;
@@ -815,7 +828,7 @@ static inline size_t digit_run(const uint8_t *p) {
 }
 
 /* The end of the JSON number at p, or NULL if there is none. */
-static inline const uint8_t *number_end(const uint8_t *p) {
+PL_COLD const uint8_t *number_end_slow(const uint8_t *p) {
     p += *p == '-';
     if (*p == '0') {
         p++;
@@ -839,6 +852,23 @@ static inline const uint8_t *number_end(const uint8_t *p) {
     return p;
 }
 
+/* number_end_slow, without a loop for the usual number: an integer part and maybe a fraction,
+ * within 16 bytes (the digits of the 16 bytes at p in one mask). */
+static inline const uint8_t *number_end(const uint8_t *p) {
+    const v128_t d = wasm_i8x16_sub(wasm_v128_load(p), wasm_i8x16_splat('0'));
+    const uint32_t other = ~(uint32_t)wasm_i8x16_bitmask(wasm_u8x16_lt(d, wasm_i8x16_splat(10)));
+    const uint32_t neg = p[0] == '-', whole = (uint32_t)__builtin_ctz(other >> neg);
+    /* No digit, or a leading zero followed by digits (invalid). */
+    if (!whole || (whole > 1 && p[neg] == '0')) return NULL;
+    uint32_t end = neg + whole;
+    if (p[end] == '.') {
+        const uint32_t frac = (uint32_t)__builtin_ctz(other >> (end + 1));
+        if (!frac) return NULL;
+        end += 1 + frac;
+    }
+    return end < 16 && (p[end] | 0x20) != 'e' ? p + end : number_end_slow(p);
+}
+
 /* The bytes that may follow a number or a literal: those that end a run of them in index_block
  * (whitespace and control characters, quotes and the structural characters). */
 static const bool ENDS_SCALAR[256] = {[0 ... 0x20] = true, ['"'] = true, [','] = true, [':'] = true,
@@ -858,8 +888,8 @@ static inline bool entry_is(const entry *e, v128_t k, size_t n) {
     return e->len == n && ((same | 0xFFFFu << n) & 0xFFFF) == 0xFFFF;
 }
 
-/* find_entry for names of more than 16 bytes, lines with an escape and names past the first
- * of their slot. */
+/* find_entry for names of more than 16 bytes or with an escape, and past the first entry of
+ * their slot. */
 PL_COLD int32_t find_entry_slow(int32_t node, const uint8_t *key, const uint8_t *key_end) {
     const size_t n = (size_t)(key_end - key);
     if (g.escapes && pl_memchr(key, '\\', n)) {
@@ -879,11 +909,14 @@ PL_COLD int32_t find_entry_slow(int32_t node, const uint8_t *key, const uint8_t 
 static inline __attribute__((always_inline)) int32_t find_entry(int32_t node, const uint8_t *key,
                                                                const uint8_t *key_end) {
     const size_t n = (size_t)(key_end - key);
-    if (n > 16 || g.escapes) return find_entry_slow(node, key, key_end);
+    if (n > 16) return find_entry_slow(node, key, key_end);
     /* The usual name: at most 16 bytes, no escape, the first in its slot. Compared in one go,
      * the bytes past the name masked off. */
+    const v128_t k = wasm_v128_load(key);
+    if (g.escapes && (uint32_t)wasm_i8x16_bitmask(wasm_i8x16_eq(k, wasm_i8x16_splat('\\'))) & ~(0xFFFFu << n))
+        return find_entry_slow(node, key, key_end);
     const int32_t i = g.slots[node][name_hash(key, n)];
-    if (i < 0 || entry_is(&g.entries[i], wasm_v128_load(key), n)) return i;
+    if (i < 0 || entry_is(&g.entries[i], k, n)) return i;
     return g.entries[i].next < 0 ? -1 : find_entry_slow(node, key, key_end);
 }
 
@@ -942,7 +975,7 @@ static inline __attribute__((always_inline)) bool member(walk *w, uint32_t depth
  * lines nested deeper than FAST_MAX_DEPTH. Sets g.spaced if there is whitespace inside the
  * object.
  */
-static bool fast_object(const uint8_t *const p, const uint8_t *const end) {
+static __attribute__((noinline)) bool fast_object(const uint8_t *const p, const uint8_t *const end) {
     if (!index_line(p, end)) return false;
     /* Per open container, the walk's state in the member it is the value of. */
     static struct {
@@ -958,7 +991,9 @@ static bool fast_object(const uint8_t *const p, const uint8_t *const end) {
      * value, then closes the containers that end after it. */
     for (;;) {
         const uint8_t *const v = *w.t;
-        if (*v == '{' || *v == '[') {
+        if (*v == '"') {
+            w.t++;
+        } else if ((*v | 0x20) == '{') { /* '{' or '[' */
             if (depth == FAST_MAX_DEPTH) return false;
             saved[depth].node = w.node;
             saved[depth].pending = w.pending;
@@ -975,21 +1010,19 @@ static bool fast_object(const uint8_t *const p, const uint8_t *const end) {
             }
             /* Empty: the loop below closes it. */
         } else {
-            w.t++;
-            if (*v != '"') {
-                const uint8_t *value_end;
-                if (*v == 't' || *v == 'n') {
-                    if (memcmp(v, *v == 't' ? "true" : "null", 4)) return false;
-                    value_end = v + 4;
-                } else if (*v == 'f') {
-                    if (memcmp(v, "false", 5)) return false;
-                    value_end = v + 5;
-                } else if (!(value_end = number_end(v))) {
-                    return false;
-                }
-                /* The whole run of bytes is the number or literal. */
-                if (!ENDS_SCALAR[*value_end]) return false;
+            const uint8_t *value_end;
+            if (*v == 't' || *v == 'n') {
+                if (memcmp(v, *v == 't' ? "true" : "null", 4)) return false;
+                value_end = v + 4;
+            } else if (*v == 'f') {
+                if (memcmp(v, "false", 5)) return false;
+                value_end = v + 5;
+            } else if (!(value_end = number_end(v))) {
+                return false;
             }
+            /* The whole run of bytes is the number or literal. */
+            if (!ENDS_SCALAR[*value_end]) return false;
+            w.t++;
         }
         /* After a value: ',' and the next, or the end of its container. */
         for (;;) {
@@ -1058,6 +1091,7 @@ static int on_line(void *ctx, const uint8_t *line, size_t len, uint64_t line_no)
     if (line[i] != '{' || line[n - 1] != '}' || n - i > FAST_MAX_LINE || !overread_ok(line + n) ||
         !fast_object(line + i, line + n)) {
         g.spaced = false;
+        g.escapes = true;
         return slow_line(line, len, line_no);
     }
     if (cfg.has_filter && !holds(&cfg.filter)) return 0;
