@@ -477,13 +477,8 @@ static int compare(const cond *c, span v) {
     }
 }
 
-/* Whether the condition holds for the line whose paths resolve() found. */
-static bool holds(const cond *c) {
-    if (c->kind != COND_COMPARE) {
-        for (uint32_t i = 0; i < c->nparts; i++)
-            if (holds(&c->parts[i]) == (c->kind == COND_ANY)) return c->kind == COND_ANY;
-        return c->kind == COND_ALL;
-    }
+/* Whether the comparison c holds for the line whose paths resolve() found. */
+static inline bool compare_holds(const cond *c) {
     const span v = g.found[c->path];
     const bool present = v.p != NULL;
     if (c->op == OP_EXISTS) return present;
@@ -496,6 +491,18 @@ static bool holds(const cond *c) {
     case OP_LT: return cmp == -1;
     default: return cmp == -1 || cmp == 0; /* OP_LE */
     }
+}
+
+/* Whether the condition holds for the line whose paths resolve() found (its comparisons without
+ * a call each). */
+static bool holds(const cond *c) {
+    if (c->kind == COND_COMPARE) return compare_holds(c);
+    for (uint32_t i = 0; i < c->nparts; i++) {
+        const cond *part = &c->parts[i];
+        if ((part->kind == COND_COMPARE ? compare_holds(part) : holds(part)) == (c->kind == COND_ANY))
+            return c->kind == COND_ANY;
+    }
+    return c->kind == COND_ALL;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -956,11 +963,16 @@ static inline __attribute__((always_inline)) bool member(walk *w, uint32_t depth
     const int32_t i = find_entry(w->node, t[0] + 1, key_end);
     if (i >= 0) {
         entry *e = &g.entries[i];
-        /* An object is told apart from others of its node by line and depth: two in one line at
-         * one depth come from a name that came again further out, which forgot all they led to. */
-        const uint64_t stamp = g.line_no << 6 | depth;
-        if (e->seen == stamp) forget(e);
-        e->seen = stamp;
+        /* With duplicate names the last one counts. The value of a path the name ends is simply
+         * found again; but paths that go on into an object the name leads to must be forgotten,
+         * for the last object may not have them. An object is told apart from others of its node
+         * by line and depth: two in one line at one depth come from a name that came again
+         * further out, which forgot all they led to. */
+        if (e->child >= 0) {
+            const uint64_t stamp = g.line_no << 6 | depth;
+            if (e->seen == stamp) forget(e);
+            e->seen = stamp;
+        }
         w->pending = e->path;
         w->child = e->child;
     }
@@ -987,11 +999,16 @@ static __attribute__((noinline)) bool fast_object(const uint8_t *const p, const 
     walk w = {tokens, -1, -1, g.nnodes ? 0 : -1, NULL};
     uint64_t objects = 0; /* bit per open container (1 << depth): 1 object, 0 array */
     uint32_t depth = 0;
-    /* The line is a value, the object at p: its '{' is the first token. Each round reads one
-     * value, then closes the containers that end after it. */
+    bool in_object = false; /* the innermost container is an object */
+    bool closed = false;    /* a container just closed: no value to read */
+    /* The line is a value, the object at p: its '{' is the first token. Each round reads a value
+     * (unless a container just closed), then the ',' and the next member name, or the end of
+     * its container. One loop, not two nested: wasmtime checks for interruption at each. */
     for (;;) {
         const uint8_t *const v = *w.t;
-        if (*v == '"') {
+        if (closed) {
+            closed = false;
+        } else if (*v == '"') {
             w.t++;
         } else if ((*v | 0x20) == '{') { /* '{' or '[' */
             if (depth == FAST_MAX_DEPTH) return false;
@@ -999,16 +1016,16 @@ static __attribute__((noinline)) bool fast_object(const uint8_t *const p, const 
             saved[depth].pending = w.pending;
             saved[depth].value = w.value;
             depth++;
-            const bool object = *v == '{';
-            objects = object ? objects | 1ull << depth : objects & ~(1ull << depth);
-            w.node = object ? w.child : -1;
+            in_object = *v == '{';
+            objects = in_object ? objects | 1ull << depth : objects & ~(1ull << depth);
+            w.node = in_object ? w.child : -1;
             w.pending = w.child = -1;
             w.t++;
-            if (**w.t != (object ? '}' : ']')) {
-                if (object && !member(&w, depth)) return false;
+            if (**w.t != (in_object ? '}' : ']')) {
+                if (in_object && !member(&w, depth)) return false;
                 continue;
             }
-            /* Empty: the loop below closes it. */
+            /* Empty: closed below. */
         } else {
             const uint8_t *value_end;
             if (*v == 't' || *v == 'n') {
@@ -1024,27 +1041,26 @@ static __attribute__((noinline)) bool fast_object(const uint8_t *const p, const 
             if (!ENDS_SCALAR[*value_end]) return false;
             w.t++;
         }
-        /* After a value: ',' and the next, or the end of its container. */
-        for (;;) {
-            const uint8_t *const after = *w.t;
-            if (w.pending >= 0) {
-                /* The value ends at the last byte before this token that is not whitespace. */
-                g.found[w.pending] = (span){w.value, after[-1] > ' ' ? after : trim_end(after)};
-            }
-            w.pending = w.child = -1;
-            const bool in_object = objects >> depth & 1;
-            if (*after == ',') {
-                w.t++;
-                if (in_object && !member(&w, depth)) return false;
-                break;
-            }
-            if (*after != (in_object ? '}' : ']')) return false;
-            w.t++;
-            if (!--depth) return w.t == t_end;
-            w.node = saved[depth].node;
-            w.pending = saved[depth].pending;
-            w.value = saved[depth].value;
+        const uint8_t *const after = *w.t;
+        if (w.pending >= 0) {
+            /* The value ends at the last byte before this token that is not whitespace. */
+            g.found[w.pending] = (span){w.value, after[-1] > ' ' ? after : trim_end(after)};
+            w.pending = -1;
         }
+        w.child = -1;
+        if (*after == ',') {
+            w.t++;
+            if (in_object && !member(&w, depth)) return false;
+            continue;
+        }
+        if (*after != (in_object ? '}' : ']')) return false;
+        w.t++;
+        if (!--depth) return w.t == t_end;
+        in_object = objects >> depth & 1;
+        w.node = saved[depth].node;
+        w.pending = saved[depth].pending;
+        w.value = saved[depth].value;
+        closed = true;
     }
 }
 
