@@ -673,7 +673,7 @@ static const uint8_t NO_TOKEN = 0;
 /* The classes of up to 64 bytes (bit i for byte i). */
 typedef struct block {
     uint64_t quotes, structural, ws;
-    v128_t rare; /* nonzero for a backslash, a control character (tab and CR too) or a byte >= 0x80 */
+    uint64_t rare; /* backslashes, control characters (tab and CR too) and bytes >= 0x80 */
 } block;
 
 /* The 16 bytes at p into bits k.. of the block's masks. */
@@ -686,10 +686,12 @@ static inline void classify16(block *bl, const uint8_t *p, int k) {
     const v128_t s = wasm_v128_or(wasm_v128_or(wasm_i8x16_eq(l, wasm_i8x16_splat(',')), wasm_i8x16_eq(l, wasm_i8x16_splat(':'))),
                                   wasm_v128_or(wasm_i8x16_eq(l, wasm_i8x16_splat('{')), wasm_i8x16_eq(l, wasm_i8x16_splat('}'))));
     bl->structural |= (uint64_t)wasm_i8x16_bitmask(s) << k;
-    /* Bytes <= 0x20: whitespace, and the control characters (checked apart). */
-    bl->ws |= (uint64_t)wasm_i8x16_bitmask(wasm_i8x16_eq(wasm_u8x16_min(v, space), v)) << k;
+    /* Signed, the bytes below 0x21: whitespace, the control characters (checked apart) and the
+     * bytes >= 0x80 (rare_block takes them out). One instruction, where unsigned takes four. */
+    bl->ws |= (uint64_t)wasm_i8x16_bitmask(wasm_i8x16_lt(v, wasm_i8x16_splat(0x21))) << k;
     /* Signed, the bytes below 0x20 are the control characters and those >= 0x80. */
-    bl->rare = wasm_v128_or(bl->rare, wasm_v128_or(wasm_i8x16_lt(v, space), wasm_i8x16_eq(v, wasm_i8x16_splat('\\'))));
+    bl->rare |= (uint64_t)wasm_i8x16_bitmask(wasm_v128_or(wasm_i8x16_lt(v, space), wasm_i8x16_eq(v, wasm_i8x16_splat('\\'))))
+                << k;
 }
 
 /* Bit i set for each byte i of the 64 at b equal to c. */
@@ -718,6 +720,7 @@ static struct {
     uint64_t scalar_carry; /* 1 if the byte before the block is part of a number or literal */
     uint64_t spaced;       /* whitespace outside strings so far */
     uint64_t escaped;      /* the escaped bytes of the block (rare_block) */
+    uint64_t high;         /* the bytes >= 0x80 of the block (rare_block) */
     uint32_t utf8_carry;   /* continuation bytes at the block's start that rare_block checked */
     bool escapes;          /* a backslash so far */
 } scan;
@@ -746,15 +749,15 @@ static bool utf8_block(const uint8_t *b, uint64_t high) {
 }
 
 /* The backslashes, control characters and bytes >= 0x80 of the block at b (bytes `valid`):
- * sets scan.escaped to the escaped bytes and returns the control characters; UINT64_MAX if an
- * escape or the UTF-8 is invalid. */
+ * sets scan.escaped to the escaped bytes and scan.high to the bytes >= 0x80, and returns the
+ * control characters; UINT64_MAX if an escape or the UTF-8 is invalid. */
 PL_COLD uint64_t rare_block(const uint8_t *b, uint64_t valid) {
     const uint64_t bs = bytes_eq(b, '\\') & valid;
     const uint64_t escaped = scan.escaped = escaped_bytes(bs, &scan.escape_carry) & valid;
     scan.escapes |= bs != 0;
     if (escaped && !escapes_valid(b, escaped)) return UINT64_MAX;
     const uint64_t ctrl = bytes_below_space(b, false) & valid;
-    const uint64_t high = bytes_below_space(b, true) & ~ctrl & valid;
+    const uint64_t high = scan.high = bytes_below_space(b, true) & ~ctrl & valid;
     if ((high || scan.utf8_carry) && !utf8_block(b, high)) return UINT64_MAX;
     return ctrl;
 }
@@ -770,14 +773,15 @@ PL_COLD bool controls_valid(const uint8_t *b, uint64_t ctrl, uint64_t inside) {
 static __attribute__((noinline)) const uint8_t **index_block(const uint8_t *b, size_t left, const uint8_t **tok) {
     const uint64_t valid = left >= 64 ? ~0ull : (1ull << left) - 1;
     /* 16 bytes at a time, only as many as the line has. */
-    block bl = {0, 0, 0, wasm_i64x2_splat(0)};
+    block bl = {0};
     classify16(&bl, b, 0);
     if (left > 16) classify16(&bl, b + 16, 16);
     if (left > 32) classify16(&bl, b + 32, 32);
     if (left > 48) classify16(&bl, b + 48, 48);
     uint64_t ctrl = 0;
-    scan.escaped = 0;
-    if ((wasm_v128_any_true(bl.rare) || scan.escape_carry || scan.utf8_carry) &&
+    scan.escaped = scan.high = 0;
+    /* (Bytes past the line, such as its '\n', do not count.) */
+    if ((bl.rare & valid || scan.escape_carry || scan.utf8_carry) &&
         (ctrl = rare_block(b, valid)) == UINT64_MAX)
         return NULL;
     const uint64_t all_quotes = bl.quotes & valid, quotes = all_quotes & ~scan.escaped;
@@ -785,7 +789,7 @@ static __attribute__((noinline)) const uint8_t **index_block(const uint8_t *b, s
     const uint64_t inside = prefix_xor(quotes) ^ scan.in_string;
     scan.in_string = (uint64_t)((int64_t)inside >> 63);
     if (ctrl && !controls_valid(b, ctrl, inside)) return NULL;
-    const uint64_t ws = bl.ws & valid, structural = bl.structural & valid;
+    const uint64_t ws = bl.ws & ~scan.high & valid, structural = bl.structural & valid;
     scan.spaced |= ws & ~inside;
     /* Bytes of numbers and literals (or of anything invalid) outside strings: a token where a
      * run of them starts. */
