@@ -344,7 +344,7 @@ static int pl_guest_init(const uint8_t *config, size_t len) {
     static const char *const keys[] = {"filter", "select", "rename", "max_line_bytes", NULL};
     pl_lines_init(&g.lines, on_line, NULL);
     if (pl_config_read(config, len, keys, read_config) || (cfg.select.n && select_keys())) return -1;
-    if (!(g.found = calloc(g.paths.n + 1, sizeof *g.found))) return pl_fail_str("out of memory");
+    if (!(g.found = calloc(g.paths.n + 2, sizeof *g.found))) return pl_fail_str("out of memory");
     return build_tree();
 }
 
@@ -466,9 +466,14 @@ static int compare(const cond *c, span v) {
             if (pl_json_string(&j, &decoded)) return -2;
             s = decoded;
         }
-        const size_t n = s.len < c->string.len ? s.len : c->string.len;
-        int cmp = bytes_compare((const uint8_t *)s.ptr, (const uint8_t *)c->string.ptr, n);
-        if (!cmp) cmp = (s.len > c->string.len) - (s.len < c->string.len);
+        int cmp;
+        if (c->op <= OP_NE && s.len != c->string.len) {
+            cmp = 1; /* == and != need only know that the strings differ */
+        } else {
+            const size_t n = s.len < c->string.len ? s.len : c->string.len;
+            cmp = bytes_compare((const uint8_t *)s.ptr, (const uint8_t *)c->string.ptr, n);
+            if (!cmp) cmp = (s.len > c->string.len) - (s.len < c->string.len);
+        }
         pl_str_free(&decoded);
         return cmp;
     }
@@ -722,6 +727,7 @@ static struct {
     uint64_t escaped;      /* the escaped bytes of the block (rare_block) */
     uint64_t high;         /* the bytes >= 0x80 of the block (rare_block) */
     uint32_t utf8_carry;   /* continuation bytes at the block's start that rare_block checked */
+    const uint8_t *line_end; /* the '\n' that ends the line, once found */
     bool escapes;          /* a backslash so far */
 } scan;
 
@@ -768,20 +774,29 @@ PL_COLD bool controls_valid(const uint8_t *b, uint64_t ctrl, uint64_t inside) {
     return !(ctrl & ~((bytes_eq(b, '\t') | bytes_eq(b, '\r')) & ~inside));
 }
 
-/* Indexes the `left` bytes at b (64 at most): appends their tokens to tok; returns the new end,
- * or NULL if the block makes the line invalid. */
+/* Indexes the `left` bytes at b (64 at most) up to a '\n' (then setting scan.line_end): appends
+ * their tokens to tok; returns the new end, or NULL if the block makes the line invalid. */
 static __attribute__((noinline)) const uint8_t **index_block(const uint8_t *b, size_t left, const uint8_t **tok) {
-    const uint64_t valid = left >= 64 ? ~0ull : (1ull << left) - 1;
-    /* 16 bytes at a time, only as many as the line has. */
+    uint64_t valid = left >= 64 ? ~0ull : (1ull << left) - 1;
+    /* 16 bytes at a time, only as many as there are. */
     block bl = {0};
     classify16(&bl, b, 0);
     if (left > 16) classify16(&bl, b + 16, 16);
     if (left > 32) classify16(&bl, b + 32, 32);
     if (left > 48) classify16(&bl, b + 48, 48);
+    uint64_t rare = bl.rare & valid;
+    if (rare) {
+        /* A '\n' is a control character: only a block with one may hold the line's end. */
+        const uint64_t newlines = bytes_eq(b, '\n') & valid;
+        if (newlines) {
+            scan.line_end = b + __builtin_ctzll(newlines);
+            valid = (newlines & -newlines) - 1;
+            rare &= valid;
+        }
+    }
     uint64_t ctrl = 0;
     scan.escaped = scan.high = 0;
-    /* (Bytes past the line, such as its '\n', do not count.) */
-    if ((bl.rare & valid || scan.escape_carry || scan.utf8_carry) &&
+    if ((rare || scan.escape_carry || scan.utf8_carry) &&
         (ctrl = rare_block(b, valid)) == UINT64_MAX)
         return NULL;
     const uint64_t all_quotes = bl.quotes & valid, quotes = all_quotes & ~scan.escaped;
@@ -801,9 +816,11 @@ static __attribute__((noinline)) const uint8_t **index_block(const uint8_t *b, s
 }
 
 /*
- * Pass 1 over the object [start, end) (start at its '{', end after its '}', FAST_OVERREAD
- * readable bytes after it): lists its tokens in g.tokens, NO_TOKEN-terminated (four times, for
- * the walk's look-ahead), and sets g.spaced and g.escapes. The tokens are each structural
+ * Pass 1 over a line from start up to its '\n' or `end` (FAST_OVERREAD readable bytes after
+ * it), setting scan.line_end to the '\n' if there is one: lists its tokens in g.tokens,
+ * NO_TOKEN-terminated (four times, for the walk's look-ahead), and sets g.spaced (whitespace
+ * outside strings, the line's leading and trailing whitespace included) and g.escapes. The
+ * tokens are each structural
  * character outside strings, each quote that opens a string and the first byte of each run of
  * other bytes outside strings (a number or a literal, or something invalid). False if it finds
  * the line invalid: a control character other than tab or CR outside strings, an invalid
@@ -813,14 +830,22 @@ static __attribute__((noinline)) const uint8_t **index_block(const uint8_t *b, s
 static bool index_line(const uint8_t *const start, const uint8_t *const end) {
     const size_t n = (size_t)(end - start);
     pl_buf *tb = &g.tokens;
-    tb->len = 0;
-    if (!pl_buf_reserve(tb, (n + 16) * sizeof(const uint8_t *))) return false;
     const uint8_t **tok = (const uint8_t **)(void *)tb->data;
+    size_t room = 0; /* bytes from start whose tokens g.tokens has room for */
     scan.in_string = scan.escape_carry = scan.scalar_carry = scan.spaced = 0;
     scan.utf8_carry = 0;
     scan.escapes = false;
-    for (size_t at = 0; at < n; at += 64)
+    scan.line_end = NULL;
+    for (size_t at = 0; at < n && !scan.line_end; at += 64) {
+        if (at + 64 > room) {
+            /* At most a token per byte, and put_tokens may write 8 past the end; 4 more sentinels. */
+            tb->len = (size_t)((const uint8_t *)tok - tb->data);
+            if (!pl_buf_reserve(tb, (4096 + 16) * sizeof *tok)) return false;
+            tok = (const uint8_t **)(void *)(tb->data + tb->len);
+            room = at + 4096;
+        }
         if (!(tok = index_block(start + at, n - at, tok))) return false;
+    }
     if (scan.in_string) return false;
     for (int k = 0; k < 4; k++) tok[k] = &NO_TOKEN;
     tb->len = (size_t)((const uint8_t *)tok - tb->data);
@@ -984,15 +1009,13 @@ static inline __attribute__((always_inline)) bool member(walk *w, uint32_t depth
 }
 
 /*
- * The fast path: checks the object [p, end) (p at its '{', end after its '}', FAST_OVERREAD
- * readable bytes after it) and sets g.found as resolve would (the values' text as written,
- * whitespace included). It accepts only what pl_json_compact accepts, so a line it turns down
- * (returning false) goes to slow_line, which finds the error to report; it also turns down valid
- * lines nested deeper than FAST_MAX_DEPTH. Sets g.spaced if there is whitespace inside the
- * object.
+ * Pass 2 of the fast path, over the tokens index_line listed: checks that they are one JSON
+ * object and sets g.found as resolve would (the values' text as written, whitespace included).
+ * It accepts only what pl_json_compact accepts, so a line it turns down (returning false) goes to
+ * slow_line, which finds the error to report; it also turns down valid lines nested deeper than
+ * FAST_MAX_DEPTH.
  */
-static __attribute__((noinline)) bool fast_object(const uint8_t *const p, const uint8_t *const end) {
-    if (!index_line(p, end)) return false;
+static __attribute__((noinline)) bool walk_line(void) {
     /* Per open container, the walk's state in the member it is the value of. */
     static struct {
         int32_t node, pending;
@@ -1005,7 +1028,8 @@ static __attribute__((noinline)) bool fast_object(const uint8_t *const p, const 
     uint32_t depth = 0;
     bool in_object = false; /* the innermost container is an object */
     bool closed = false;    /* a container just closed: no value to read */
-    /* The line is a value, the object at p: its '{' is the first token. Each round reads a value
+    if (**w.t != '{') return false;
+    /* The line is a value, an object: its '{' is the first token. Each round reads a value
      * (unless a container just closed), then the ',' and the next member name, or the end of
      * its container. One loop, not two nested: wasmtime checks for interruption at each. */
     for (;;) {
@@ -1098,30 +1122,30 @@ static inline bool overread_ok(const uint8_t *end) {
     return (uint64_t)(uintptr_t)end + FAST_OVERREAD <= (uint64_t)__builtin_wasm_memory_size(0) << 16;
 }
 
-static int on_line(void *ctx, const uint8_t *line, size_t len, uint64_t line_no) {
-    (void)ctx;
-    size_t i = 0;
-    while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r')) i++;
-    if (i == len) return 0; /* a blank line */
+/* A line that is not blank: counted, and its paths not found yet. */
+static void begin_line(uint64_t line_no) {
     pl_stats.records_in++;
-    size_t n = len;
-    while (is_ws(line[n - 1])) n--;
-    for (uint32_t k = 0; k < g.paths.n; k++) g.found[k].p = NULL;
+    /* Two spans per vector store: g.found has room for whole vectors. */
+    for (uint32_t k = 0; k < g.paths.n; k += 2) wasm_v128_store(&g.found[k], wasm_i64x2_splat(0));
     g.line_no = line_no;
-    if (line[i] != '{' || line[n - 1] != '}' || n - i > FAST_MAX_LINE || !overread_ok(line + n) ||
-        !fast_object(line + i, line + n)) {
-        g.spaced = false;
-        g.escapes = true;
-        return slow_line(line, len, line_no);
-    }
+}
+
+/* A line the fast path turned down. */
+PL_COLD int other_line(const uint8_t *line, size_t len, uint64_t line_no) {
+    g.spaced = false;
+    g.escapes = true;
+    return slow_line(line, len, line_no);
+}
+
+/* The object `obj` of a line the fast path took: filtered and written. */
+static int end_line(span obj) {
     if (cfg.has_filter && !holds(&cfg.filter)) return 0;
     pl_stats.records_out++;
-    span obj = {line + i, line + n};
     if (!cfg.select.n && (g.spaced || cfg.rename_from.n)) {
         /* The whole object is written: compact it (renaming walks its compact members). */
         pl_buf *c = &g.compact;
         c->len = 0;
-        if (!pl_buf_reserve(c, n - i + 1)) return pl_fail_str("out of memory");
+        if (!pl_buf_reserve(c, (size_t)(obj.end - obj.p) + 1)) return pl_fail_str("out of memory");
         uint8_t *d = compact_into(c->data, obj.p, obj.end);
         *d = 0; /* padding for pl_json_compact_skip */
         obj = (span){c->data, d};
@@ -1129,6 +1153,68 @@ static int on_line(void *ctx, const uint8_t *line, size_t len, uint64_t line_no)
     return write_line(obj);
 }
 
-static int pl_guest_process(const uint8_t *data, size_t len) { return pl_lines_feed(&g.lines, data, len); }
+/* A line from the SDK's framer (pl_lines): one that began in an earlier chunk, or at the start
+ * of the stream. */
+static int on_line(void *ctx, const uint8_t *line, size_t len, uint64_t line_no) {
+    (void)ctx;
+    size_t i = 0;
+    while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r')) i++;
+    if (i == len) return 0; /* a blank line */
+    size_t n = len;
+    while (is_ws(line[n - 1])) n--;
+    begin_line(line_no);
+    if (line[i] != '{' || line[n - 1] != '}' || n - i > FAST_MAX_LINE || !overread_ok(line + n) ||
+        !index_line(line + i, line + n) || !walk_line())
+        return other_line(line, len, line_no);
+    return end_line((span){line + i, line + n});
+}
+
+/* A line that index_line indexed, up to its '\n' (less a '\r' before it: len bytes). */
+static int indexed_line(const uint8_t *line, size_t len, uint64_t line_no) {
+    const uint8_t *const *tokens = (const uint8_t *const *)(const void *)g.tokens.data;
+    const uint8_t *const *t_end = (const uint8_t *const *)(const void *)(g.tokens.data + g.tokens.len);
+    /* No token: nothing but spaces, tabs and CRs (any other byte is a token or failed the index). */
+    if (tokens == t_end) return 0;
+    begin_line(line_no);
+    if (!walk_line()) return other_line(line, len, line_no);
+    return end_line((span){tokens[0], t_end[-1] + 1});
+}
+
+/*
+ * The lines that end in the chunk are framed here, by the fast path's index (the '\n' is found
+ * by the same 64-byte blocks that classify the line's bytes) rather than by the SDK's framer,
+ * which would first search every line for its '\n'; as that framer does (pl__lines_deliver), a
+ * '\r' before the '\n' is dropped, max_line_bytes is checked and lines are numbered in g.lines.
+ * The framer still takes what it must hold: the stream's first bytes (a BOM), a line begun in an
+ * earlier chunk, and the chunk's last line if it does not end in it.
+ */
+static int pl_guest_process(const uint8_t *data, size_t len) {
+    pl_lines *l = &g.lines;
+    const uint8_t *p = data, *const end = data + len;
+    if (l->bom < 3 || l->partial.len) {
+        const uint8_t *nl = pl_memchr(p, '\n', len);
+        if (!nl) return pl_lines_feed(l, p, len);
+        if (pl_lines_feed(l, p, (size_t)(nl + 1 - p))) return -1;
+        p = nl + 1;
+    }
+    while (p < end) {
+        const size_t room = (size_t)(end - p) < FAST_MAX_LINE ? (size_t)(end - p) : FAST_MAX_LINE;
+        bool indexed = overread_ok(p + room) && index_line(p, p + room);
+        const uint8_t *nl = indexed ? scan.line_end : NULL;
+        if (!nl) {
+            /* Invalid (the index stopped early), too long for the fast path, or unfinished. */
+            indexed = false;
+            if (!(nl = pl_memchr(p, '\n', (size_t)(end - p)))) break;
+        }
+        size_t n = (size_t)(nl - p);
+        if (n && p[n - 1] == '\r') n--;
+        if (n > l->max_line_bytes) return pl__lines_too_long(l);
+        const int rc = indexed ? indexed_line(p, n, l->line_no) : on_line(NULL, p, n, l->line_no);
+        l->line_no++;
+        if (rc) return rc;
+        p = nl + 1;
+    }
+    return p < end ? pl_lines_feed(l, p, (size_t)(end - p)) : 0;
+}
 
 static int pl_guest_finish(void) { return pl_lines_finish(&g.lines); }
