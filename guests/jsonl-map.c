@@ -106,7 +106,7 @@ static struct {
     pl_buf tokens;
     uint64_t line_no; /* the line being handled */
     bool escapes;     /* the line may have a backslash (fast path: has one) */
-    bool spaced;  /* the line has whitespace inside its object */
+    bool spaced;  /* the line may have whitespace inside its object (fast path: any outside strings) */
 } g;
 
 /* ---------------------------------------------------------------------------------------- */
@@ -594,14 +594,19 @@ static inline bool is_ws(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' 
 
 /*
  * The fast path checks a line and finds the paths' values in two passes, as simdjson does, so
- * that no loop goes byte by byte. index_line classifies the line 64 bytes at a time into bit
- * masks, works out which bytes are inside strings (backslash runs, then a prefix XOR of the
- * unescaped quotes) and lists the line's tokens: each structural character , : [ ] { } outside
- * strings, each quote that opens or closes a string, and the first byte of each run of other
- * bytes outside strings (a number or a literal). Control characters, escapes and UTF-8 are
- * checked there, in bulk. fast_object then walks the tokens through the JSON grammar, one step
- * per token, checks numbers and literals, and matches member names against the tree of the
- * paths' names. A line it turns down goes to slow_line, which finds the error to report.
+ * that no loop goes byte by byte (wasmtime adds an interruption check to every loop iteration).
+ * index_line classifies the line 64 bytes at a time into bit masks, works out which bytes are
+ * inside strings (backslash runs, then a prefix XOR of the unescaped quotes) and lists the line's
+ * tokens: each structural character , : [ ] { } outside strings, each quote that opens a string,
+ * and the first byte of each run of other bytes outside strings (a number or a literal).
+ * Control characters, escapes and UTF-8 are checked there, in bulk, and the line's '\n' found.
+ * walk_line then walks the tokens through the JSON grammar, one step per member, checks numbers
+ * and literals, and matches member names against the tree of the paths' names. A line it turns
+ * down goes to slow_line, which finds the error to report.
+ *
+ * wasmtime's register allocator spills much in large functions, so the hot parts are separate
+ * functions with little live state, and the rare cases (escapes, control characters, bytes >=
+ * 0x80, names past the first of their slot) are cold functions of their own.
  */
 
 /* Lines longer than this take the slow path: the token list takes 4 bytes per byte at worst. */
@@ -740,8 +745,8 @@ static bool utf8_block(const uint8_t *b, uint64_t high) {
         const uint32_t i = (uint32_t)__builtin_ctzll(high);
         uint8_t lo, hi;
         const int more = pl__utf8_lead(b[i], &lo, &hi);
-        /* The line's last byte is its '}', which is no continuation byte: a sequence cut short
-         * by the end of the line fails here without reading past that. */
+        /* The line ends with '}' or '\n', neither a continuation byte: a sequence cut short by
+         * the end of the line fails here without reading further. */
         if (!more || b[i + 1] < lo || b[i + 1] > hi) return false;
         for (int k = 2; k <= more; k++)
             if ((b[i + k] & 0xC0) != 0x80) return false;
@@ -820,12 +825,12 @@ static __attribute__((noinline)) const uint8_t **index_block(const uint8_t *b, s
  * it), setting scan.line_end to the '\n' if there is one: lists its tokens in g.tokens,
  * NO_TOKEN-terminated (four times, for the walk's look-ahead), and sets g.spaced (whitespace
  * outside strings, the line's leading and trailing whitespace included) and g.escapes. The
- * tokens are each structural
- * character outside strings, each quote that opens a string and the first byte of each run of
- * other bytes outside strings (a number or a literal, or something invalid). False if it finds
- * the line invalid: a control character other than tab or CR outside strings, an invalid
- * escape, an unterminated string or invalid UTF-8 (bytes >= 0x80 outside strings are invalid
- * too, and the walk finds those: they are not a number or a literal).
+ * tokens are each structural character outside strings, each quote that opens a string and the
+ * first byte of each run of other bytes outside strings (a number or a literal, or something
+ * invalid). False if it finds the line invalid: a control character other than tab or CR
+ * outside strings, an invalid escape, an unterminated string or invalid UTF-8 (bytes >= 0x80
+ * outside strings are invalid too, and the walk finds those: they are not a number or a
+ * literal).
  */
 static bool index_line(const uint8_t *const start, const uint8_t *const end) {
     const size_t n = (size_t)(end - start);
@@ -854,7 +859,8 @@ static bool index_line(const uint8_t *const start, const uint8_t *const end) {
     return true;
 }
 
-/* The number of decimal digits at p, found 16 bytes at a time (the line's '}' stops them). */
+/* The number of decimal digits at p, found 16 bytes at a time (the line's last byte, '}' or
+ * '\n', stops them). */
 static inline size_t digit_run(const uint8_t *p) {
     for (size_t n = 0;; n += 16) {
         const v128_t d = wasm_i8x16_sub(wasm_v128_load(p + n), wasm_i8x16_splat('0'));
@@ -910,14 +916,6 @@ static inline const uint8_t *number_end(const uint8_t *p) {
 static const bool ENDS_SCALAR[256] = {[0 ... 0x20] = true, ['"'] = true, [','] = true, [':'] = true,
                                       ['['] = true,        [']'] = true, ['{'] = true, ['}'] = true};
 
-/* find_entry for a name with an escape: decodes it (rare). */
-PL_COLD int32_t find_escaped_entry(int32_t node, const uint8_t *key, const uint8_t *key_end) {
-    for (uint32_t i = 0; i < g.nentries; i++)
-        if (g.entries[i].node == node && string_is((span){key - 1, key_end + 1}, g.entries[i].name, g.entries[i].len))
-            return (int32_t)i;
-    return -1;
-}
-
 /* Whether `e` is the name of n <= 16 bytes whose 16 bytes (the name, then anything) are k. */
 static inline bool entry_is(const entry *e, v128_t k, size_t n) {
     const uint32_t same = (uint32_t)wasm_i8x16_bitmask(wasm_i8x16_eq(k, wasm_v128_load(e->name16)));
@@ -941,7 +939,7 @@ PL_COLD int32_t find_entry_slow(int32_t node, const uint8_t *key, const uint8_t 
 }
 
 /* The entry of `node` for the member name [key, key_end), or -1. The name is followed by at
- * least 16 readable bytes (the line's '}' and FAST_OVERREAD more). */
+ * least 16 readable bytes (the rest of the line and FAST_OVERREAD more). */
 static inline __attribute__((always_inline)) int32_t find_entry(int32_t node, const uint8_t *key,
                                                                const uint8_t *key_end) {
     const size_t n = (size_t)(key_end - key);
@@ -956,7 +954,7 @@ static inline __attribute__((always_inline)) int32_t find_entry(int32_t node, co
     return g.entries[i].next < 0 ? -1 : find_entry_slow(node, key, key_end);
 }
 
-/* The walk's state (fast_object). */
+/* The walk's state (walk_line). */
 typedef struct walk {
     const uint8_t *const *t; /* the next token */
     int32_t node;            /* the node of the innermost object, -1 if none */
