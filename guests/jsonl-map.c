@@ -69,6 +69,20 @@ static struct {
     pl_strs rename_from, rename_to;
 } cfg;
 
+/* A name the fast path looks for in an object (see build_tree). */
+typedef struct entry {
+    uint8_t name16[16]; /* the name's first 16 bytes, zero-padded: compared in one go */
+    const char *name;
+    uint32_t len;
+    int32_t node;  /* the object it is looked for in */
+    int32_t path;  /* the path it is the last name of, or -1 */
+    int32_t child; /* the node of its value, if that is an object, or -1 */
+    int32_t next;  /* the next entry of its node with the same name_hash, or -1 */
+    uint32_t *paths; /* every path through it: when the name comes again, their values are forgotten */
+    uint32_t npaths;
+    uint64_t seen; /* the object it was last seen in (member) */
+} entry;
+
 /* Stream state. */
 static struct {
     pl_lines lines;
@@ -82,16 +96,17 @@ static struct {
     pl_strs paths;
     size_t *first_len;     /* length of each path's first name */
     span *found;           /* each path's value in the line; .p NULL if it has none */
-    /* The fast path's state per path: its names as (start, length) pairs in the path, how many
-     * of them the open objects matched so far (`level`: the path is looked for in the object at
-     * depth level + 1), and where the value of a last name that matched starts. */
-    uint32_t **names;
-    uint32_t *nnames;
-    uint32_t *level;
-    const uint8_t **pending;
-    uint64_t name_hashes; /* bit name_hash() of every name of every path */
-    bool spaced;          /* the line has whitespace inside its object */
     uint32_t *select_path; /* index in paths of each select entry */
+    /* The fast path: the paths' names as a tree of nodes, one per object looked in (node 0 is the
+     * line's object), each a 64-slot hash table of its entries; the line's tokens (index_line). */
+    entry *entries;
+    uint32_t nentries;
+    int32_t (*slots)[64];
+    uint32_t nnodes;
+    pl_buf tokens;
+    uint64_t line_no; /* the line being handled */
+    bool escapes;     /* the line may have a backslash (fast path: has one) */
+    bool spaced;  /* the line may have whitespace inside its object (fast path: any outside strings) */
 } g;
 
 /* ---------------------------------------------------------------------------------------- */
@@ -268,31 +283,69 @@ static int read_config(pl_json *j, int key) {
     }
 }
 
+/* A new node, with no entries; -1 if memory ran out. */
+static int32_t add_node(void) {
+    int32_t(*slots)[64] = realloc(g.slots, (g.nnodes + 1) * sizeof *slots);
+    if (!slots) return -1;
+    g.slots = slots;
+    memset(slots[g.nnodes], 0xFF, sizeof *slots); /* every slot -1: empty */
+    return (int32_t)g.nnodes++;
+}
+
+/* The entry of `node` for the name (len bytes at name, which must outlive it), added if new; -1
+ * if memory ran out. */
+static int32_t add_entry(int32_t node, const char *name, uint32_t len) {
+    const uint32_t h = name_hash((const uint8_t *)name, len);
+    for (int32_t i = g.slots[node][h]; i >= 0; i = g.entries[i].next)
+        if (g.entries[i].len == len && memcmp(g.entries[i].name, name, len) == 0) return i;
+    entry *entries = realloc(g.entries, (g.nentries + 1) * sizeof *entries);
+    if (!entries) return -1;
+    g.entries = entries;
+    entry *e = &entries[g.nentries];
+    *e = (entry){.name = name, .len = len, .node = node, .path = -1, .child = -1, .next = g.slots[node][h]};
+    memcpy(e->name16, name, len < 16 ? len : 16);
+    g.slots[node][h] = (int32_t)g.nentries;
+    return (int32_t)g.nentries++;
+}
+
+/* Builds the fast path's tree of names from g.paths: "a.b" and "a.c" share the entry of "a" in
+ * node 0, whose child node has the entries "b" and "c". */
+static int build_tree(void) {
+    if (g.paths.n && add_node() < 0) return pl_fail_str("out of memory");
+    for (uint32_t i = 0; i < g.paths.n; i++) {
+        const pl_str *p = &g.paths.v[i];
+        int32_t node = 0;
+        for (size_t at = 0;;) {
+            const char *dot = memchr(p->ptr + at, '.', p->len - at);
+            const size_t name_end = dot ? (size_t)(dot - p->ptr) : p->len;
+            const int32_t e = add_entry(node, p->ptr + at, (uint32_t)(name_end - at));
+            if (e < 0) return pl_fail_str("out of memory");
+            uint32_t *paths = realloc(g.entries[e].paths, (g.entries[e].npaths + 1) * sizeof *paths);
+            if (!paths) return pl_fail_str("out of memory");
+            g.entries[e].paths = paths;
+            paths[g.entries[e].npaths++] = i;
+            if (!dot) {
+                g.entries[e].path = (int32_t)i;
+                break;
+            }
+            if (g.entries[e].child < 0) {
+                const int32_t child = add_node();
+                if (child < 0) return pl_fail_str("out of memory");
+                g.entries[e].child = child;
+            }
+            node = g.entries[e].child;
+            at = name_end + 1;
+        }
+    }
+    return 0;
+}
+
 static int pl_guest_init(const uint8_t *config, size_t len) {
     static const char *const keys[] = {"filter", "select", "rename", "max_line_bytes", NULL};
     pl_lines_init(&g.lines, on_line, NULL);
     if (pl_config_read(config, len, keys, read_config) || (cfg.select.n && select_keys())) return -1;
-    const uint32_t n = g.paths.n + 1;
-    g.found = calloc(n, sizeof *g.found);
-    g.names = calloc(n, sizeof *g.names);
-    g.nnames = calloc(n, sizeof *g.nnames);
-    g.level = calloc(n, sizeof *g.level);
-    g.pending = calloc(n, sizeof *g.pending);
-    if (!g.found || !g.names || !g.nnames || !g.level || !g.pending) return pl_fail_str("out of memory");
-    for (uint32_t i = 0; i < g.paths.n; i++) {
-        const pl_str *p = &g.paths.v[i];
-        if (!(g.names[i] = calloc(2 * (p->len + 1), sizeof **g.names))) return pl_fail_str("out of memory");
-        for (size_t at = 0;; at++) {
-            const char *dot = memchr(p->ptr + at, '.', p->len - at);
-            const size_t name_end = dot ? (size_t)(dot - p->ptr) : p->len;
-            g.name_hashes |= 1ull << name_hash((const uint8_t *)p->ptr + at, name_end - at);
-            g.names[i][2 * g.nnames[i]] = (uint32_t)at;
-            g.names[i][2 * g.nnames[i]++ + 1] = (uint32_t)(name_end - at);
-            if (!dot) break;
-            at = name_end;
-        }
-    }
-    return 0;
+    if (!(g.found = calloc(g.paths.n + 2, sizeof *g.found))) return pl_fail_str("out of memory");
+    return build_tree();
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -380,6 +433,19 @@ static void resolve(span obj) {
 /* Filter                                                                                    */
 /* ---------------------------------------------------------------------------------------- */
 
+/* memcmp's sign (-1, 0 or 1), 8 bytes at a time: the libc one goes byte by byte. */
+static int bytes_compare(const uint8_t *a, const uint8_t *b, size_t n) {
+    for (; n >= 8; a += 8, b += 8, n -= 8) {
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        if (x != y) return __builtin_bswap64(x) > __builtin_bswap64(y) ? 1 : -1;
+    }
+    for (; n; a++, b++, n--)
+        if (*a != *b) return *a > *b ? 1 : -1;
+    return 0;
+}
+
 /* -2: not comparable (other type); else the sign of value - c's value. */
 static int compare(const cond *c, span v) {
     const uint8_t first = *v.p;
@@ -394,15 +460,20 @@ static int compare(const cond *c, span v) {
         if (first != '"') return -2;
         pl_str s = {(char *)v.p + 1, (size_t)(v.end - v.p) - 2};
         pl_str decoded = {0};
-        if (pl_memchr(s.ptr, '\\', s.len)) {
+        if (g.escapes && pl_memchr(s.ptr, '\\', s.len)) {
             pl_json j;
             pl_json_init(&j, v.p, (size_t)(v.end - v.p));
             if (pl_json_string(&j, &decoded)) return -2;
             s = decoded;
         }
-        const size_t n = s.len < c->string.len ? s.len : c->string.len;
-        int cmp = memcmp(s.ptr, c->string.ptr, n);
-        cmp = cmp ? (cmp > 0) - (cmp < 0) : (s.len > c->string.len) - (s.len < c->string.len);
+        int cmp;
+        if (c->op <= OP_NE && s.len != c->string.len) {
+            cmp = 1; /* == and != need only know that the strings differ */
+        } else {
+            const size_t n = s.len < c->string.len ? s.len : c->string.len;
+            cmp = bytes_compare((const uint8_t *)s.ptr, (const uint8_t *)c->string.ptr, n);
+            if (!cmp) cmp = (s.len > c->string.len) - (s.len < c->string.len);
+        }
         pl_str_free(&decoded);
         return cmp;
     }
@@ -411,13 +482,8 @@ static int compare(const cond *c, span v) {
     }
 }
 
-/* Whether the condition holds for the line whose paths resolve() found. */
-static bool holds(const cond *c) {
-    if (c->kind != COND_COMPARE) {
-        for (uint32_t i = 0; i < c->nparts; i++)
-            if (holds(&c->parts[i]) == (c->kind == COND_ANY)) return c->kind == COND_ANY;
-        return c->kind == COND_ALL;
-    }
+/* Whether the comparison c holds for the line whose paths resolve() found. */
+static inline bool compare_holds(const cond *c) {
     const span v = g.found[c->path];
     const bool present = v.p != NULL;
     if (c->op == OP_EXISTS) return present;
@@ -430,6 +496,18 @@ static bool holds(const cond *c) {
     case OP_LT: return cmp == -1;
     default: return cmp == -1 || cmp == 0; /* OP_LE */
     }
+}
+
+/* Whether the condition holds for the line whose paths resolve() found (its comparisons without
+ * a call each). */
+static bool holds(const cond *c) {
+    if (c->kind == COND_COMPARE) return compare_holds(c);
+    for (uint32_t i = 0; i < c->nparts; i++) {
+        const cond *part = &c->parts[i];
+        if ((part->kind == COND_COMPARE ? compare_holds(part) : holds(part)) == (c->kind == COND_ANY))
+            return c->kind == COND_ANY;
+    }
+    return c->kind == COND_ALL;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -481,7 +559,7 @@ static int write_line(span obj) {
 
 /* The slow path, for a line the fast one did not take: validates it with the SDK's streaming
  * scanner (whose error is the reject reason) and looks the paths up in its compact copy. */
-static int slow_line(const uint8_t *line, size_t len, uint64_t line_no) {
+PL_COLD int slow_line(const uint8_t *line, size_t len, uint64_t line_no) {
     pl_buf *c = &g.compact;
     c->len = 0;
     pl_buf *m = &g.reason;
@@ -510,110 +588,506 @@ static int slow_line(const uint8_t *line, size_t len, uint64_t line_no) {
 
 static inline bool is_ws(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
-/* The bytes of the 16 at p that stop a run of plain string bytes: '"', '\\', a control
- * character or a byte >= 0x80 (bit i for p[i]). */
-static inline uint32_t string_stops(const uint8_t *p) {
-    const v128_t v = wasm_v128_load(p);
-    v128_t stop = wasm_v128_or(wasm_i8x16_eq(v, wasm_i8x16_splat('"')), wasm_i8x16_eq(v, wasm_i8x16_splat('\\')));
-    stop = wasm_v128_or(stop, wasm_u8x16_lt(v, wasm_i8x16_splat(0x20)));
-    stop = wasm_v128_or(stop, wasm_i8x16_lt(v, wasm_i8x16_splat(0)));
-    return (uint32_t)wasm_i8x16_bitmask(stop);
+/* ---------------------------------------------------------------------------------------- */
+/* The fast path                                                                             */
+/* ---------------------------------------------------------------------------------------- */
+
+/*
+ * The fast path checks a line and finds the paths' values in two passes, as simdjson does, so
+ * that no loop goes byte by byte (wasmtime adds an interruption check to every loop iteration).
+ * index_line classifies the line 64 bytes at a time into bit masks, works out which bytes are
+ * inside strings (backslash runs, then a prefix XOR of the unescaped quotes) and lists the line's
+ * tokens: each structural character , : [ ] { } outside strings, each quote that opens a string,
+ * and the first byte of each run of other bytes outside strings (a number or a literal).
+ * Control characters, escapes and UTF-8 are checked there, in bulk, and the line's '\n' found.
+ * walk_line then walks the tokens through the JSON grammar, one step per member, checks numbers
+ * and literals, and matches member names against the tree of the paths' names. A line it turns
+ * down goes to slow_line, which finds the error to report.
+ *
+ * wasmtime's register allocator spills much in large functions, so the hot parts are separate
+ * functions with little live state, and the rare cases (escapes, control characters, bytes >=
+ * 0x80, names past the first of their slot) are cold functions of their own.
+ */
+
+/* Lines longer than this take the slow path: the token list takes 4 bytes per byte at worst. */
+#define FAST_MAX_LINE (1u << 20)
+/* The walk keeps a bit per open container in a uint64_t: deeper lines take the slow path. */
+#define FAST_MAX_DEPTH 63
+/* index_line reads whole 64-byte blocks, up to this many bytes past the end of the line. */
+#define FAST_OVERREAD 64u
+
+/* Bit i set if an odd number of bits 0..i of x are set: which bytes lie between quotes. */
+static inline uint64_t prefix_xor(uint64_t x) {
+    x ^= x << 1;
+    x ^= x << 2;
+    x ^= x << 4;
+    x ^= x << 8;
+    x ^= x << 16;
+    return x ^ x << 32;
 }
 
-/* The closing quote of the string whose text starts at p (after its opening quote), or NULL
- * if the string is invalid or unterminated; sets *esc if it has an escape. The line starts at
- * `start`: near its end, 16 bytes are read from end - 16 rather than one at a time. */
-static const uint8_t *scan_string(const uint8_t *p, const uint8_t *end, const uint8_t *start, bool *esc) {
+/* The bytes escaped by a backslash in a block whose backslashes are `bs`: in a run of them,
+ * every other one escapes the next byte. *carry is 1 if the block's first byte is escaped (a
+ * run with an odd length ended the block before) and is set for the next block. simdjson's
+ * branchless way: a run's escaping backslashes are those at an even distance from its start. */
+static inline uint64_t escaped_bytes(uint64_t bs, uint64_t *carry) {
+    const uint64_t even = 0x5555555555555555ull;
+    bs &= ~*carry;
+    const uint64_t follows = bs << 1 | *carry;
+    const uint64_t odd_starts = bs & ~even & ~follows;
+    uint64_t even_runs;
+    *carry = __builtin_add_overflow(odd_starts, bs, &even_runs);
+    return (even ^ even_runs << 1) & follows;
+}
+
+static inline bool is_hex(uint8_t c) { return (uint8_t)(c - '0') < 10 || (uint8_t)((c | 0x20) - 'a') < 6; }
+
+/* True if each byte of the block at b that `escaped` marks makes a valid escape with the
+ * backslash before it: one of " \ / b f n r t, or u and four hex digits. */
+static bool escapes_valid(const uint8_t *b, uint64_t escaped) {
+    for (; escaped; escaped &= escaped - 1) {
+        const uint8_t *e = b + __builtin_ctzll(escaped);
+        switch (*e) {
+        case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't': break;
+        case 'u':
+            if (!is_hex(e[1]) || !is_hex(e[2]) || !is_hex(e[3]) || !is_hex(e[4])) return false;
+            break;
+        default: return false;
+        }
+    }
+    return true;
+}
+
+/* Appends the position of each set bit of `bits` (byte i of the block at b) to out; returns the
+ * new end. It writes up to 8 further (garbage) entries past the end: whole groups of 8, the
+ * first two without a loop (the usual block has fewer than 16 tokens). */
+static inline const uint8_t **put_tokens(const uint8_t **out, const uint8_t *b, uint64_t bits) {
+    const uint32_t n = (uint32_t)__builtin_popcountll(bits);
+#define PUT_8(o)                                                                                                     \
+    for (int k = 0; k < 8; k++) {                                                                                    \
+        (o)[k] = b + __builtin_ctzll(bits);                                                                          \
+        bits &= bits - 1;                                                                                            \
+    }
+    PUT_8(out);
+    if (n > 8) {
+        PUT_8(out + 8);
+        for (const uint8_t **o = out + 16; bits; o += 8) PUT_8(o);
+    }
+#undef PUT_8
+    return out + n;
+}
+
+/* The byte that no token has: the walk stops at it. */
+static const uint8_t NO_TOKEN = 0;
+
+/* The classes of up to 64 bytes (bit i for byte i). */
+typedef struct block {
+    uint64_t quotes, structural, ws;
+    uint64_t rare; /* backslashes, control characters (tab and CR too) and bytes >= 0x80 */
+} block;
+
+/* The 16 bytes at p into bits k.. of the block's masks. */
+static inline void classify16(block *bl, const uint8_t *p, int k) {
+    const v128_t v = wasm_v128_load(p), space = wasm_i8x16_splat(0x20);
+    bl->quotes |= (uint64_t)wasm_i8x16_bitmask(wasm_i8x16_eq(v, wasm_i8x16_splat('"'))) << k;
+    /* , : [ ] { } are , : { } once bit 5 is set; so are a few control characters, which make a
+     * line invalid where they would count (outside strings). */
+    const v128_t l = wasm_v128_or(v, space);
+    const v128_t s = wasm_v128_or(wasm_v128_or(wasm_i8x16_eq(l, wasm_i8x16_splat(',')), wasm_i8x16_eq(l, wasm_i8x16_splat(':'))),
+                                  wasm_v128_or(wasm_i8x16_eq(l, wasm_i8x16_splat('{')), wasm_i8x16_eq(l, wasm_i8x16_splat('}'))));
+    bl->structural |= (uint64_t)wasm_i8x16_bitmask(s) << k;
+    /* Signed, the bytes below 0x21: whitespace, the control characters (checked apart) and the
+     * bytes >= 0x80 (rare_block takes them out). One instruction, where unsigned takes four. */
+    bl->ws |= (uint64_t)wasm_i8x16_bitmask(wasm_i8x16_lt(v, wasm_i8x16_splat(0x21))) << k;
+    /* Signed, the bytes below 0x20 are the control characters and those >= 0x80. */
+    bl->rare |= (uint64_t)wasm_i8x16_bitmask(wasm_v128_or(wasm_i8x16_lt(v, space), wasm_i8x16_eq(v, wasm_i8x16_splat('\\'))))
+                << k;
+}
+
+/* Bit i set for each byte i of the 64 at b equal to c. */
+static inline uint64_t bytes_eq(const uint8_t *b, uint8_t c) {
+    uint64_t m = 0;
+    for (int k = 0; k < 64; k += 16)
+        m |= (uint64_t)wasm_i8x16_bitmask(wasm_i8x16_eq(wasm_v128_load(b + k), wasm_i8x16_splat((int8_t)c))) << k;
+    return m;
+}
+
+/* Bit i set for each byte i of the 64 at b below 0x20 (unsigned) or, if `high`, >= 0x80. */
+static inline uint64_t bytes_below_space(const uint8_t *b, bool high) {
+    uint64_t m = 0;
+    for (int k = 0; k < 64; k += 16) {
+        const v128_t v = wasm_v128_load(b + k), space = wasm_i8x16_splat(0x20);
+        m |= (uint64_t)wasm_i8x16_bitmask(high ? wasm_i8x16_lt(v, space) : wasm_u8x16_lt(v, space)) << k;
+    }
+    return m;
+}
+
+/* index_line's state from one block to the next, in memory rather than in locals: wasmtime's
+ * register allocator spills much less that way. */
+static struct {
+    uint64_t in_string;    /* all ones if the block starts inside a string */
+    uint64_t escape_carry; /* 1 if the block's first byte is escaped */
+    uint64_t scalar_carry; /* 1 if the byte before the block is part of a number or literal */
+    uint64_t spaced;       /* whitespace outside strings so far */
+    uint64_t escaped;      /* the escaped bytes of the block (rare_block) */
+    uint64_t high;         /* the bytes >= 0x80 of the block (rare_block) */
+    uint32_t utf8_carry;   /* continuation bytes at the block's start that rare_block checked */
+    const uint8_t *line_end; /* the '\n' that ends the line, once found */
+    bool escapes;          /* a backslash so far */
+} scan;
+
+/* True if the bytes >= 0x80 of the block at b (bit i for byte i) are whole valid UTF-8
+ * sequences; the block's first scan.utf8_carry bytes were checked with the block before. */
+static bool utf8_block(const uint8_t *b, uint64_t high) {
+    high &= ~0ull << scan.utf8_carry;
+    scan.utf8_carry = 0;
+    while (high) {
+        const uint32_t i = (uint32_t)__builtin_ctzll(high);
+        uint8_t lo, hi;
+        const int more = pl__utf8_lead(b[i], &lo, &hi);
+        /* The line ends with '}' or '\n', neither a continuation byte: a sequence cut short by
+         * the end of the line fails here without reading further. */
+        if (!more || b[i + 1] < lo || b[i + 1] > hi) return false;
+        for (int k = 2; k <= more; k++)
+            if ((b[i + k] & 0xC0) != 0x80) return false;
+        if (i + (uint32_t)more >= 63) {
+            scan.utf8_carry = i + (uint32_t)more - 63;
+            break;
+        }
+        high &= ~0ull << (i + (uint32_t)more + 1);
+    }
+    return true;
+}
+
+/* The backslashes, control characters and bytes >= 0x80 of the block at b (bytes `valid`):
+ * sets scan.escaped to the escaped bytes and scan.high to the bytes >= 0x80, and returns the
+ * control characters; UINT64_MAX if an escape or the UTF-8 is invalid. */
+PL_COLD uint64_t rare_block(const uint8_t *b, uint64_t valid) {
+    const uint64_t bs = bytes_eq(b, '\\') & valid;
+    const uint64_t escaped = scan.escaped = escaped_bytes(bs, &scan.escape_carry) & valid;
+    scan.escapes |= bs != 0;
+    if (escaped && !escapes_valid(b, escaped)) return UINT64_MAX;
+    const uint64_t ctrl = bytes_below_space(b, false) & valid;
+    const uint64_t high = scan.high = bytes_below_space(b, true) & ~ctrl & valid;
+    if ((high || scan.utf8_carry) && !utf8_block(b, high)) return UINT64_MAX;
+    return ctrl;
+}
+
+/* Tab and CR are whitespace outside strings; any other control character, and any inside a
+ * string, makes the line invalid. */
+PL_COLD bool controls_valid(const uint8_t *b, uint64_t ctrl, uint64_t inside) {
+    return !(ctrl & ~((bytes_eq(b, '\t') | bytes_eq(b, '\r')) & ~inside));
+}
+
+/* Indexes the `left` bytes at b (64 at most) up to a '\n' (then setting scan.line_end): appends
+ * their tokens to tok; returns the new end, or NULL if the block makes the line invalid. */
+static __attribute__((noinline)) const uint8_t **index_block(const uint8_t *b, size_t left, const uint8_t **tok) {
+    uint64_t valid = left >= 64 ? ~0ull : (1ull << left) - 1;
+    /* 16 bytes at a time, only as many as there are. */
+    block bl = {0};
+    classify16(&bl, b, 0);
+    if (left > 16) classify16(&bl, b + 16, 16);
+    if (left > 32) classify16(&bl, b + 32, 32);
+    if (left > 48) classify16(&bl, b + 48, 48);
+    uint64_t rare = bl.rare & valid;
+    if (rare) {
+        /* A '\n' is a control character: only a block with one may hold the line's end. */
+        const uint64_t newlines = bytes_eq(b, '\n') & valid;
+        if (newlines) {
+            scan.line_end = b + __builtin_ctzll(newlines);
+            valid = (newlines & -newlines) - 1;
+            rare &= valid;
+        }
+    }
+    uint64_t ctrl = 0;
+    scan.escaped = scan.high = 0;
+    if ((rare || scan.escape_carry || scan.utf8_carry) &&
+        (ctrl = rare_block(b, valid)) == UINT64_MAX)
+        return NULL;
+    const uint64_t all_quotes = bl.quotes & valid, quotes = all_quotes & ~scan.escaped;
+    /* From each opening quote up to (not including) its closing quote. */
+    const uint64_t inside = prefix_xor(quotes) ^ scan.in_string;
+    scan.in_string = (uint64_t)((int64_t)inside >> 63);
+    if (ctrl && !controls_valid(b, ctrl, inside)) return NULL;
+    const uint64_t ws = bl.ws & ~scan.high & valid, structural = bl.structural & valid;
+    scan.spaced |= ws & ~inside;
+    /* Bytes of numbers and literals (or of anything invalid) outside strings: a token where a
+     * run of them starts. */
+    const uint64_t scalar = valid & ~(inside | all_quotes | structural | ws);
+    const uint64_t tokens =
+        (structural & ~inside) | (quotes & inside) | (scalar & ~(scalar << 1 | scan.scalar_carry));
+    scan.scalar_carry = scalar >> 63;
+    return put_tokens(tok, b, tokens);
+}
+
+/*
+ * Pass 1 over a line from start up to its '\n' or `end` (FAST_OVERREAD readable bytes after
+ * it), setting scan.line_end to the '\n' if there is one: lists its tokens in g.tokens,
+ * NO_TOKEN-terminated (four times, for the walk's look-ahead), and sets g.spaced (whitespace
+ * outside strings, the line's leading and trailing whitespace included) and g.escapes. The
+ * tokens are each structural character outside strings, each quote that opens a string and the
+ * first byte of each run of other bytes outside strings (a number or a literal, or something
+ * invalid). False if it finds the line invalid: a control character other than tab or CR
+ * outside strings, an invalid escape, an unterminated string or invalid UTF-8 (bytes >= 0x80
+ * outside strings are invalid too, and the walk finds those: they are not a number or a
+ * literal).
+ */
+static bool index_line(const uint8_t *const start, const uint8_t *const end) {
+    const size_t n = (size_t)(end - start);
+    pl_buf *tb = &g.tokens;
+    const uint8_t **tok = (const uint8_t **)(void *)tb->data;
+    size_t room = 0; /* bytes from start whose tokens g.tokens has room for */
+    scan.in_string = scan.escape_carry = scan.scalar_carry = scan.spaced = 0;
+    scan.utf8_carry = 0;
+    scan.escapes = false;
+    scan.line_end = NULL;
+    for (size_t at = 0; at < n && !scan.line_end; at += 64) {
+        if (at + 64 > room) {
+            /* At most a token per byte, and put_tokens may write 8 past the end; 4 more sentinels. */
+            tb->len = (size_t)((const uint8_t *)tok - tb->data);
+            if (!pl_buf_reserve(tb, (4096 + 16) * sizeof *tok)) return false;
+            tok = (const uint8_t **)(void *)(tb->data + tb->len);
+            room = at + 4096;
+        }
+        if (!(tok = index_block(start + at, n - at, tok))) return false;
+    }
+    if (scan.in_string) return false;
+    for (int k = 0; k < 4; k++) tok[k] = &NO_TOKEN;
+    tb->len = (size_t)((const uint8_t *)tok - tb->data);
+    g.spaced = scan.spaced != 0;
+    g.escapes = scan.escapes;
+    return true;
+}
+
+/* The number of decimal digits at p, found 16 bytes at a time (the line's last byte, '}' or
+ * '\n', stops them). */
+static inline size_t digit_run(const uint8_t *p) {
+    for (size_t n = 0;; n += 16) {
+        const v128_t d = wasm_i8x16_sub(wasm_v128_load(p + n), wasm_i8x16_splat('0'));
+        const uint32_t k = (uint32_t)__builtin_ctz(~wasm_i8x16_bitmask(wasm_u8x16_lt(d, wasm_i8x16_splat(10))));
+        if (k < 16) return n + k;
+    }
+}
+
+/* The end of the JSON number at p, or NULL if there is none. */
+PL_COLD const uint8_t *number_end_slow(const uint8_t *p) {
+    p += *p == '-';
+    if (*p == '0') {
+        p++;
+    } else if ((uint8_t)(*p - '1') < 9) {
+        p += digit_run(p);
+    } else {
+        return NULL;
+    }
+    if (*p == '.') {
+        const size_t n = digit_run(p + 1);
+        if (!n) return NULL;
+        p += 1 + n;
+    }
+    if ((*p | 0x20) == 'e') {
+        p++;
+        p += *p == '+' || *p == '-';
+        const size_t n = digit_run(p);
+        if (!n) return NULL;
+        p += n;
+    }
+    return p;
+}
+
+/* number_end_slow, without a loop for the usual number: an integer part and maybe a fraction,
+ * within 16 bytes (the digits of the 16 bytes at p in one mask). */
+static inline const uint8_t *number_end(const uint8_t *p) {
+    const v128_t d = wasm_i8x16_sub(wasm_v128_load(p), wasm_i8x16_splat('0'));
+    const uint32_t other = ~(uint32_t)wasm_i8x16_bitmask(wasm_u8x16_lt(d, wasm_i8x16_splat(10)));
+    const uint32_t neg = p[0] == '-', whole = (uint32_t)__builtin_ctz(other >> neg);
+    /* No digit, or a leading zero followed by digits (invalid). */
+    if (!whole || (whole > 1 && p[neg] == '0')) return NULL;
+    uint32_t end = neg + whole;
+    if (p[end] == '.') {
+        const uint32_t frac = (uint32_t)__builtin_ctz(other >> (end + 1));
+        if (!frac) return NULL;
+        end += 1 + frac;
+    }
+    return end < 16 && (p[end] | 0x20) != 'e' ? p + end : number_end_slow(p);
+}
+
+/* The bytes that may follow a number or a literal: those that end a run of them in index_block
+ * (whitespace and control characters, quotes and the structural characters). */
+static const bool ENDS_SCALAR[256] = {[0 ... 0x20] = true, ['"'] = true, [','] = true, [':'] = true,
+                                      ['['] = true,        [']'] = true, ['{'] = true, ['}'] = true};
+
+/* Whether `e` is the name of n <= 16 bytes whose 16 bytes (the name, then anything) are k. */
+static inline bool entry_is(const entry *e, v128_t k, size_t n) {
+    const uint32_t same = (uint32_t)wasm_i8x16_bitmask(wasm_i8x16_eq(k, wasm_v128_load(e->name16)));
+    return e->len == n && ((same | 0xFFFFu << n) & 0xFFFF) == 0xFFFF;
+}
+
+/* find_entry for names of more than 16 bytes or with an escape, and past the first entry of
+ * their slot. */
+PL_COLD int32_t find_entry_slow(int32_t node, const uint8_t *key, const uint8_t *key_end) {
+    const size_t n = (size_t)(key_end - key);
+    if (g.escapes && pl_memchr(key, '\\', n)) {
+        /* The name's text is not the name: decode it. */
+        for (uint32_t i = 0; i < g.nentries; i++)
+            if (g.entries[i].node == node && string_is((span){key - 1, key_end + 1}, g.entries[i].name, g.entries[i].len))
+                return (int32_t)i;
+        return -1;
+    }
+    for (int32_t i = g.slots[node][name_hash(key, n)]; i >= 0; i = g.entries[i].next)
+        if (g.entries[i].len == n && memcmp(key, g.entries[i].name, n) == 0) return i;
+    return -1;
+}
+
+/* The entry of `node` for the member name [key, key_end), or -1. The name is followed by at
+ * least 16 readable bytes (the rest of the line and FAST_OVERREAD more). */
+static inline __attribute__((always_inline)) int32_t find_entry(int32_t node, const uint8_t *key,
+                                                               const uint8_t *key_end) {
+    const size_t n = (size_t)(key_end - key);
+    if (n > 16) return find_entry_slow(node, key, key_end);
+    /* The usual name: at most 16 bytes, no escape, the first in its slot. Compared in one go,
+     * the bytes past the name masked off. */
+    const v128_t k = wasm_v128_load(key);
+    if (g.escapes && (uint32_t)wasm_i8x16_bitmask(wasm_i8x16_eq(k, wasm_i8x16_splat('\\'))) & ~(0xFFFFu << n))
+        return find_entry_slow(node, key, key_end);
+    const int32_t i = g.slots[node][name_hash(key, n)];
+    if (i < 0 || entry_is(&g.entries[i], k, n)) return i;
+    return g.entries[i].next < 0 ? -1 : find_entry_slow(node, key, key_end);
+}
+
+/* The walk's state (walk_line). */
+typedef struct walk {
+    const uint8_t *const *t; /* the next token */
+    int32_t node;            /* the node of the innermost object, -1 if none */
+    int32_t pending;         /* the path the open member's value is the value of, or -1 */
+    int32_t child;           /* the node of the open member's value, if it is an object, or -1 */
+    const uint8_t *value;    /* where the open member's value starts */
+} walk;
+
+/* A name came again in one object: what the earlier one led to is forgotten (the last one
+ * counts, as in Python's json module). */
+PL_COLD void forget(const entry *e) {
+    for (uint32_t k = 0; k < e->npaths; k++) g.found[e->paths[k]].p = NULL;
+}
+
+/* The last byte before p that is not whitespace, +1: the end of a value or a member name
+ * followed by whitespace. */
+PL_COLD const uint8_t *trim_end(const uint8_t *p) {
+    while (p[-1] <= ' ') p--;
+    return p;
+}
+
+/* At a member of the object at `depth`: its name and ':' (false if they are not there); matches
+ * the name in the object's node and moves on to the value. */
+static inline __attribute__((always_inline)) bool member(walk *w, uint32_t depth) {
+    const uint8_t *const *t = w->t;
+    const uint8_t *const colon = t[1];
+    if (**t != '"' || *colon != ':') return false;
+    w->value = t[2];
+    w->t = t + 2;
+    if (w->node < 0) return true;
+    /* The name's closing quote is the last byte before the ':' that is not whitespace. */
+    const uint8_t *key_end = colon[-1] == '"' ? colon - 1 : trim_end(colon) - 1;
+    const int32_t i = find_entry(w->node, t[0] + 1, key_end);
+    if (i >= 0) {
+        entry *e = &g.entries[i];
+        /* With duplicate names the last one counts. The value of a path the name ends is simply
+         * found again; but paths that go on into an object the name leads to must be forgotten,
+         * for the last object may not have them. An object is told apart from others of its node
+         * by line and depth: two in one line at one depth come from a name that came again
+         * further out, which forgot all they led to. */
+        if (e->child >= 0) {
+            const uint64_t stamp = g.line_no << 6 | depth;
+            if (e->seen == stamp) forget(e);
+            e->seen = stamp;
+        }
+        w->pending = e->path;
+        w->child = e->child;
+    }
+    return true;
+}
+
+/*
+ * Pass 2 of the fast path, over the tokens index_line listed: checks that they are one JSON
+ * object and sets g.found as resolve would (the values' text as written, whitespace included).
+ * It accepts only what pl_json_compact accepts, so a line it turns down (returning false) goes to
+ * slow_line, which finds the error to report; it also turns down valid lines nested deeper than
+ * FAST_MAX_DEPTH.
+ */
+static __attribute__((noinline)) bool walk_line(void) {
+    /* Per open container, the walk's state in the member it is the value of. */
+    static struct {
+        int32_t node, pending;
+        const uint8_t *value;
+    } saved[FAST_MAX_DEPTH + 1];
+    const uint8_t *const *const tokens = (const uint8_t *const *)(const void *)g.tokens.data;
+    const uint8_t *const *const t_end = (const uint8_t *const *)(const void *)(g.tokens.data + g.tokens.len);
+    walk w = {tokens, -1, -1, g.nnodes ? 0 : -1, NULL};
+    uint64_t objects = 0; /* bit per open container (1 << depth): 1 object, 0 array */
+    uint32_t depth = 0;
+    bool in_object = false; /* the innermost container is an object */
+    bool closed = false;    /* a container just closed: no value to read */
+    if (**w.t != '{') return false;
+    /* The line is a value, an object: its '{' is the first token. Each round reads a value
+     * (unless a container just closed), then the ',' and the next member name, or the end of
+     * its container. One loop, not two nested: wasmtime checks for interruption at each. */
     for (;;) {
-        uint32_t stops;
-        if (end - p >= 16) {
-            if (!(stops = string_stops(p))) {
-                p += 16;
+        const uint8_t *const v = *w.t;
+        if (closed) {
+            closed = false;
+        } else if (*v == '"') {
+            w.t++;
+        } else if ((*v | 0x20) == '{') { /* '{' or '[' */
+            if (depth == FAST_MAX_DEPTH) return false;
+            saved[depth].node = w.node;
+            saved[depth].pending = w.pending;
+            saved[depth].value = w.value;
+            depth++;
+            in_object = *v == '{';
+            objects = in_object ? objects | 1ull << depth : objects & ~(1ull << depth);
+            w.node = in_object ? w.child : -1;
+            w.pending = w.child = -1;
+            w.t++;
+            if (**w.t != (in_object ? '}' : ']')) {
+                if (in_object && !member(&w, depth)) return false;
                 continue;
             }
-        } else if (end - start >= 16) {
-            if (!(stops = string_stops(end - 16) >> (16 - (end - p)))) return NULL;
+            /* Empty: closed below. */
         } else {
-            while (p < end && *p != '"' && *p != '\\' && *p >= 0x20 && *p < 0x80) p++;
-            if (p == end) return NULL;
-            stops = 1;
-        }
-        p += __builtin_ctz(stops);
-        const uint8_t c = *p;
-        if (c == '"') return p;
-        if (c == '\\') {
-            *esc = true;
-            if (end - p < 2) return NULL;
-            const uint8_t e = p[1];
-            if (e == 'u') {
-                if (end - p < 6) return NULL;
-                for (int k = 2; k < 6; k++)
-                    if (!((uint8_t)(p[k] - '0') < 10 || (uint8_t)((p[k] | 0x20) - 'a') < 6)) return NULL;
-                p += 6;
-            } else if (e == '"' || e == '\\' || e == '/' || e == 'b' || e == 'f' || e == 'n' || e == 'r' || e == 't') {
-                p += 2;
-            } else {
-                return NULL;
+            const uint8_t *value_end;
+            if (*v == 't' || *v == 'n') {
+                if (memcmp(v, *v == 't' ? "true" : "null", 4)) return false;
+                value_end = v + 4;
+            } else if (*v == 'f') {
+                if (memcmp(v, "false", 5)) return false;
+                value_end = v + 5;
+            } else if (!(value_end = number_end(v))) {
+                return false;
             }
-        } else if (c < 0x20) {
-            return NULL;
-        } else {
-            uint8_t lo, hi;
-            const int more = pl__utf8_lead(c, &lo, &hi);
-            if (!more || end - p <= more || p[1] < lo || p[1] > hi) return NULL;
-            for (int k = 2; k <= more; k++)
-                if ((p[k] & 0xC0) != 0x80) return NULL;
-            p += 1 + more;
+            /* The whole run of bytes is the number or literal. */
+            if (!ENDS_SCALAR[*value_end]) return false;
+            w.t++;
         }
-    }
-}
-
-/* True if the member name `key` (the text between the quotes; `esc` if it has an escape) is
- * the n bytes at want. */
-static inline bool key_is(const uint8_t *key, const uint8_t *key_end, bool esc, const char *want, size_t n) {
-    if (esc) return string_is((span){key - 1, key_end + 1}, want, n);
-    /* The first and last bytes turn most other names down without a call. */
-    return (size_t)(key_end - key) == n && (!n || (key[0] == (uint8_t)want[0] && key[n - 1] == (uint8_t)want[n - 1] &&
-                                                   (n <= 2 || memcmp(key + 1, want + 1, n - 2) == 0)));
-}
-
-/* The member with name `key` in an object at `depth` starts its value at p: the paths looked for
- * there whose next name it is match it. Returns true if one matched its last name (its value is
- * complete at `after` in fast_object); sets *live if one goes on into the value, an object. */
-static bool match_name(uint32_t depth, const uint8_t *key, const uint8_t *key_end, bool esc, const uint8_t *p,
-                         bool *live) {
-    bool last = false;
-    for (uint32_t i = 0; i < g.paths.n; i++) {
-        const uint32_t k = g.level[i];
-        if (k != depth - 1 || !key_is(key, key_end, esc, g.paths.v[i].ptr + g.names[i][2 * k], g.names[i][2 * k + 1]))
+        const uint8_t *const after = *w.t;
+        if (w.pending >= 0) {
+            /* The value ends at the last byte before this token that is not whitespace. */
+            g.found[w.pending] = (span){w.value, after[-1] > ' ' ? after : trim_end(after)};
+            w.pending = -1;
+        }
+        w.child = -1;
+        if (*after == ',') {
+            w.t++;
+            if (in_object && !member(&w, depth)) return false;
             continue;
-        /* With duplicate names the last one counts: forget what an earlier one led to. */
-        g.found[i].p = NULL;
-        if (k + 1 == g.nnames[i]) {
-            g.pending[i] = p;
-            last = true;
-        } else if (*p == '{') {
-            g.level[i] = depth;
-            *live = true;
         }
+        if (*after != (in_object ? '}' : ']')) return false;
+        w.t++;
+        if (!--depth) return w.t == t_end;
+        in_object = objects >> depth & 1;
+        w.node = saved[depth].node;
+        w.pending = saved[depth].pending;
+        w.value = saved[depth].value;
+        closed = true;
     }
-    return last;
-}
-
-/* The value of the open member of the object at `depth` ends at p: it is found for the paths
- * it is pending for. */
-static void complete(uint32_t depth, const uint8_t *p) {
-    for (uint32_t i = 0; i < g.paths.n; i++)
-        if (g.pending[i] && g.level[i] == depth - 1) {
-            g.found[i] = (span){g.pending[i], p};
-            g.pending[i] = NULL;
-        }
-}
-
-/* The object at `depth` closed: the paths looked for in it go back to its parent. */
-static void leave(uint32_t depth) {
-    for (uint32_t i = 0; i < g.paths.n; i++)
-        if (g.level[i] == depth - 1) g.level[i] = depth - 2;
 }
 
 /* Appends the compact form of the valid JSON text [p, end) to `d`; returns the end. */
@@ -632,131 +1106,6 @@ static uint8_t *compact_into(uint8_t *d, const uint8_t *p, const uint8_t *end) {
     return d;
 }
 
-#define FAST_MAX_DEPTH 63
-
-/*
- * The fast path: validates the object [p, end) (p at its '{', end after its '}') in place, in
- * one pass, and sets g.found as resolve would (the values' text as written, whitespace
- * included). It accepts only what pl_json_compact accepts, so a line it turns down (returning
- * false) goes to slow_line, which finds the error to report; it also turns down valid lines
- * nested deeper than FAST_MAX_DEPTH. Sets g.spaced if there is whitespace inside the object.
- */
-static bool fast_object(const uint8_t *p, const uint8_t *const end) {
-    const uint8_t *const start = p;
-    uint64_t objects = 2;               /* bit per open container (1 << depth): 1 object, 0 array */
-    uint64_t live = g.paths.n ? 2 : 0;  /* bit per open object in which paths are looked for */
-    uint64_t pending = 0;               /* bit per open object whose open member is a path's value */
-    uint32_t depth = 1;
-    bool spaced = false, esc = false;
-    const uint8_t *q;
-    /* The object's last byte is its '}', so the scans below stop before `end` except in strings
-     * and literals, which check. */
-#define SKIP_WS()                                                                                                    \
-    if (is_ws(*p)) {                                                                                                 \
-        spaced = true;                                                                                               \
-        do p++;                                                                                                      \
-        while (is_ws(*p));                                                                                           \
-    }
-#define IN_OBJECT() (objects >> depth & 1)
-    p++;
-    SKIP_WS();
-    if (*p == '}') goto close;
-member : {
-    SKIP_WS();
-    if (*p != '"') return false;
-    esc = false;
-    const uint8_t *key = p + 1;
-    if (!(q = scan_string(key, end, start, &esc))) return false;
-    p = q + 1;
-    SKIP_WS();
-    if (*p++ != ':') return false;
-    SKIP_WS();
-    if (live >> depth & 1 && (esc || g.name_hashes >> name_hash(key, (size_t)(q - key)) & 1)) {
-        bool deeper = false;
-        if (match_name(depth, key, q, esc, p, &deeper)) pending |= 1ull << depth;
-        if (deeper) live |= 2ull << depth;
-    }
-}
-value:
-    switch (*p) {
-    case '"':
-        if (!(q = scan_string(p + 1, end, start, &esc))) return false;
-        p = q + 1;
-        break;
-    case '{':
-    case '[':
-        if (depth == FAST_MAX_DEPTH) return false;
-        depth++;
-        objects = *p == '{' ? objects | 1ull << depth : objects & ~(1ull << depth);
-        p++;
-        SKIP_WS();
-        if (*p == (IN_OBJECT() ? '}' : ']')) goto close;
-        if (IN_OBJECT()) goto member;
-        goto value;
-    case 't':
-        if (end - p < 4 || memcmp(p, "true", 4)) return false;
-        p += 4;
-        break;
-    case 'f':
-        if (end - p < 5 || memcmp(p, "false", 5)) return false;
-        p += 5;
-        break;
-    case 'n':
-        if (end - p < 4 || memcmp(p, "null", 4)) return false;
-        p += 4;
-        break;
-    default:
-        if (*p == '-') p++;
-        if (*p == '0') {
-            p++;
-        } else if ((uint8_t)(*p - '1') < 9) {
-            do p++;
-            while ((uint8_t)(*p - '0') < 10);
-        } else {
-            return false;
-        }
-        if (*p == '.') {
-            if ((uint8_t)(*++p - '0') >= 10) return false;
-            do p++;
-            while ((uint8_t)(*p - '0') < 10);
-        }
-        if ((*p | 0x20) == 'e') {
-            p++;
-            if (*p == '+' || *p == '-') p++;
-            if ((uint8_t)(*p - '0') >= 10) return false;
-            do p++;
-            while ((uint8_t)(*p - '0') < 10);
-        }
-    }
-after:
-    if (pending >> depth & 1) {
-        complete(depth, p);
-        pending &= ~(1ull << depth);
-    }
-    SKIP_WS();
-    if (*p == ',') {
-        p++;
-        if (IN_OBJECT()) goto member;
-        SKIP_WS();
-        goto value;
-    }
-    if (*p != (IN_OBJECT() ? '}' : ']')) return false;
-close:
-    p++;
-    if (live >> depth & 1 && depth > 1) {
-        leave(depth);
-        live &= ~(1ull << depth);
-    }
-    if (--depth) {
-        if (p == end) return false;
-        goto after;
-    }
-#undef SKIP_WS
-#undef IN_OBJECT
-    g.spaced = spaced;
-    return p == end;
-}
-
 /* Writes a value found by the fast path, compact. */
 static int write_value(pl_out *o, span v) {
     if (!g.spaced || (*v.p != '{' && *v.p != '[')) return pl_out_write(o, v.p, (size_t)(v.end - v.p));
@@ -766,31 +1115,35 @@ static int write_value(pl_out *o, span v) {
     return pl_out_write(o, c->data, (size_t)(compact_into(c->data, v.p, v.end) - c->data));
 }
 
-static int on_line(void *ctx, const uint8_t *line, size_t len, uint64_t line_no) {
-    (void)ctx;
-    size_t i = 0;
-    while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r')) i++;
-    if (i == len) return 0; /* a blank line */
+/* True if the fast path may read FAST_OVERREAD bytes past `end`. */
+static inline bool overread_ok(const uint8_t *end) {
+    return (uint64_t)(uintptr_t)end + FAST_OVERREAD <= (uint64_t)__builtin_wasm_memory_size(0) << 16;
+}
+
+/* A line that is not blank: counted, and its paths not found yet. */
+static void begin_line(uint64_t line_no) {
     pl_stats.records_in++;
-    size_t n = len;
-    while (is_ws(line[n - 1])) n--;
-    for (uint32_t k = 0; k < g.paths.n; k++) {
-        g.found[k].p = NULL;
-        g.pending[k] = NULL;
-        g.level[k] = 0;
-    }
-    if (line[i] != '{' || line[n - 1] != '}' || !fast_object(line + i, line + n)) {
-        g.spaced = false;
-        return slow_line(line, len, line_no);
-    }
+    /* Two spans per vector store: g.found has room for whole vectors. */
+    for (uint32_t k = 0; k < g.paths.n; k += 2) wasm_v128_store(&g.found[k], wasm_i64x2_splat(0));
+    g.line_no = line_no;
+}
+
+/* A line the fast path turned down. */
+PL_COLD int other_line(const uint8_t *line, size_t len, uint64_t line_no) {
+    g.spaced = false;
+    g.escapes = true;
+    return slow_line(line, len, line_no);
+}
+
+/* The object `obj` of a line the fast path took: filtered and written. */
+static int end_line(span obj) {
     if (cfg.has_filter && !holds(&cfg.filter)) return 0;
     pl_stats.records_out++;
-    span obj = {line + i, line + n};
     if (!cfg.select.n && (g.spaced || cfg.rename_from.n)) {
         /* The whole object is written: compact it (renaming walks its compact members). */
         pl_buf *c = &g.compact;
         c->len = 0;
-        if (!pl_buf_reserve(c, n - i + 1)) return pl_fail_str("out of memory");
+        if (!pl_buf_reserve(c, (size_t)(obj.end - obj.p) + 1)) return pl_fail_str("out of memory");
         uint8_t *d = compact_into(c->data, obj.p, obj.end);
         *d = 0; /* padding for pl_json_compact_skip */
         obj = (span){c->data, d};
@@ -798,6 +1151,68 @@ static int on_line(void *ctx, const uint8_t *line, size_t len, uint64_t line_no)
     return write_line(obj);
 }
 
-static int pl_guest_process(const uint8_t *data, size_t len) { return pl_lines_feed(&g.lines, data, len); }
+/* A line from the SDK's framer (pl_lines): one that began in an earlier chunk, or at the start
+ * of the stream. */
+static int on_line(void *ctx, const uint8_t *line, size_t len, uint64_t line_no) {
+    (void)ctx;
+    size_t i = 0;
+    while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r')) i++;
+    if (i == len) return 0; /* a blank line */
+    size_t n = len;
+    while (is_ws(line[n - 1])) n--;
+    begin_line(line_no);
+    if (line[i] != '{' || line[n - 1] != '}' || n - i > FAST_MAX_LINE || !overread_ok(line + n) ||
+        !index_line(line + i, line + n) || !walk_line())
+        return other_line(line, len, line_no);
+    return end_line((span){line + i, line + n});
+}
+
+/* A line that index_line indexed, up to its '\n' (less a '\r' before it: len bytes). */
+static int indexed_line(const uint8_t *line, size_t len, uint64_t line_no) {
+    const uint8_t *const *tokens = (const uint8_t *const *)(const void *)g.tokens.data;
+    const uint8_t *const *t_end = (const uint8_t *const *)(const void *)(g.tokens.data + g.tokens.len);
+    /* No token: nothing but spaces, tabs and CRs (any other byte is a token or failed the index). */
+    if (tokens == t_end) return 0;
+    begin_line(line_no);
+    if (!walk_line()) return other_line(line, len, line_no);
+    return end_line((span){tokens[0], t_end[-1] + 1});
+}
+
+/*
+ * The lines that end in the chunk are framed here, by the fast path's index (the '\n' is found
+ * by the same 64-byte blocks that classify the line's bytes) rather than by the SDK's framer,
+ * which would first search every line for its '\n'; as that framer does (pl__lines_deliver), a
+ * '\r' before the '\n' is dropped, max_line_bytes is checked and lines are numbered in g.lines.
+ * The framer still takes what it must hold: the stream's first bytes (a BOM), a line begun in an
+ * earlier chunk, and the chunk's last line if it does not end in it.
+ */
+static int pl_guest_process(const uint8_t *data, size_t len) {
+    pl_lines *l = &g.lines;
+    const uint8_t *p = data, *const end = data + len;
+    if (l->bom < 3 || l->partial.len) {
+        const uint8_t *nl = pl_memchr(p, '\n', len);
+        if (!nl) return pl_lines_feed(l, p, len);
+        if (pl_lines_feed(l, p, (size_t)(nl + 1 - p))) return -1;
+        p = nl + 1;
+    }
+    while (p < end) {
+        const size_t room = (size_t)(end - p) < FAST_MAX_LINE ? (size_t)(end - p) : FAST_MAX_LINE;
+        bool indexed = overread_ok(p + room) && index_line(p, p + room);
+        const uint8_t *nl = indexed ? scan.line_end : NULL;
+        if (!nl) {
+            /* Invalid (the index stopped early), too long for the fast path, or unfinished. */
+            indexed = false;
+            if (!(nl = pl_memchr(p, '\n', (size_t)(end - p)))) break;
+        }
+        size_t n = (size_t)(nl - p);
+        if (n && p[n - 1] == '\r') n--;
+        if (n > l->max_line_bytes) return pl__lines_too_long(l);
+        const int rc = indexed ? indexed_line(p, n, l->line_no) : on_line(NULL, p, n, l->line_no);
+        l->line_no++;
+        if (rc) return rc;
+        p = nl + 1;
+    }
+    return p < end ? pl_lines_feed(l, p, (size_t)(end - p)) : 0;
+}
 
 static int pl_guest_finish(void) { return pl_lines_finish(&g.lines); }

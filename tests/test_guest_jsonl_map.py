@@ -398,6 +398,141 @@ def test_matches_the_python_model(doc: tuple[bytes, bool], config: dict[str, Any
 
 
 # -------------------------------------------------------------------------------------------------
+# The fast path indexes a line 64 bytes at a time: every kind of value at and across block edges
+# -------------------------------------------------------------------------------------------------
+
+EDGE_VALUES = [
+    b'"a\\"b"',
+    b'"\\\\"',
+    b'"\\\\\\""',
+    b'"\\\\\\\\"',
+    b'"x\\u00e9y"',
+    b'"\\ud83d\\ude00"',
+    '"é"'.encode(),
+    '"€"'.encode(),
+    '"😀"'.encode(),
+    b'"tab\\t and slash \\/"',
+    b"12345678901234567890123",
+    b"-0.5e-7",
+    b"1E+300",
+    b"0",
+    b"-12.5",
+    b"true",
+    b"false",
+    b"null",
+    b"[]",
+    b"{}",
+    b'[1, {"a": [2, "]"]}]',
+    b'{"b": {"c": "d}"}}',
+]
+INVALID_AT_EDGES = [
+    b'"\\x"',
+    b'"\\u12g4"',
+    b'"\\u12"',
+    b'"a\x01b"',
+    b'"a\tb"',
+    b'"\xc3"',
+    b'"\xe2\x82"',
+    b'"\x80"',
+    b'"\xed\xa0\x80"',
+    b'"\xf4\x90\x80\x80"',
+    b'"\xc3\xa9\xa9"',
+    b"\xc3\xa9",
+    b"01",
+    b"1.",
+    b"-",
+    b"1e",
+    b"1.5x",
+    b"tru",
+    b"nul",
+    b"truex",
+    b"[1,]",
+    b'{"a" 1}',
+    b'"open',
+    b'"a\\"',
+    b"\x0c1",
+]
+
+
+def shifted_lines(values: list[bytes]) -> bytes:
+    """Each value as member "v" of lines whose padding moves it across the first and the second
+    64-byte block edges, one byte at a time."""
+    lines = []
+    for value in values:
+        for pad in [*range(40, 50), *range(104, 114)]:
+            lines.append(b'{"pad": "' + b"x" * pad + b'", "v": ' + value + b', "n": 1}')
+            lines.append(b'{"pad": "' + b"x" * (pad + 7) + b'","v":' + value + b"}\r")
+    return b"\n".join(lines) + b"\n"
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"select": ["v", "n", "v.a", "v.b.c"]}, {"filter": {"field": "v", "op": ">=", "value": 0}, "select": ["n"]}],
+)
+def test_values_across_block_edges(config: dict[str, Any]) -> None:
+    check(config, shifted_lines(EDGE_VALUES), [None, 61, 1000])
+
+
+def test_invalid_bytes_across_block_edges_go_to_rejects() -> None:
+    data = shifted_lines(INVALID_AT_EDGES)
+    out, _, counters = run({"select": ["n"]}, data)
+    assert out == b""
+    assert counters[2] == counters[0] == data.count(b"\n")
+    check({"select": ["n"]}, data, [None, 100])
+
+
+def test_blank_padding_and_line_ends_around_objects() -> None:
+    lines = [b"", b" \t\r", b'  {"a": [1, 2], "b": {"c": 3}}  \t', b'{"a":[1,2]}\r', b"\t{}", b'{"a": {"b" : [ ] } } ']
+    data = b"\n".join(lines) + b"\r\n"
+    check({}, data)
+    check({"select": ["a", "b", "a.b"]}, data)
+
+
+@pytest.mark.parametrize("depth", [61, 62, 63, 64, 65])
+def test_nesting_around_the_fast_path_depth(depth: int) -> None:
+    line = b'{"a": ' * depth + b'[1, {"b": 2}]' + b"}" * depth
+    check({"select": ["a", "a.a", "a.a.a"]}, line + b"\n" + line.replace(b"[1", b"[1,,") + b"\n")
+
+
+MUTATIONS = list(b' \t\r{}[]:,"\\/ubfnrtx0123456789-+.eEaTFN\x00\x01\x1f\x7f\x80\xa9\xbf\xc3\xe2\xed\xf0\xff')
+
+
+@st.composite
+def mutated_jsonl(draw: st.DrawFn) -> bytes:
+    """JSON Lines as json.dumps writes them, long enough to span 64-byte blocks, with a few bytes
+    inserted, replaced or deleted: the fast path must accept exactly what Python's json does."""
+    lines = []
+    for obj in draw(st.lists(objects, min_size=1, max_size=5)):
+        obj = {"pad": "x" * draw(st.integers(0, 150)), **obj}
+        item_sep, key_sep = draw(st.sampled_from([(",", ":"), (", ", ": "), (" ,\t", " : ")]))
+        line = bytearray(json.dumps(obj, ensure_ascii=draw(st.booleans()), separators=(item_sep, key_sep)).encode())
+        for _ in range(draw(st.integers(0, 2))):
+            at = draw(st.integers(0, len(line)))
+            kind = draw(st.sampled_from(["insert", "replace", "delete"]))
+            if kind == "insert":
+                line[at:at] = bytes([draw(st.sampled_from(MUTATIONS))])
+            elif at < len(line):
+                line[at : at + 1] = bytes([draw(st.sampled_from(MUTATIONS))]) if kind == "replace" else b""
+        lines.append(bytes(line))
+    return b"\n".join(lines) + b"\n"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=mutated_jsonl(),
+    select=st.lists(paths, min_size=1, max_size=3, unique=True),
+    condition=st.one_of(st.none(), conditions()),
+    chunk=st.one_of(st.none(), st.integers(1, 70)),
+)
+def test_mutated_lines_match_python_json(
+    data: bytes, select: list[str], condition: dict[str, Any] | None, chunk: int | None
+) -> None:
+    # With select, a name a mutation repeats counts once, as in a dict (the last one).
+    config: dict[str, Any] = {"select": select, **({"filter": condition} if condition else {})}
+    check(config, data, [chunk])
+
+
+# -------------------------------------------------------------------------------------------------
 # Resume
 # -------------------------------------------------------------------------------------------------
 
