@@ -11,6 +11,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +36,7 @@ from hypothesis import strategies as st
 from pipeline.guests import builtin_path
 from pipeline.runtime import Guest, GuestModule
 from pipeline.testing import run_guest
+from pipeline.testing.data import write_orders_csv
 
 # -------------------------------------------------------------------------------------------------
 # Parsing: byte-for-byte what csv.reader reads
@@ -96,6 +98,32 @@ def test_a_record_split_at_every_byte_matches_a_whole_read() -> None:
     data = b'id,text\r\n1,"a ""quoted"", \r\nmulti-line\rvalue"tail\r\n2,plain\n3,"x"'
     for size in range(1, len(data) + 1):
         assert run({}, data, size) == expected({}, data), size
+
+
+QUOTED_FIELDS = [b'"a,b"', b'""', b'"x""y"', b'"two\nlines"', b'"cr\r\nlf"', b'"ab"c', b'"q"', b'x"y']
+
+
+@pytest.mark.parametrize("field", QUOTED_FIELDS)
+def test_quoted_fields_at_every_offset_of_a_block(field: bytes) -> None:
+    """The scanner classifies 64 bytes at a time: each quoted field, and its separators, at every
+    offset across two block boundaries, ended by a comma or by each line end."""
+    for end in [b",z\n", b"\n", b"\r\n", b"\r"]:
+        rows = b"".join(b"%d,%s,%s%s" % (i, b"p" * i, field, end) for i in range(130))
+        check({}, b"id,pad,text" + (b",more" if end == b",z\n" else b"") + b"\n" + rows, [None, 64, 100])
+
+
+def test_the_benchmark_orders_match_the_model(tmp_path: Path) -> None:
+    """The benchmark's CSV (quoted commas, doubled quotes, line breaks in quotes, Latin-1, invalid
+    rows) in chunks that end anywhere in a record."""
+    path = tmp_path / "orders.csv"
+    write_orders_csv(path, 150_000)
+    config = {
+        "select": ["id", "name", "amount", "city"],
+        "rename": {"name": "customer"},
+        "upper": ["customer"],
+        "filter": {"column": "amount", "op": ">", "value": 100},
+    }
+    check(config, path.read_bytes(), [None, 4_093, 65_536])
 
 
 # -------------------------------------------------------------------------------------------------

@@ -789,27 +789,30 @@ PL_COLD int pl__csv_carry(pl_csv *p, bool open, const uint8_t *pending, size_t p
     return 0;
 }
 
-/* The special bytes among the 64 at `s`, as bitmasks (bit i = byte i): the commas, and the
- * others ('"', '\r', '\n'). */
+/* The special bytes among the 64 at `s`, as bitmasks (bit i = byte i): the commas, the quotes,
+ * and the "others" ('"', '\r', '\n'). */
 typedef struct pl__csv_masks {
-    uint64_t commas, others;
+    uint64_t commas, quotes, others;
 } pl__csv_masks;
 
 PL_API pl__csv_masks pl__csv_mask64(const uint8_t *s) {
-    pl__csv_masks m = {0, 0};
+    pl__csv_masks m = {0, 0, 0};
 #ifdef __wasm_simd128__
     const v128_t comma = wasm_i8x16_splat(','), quote = wasm_i8x16_splat('"');
     const v128_t cr = wasm_i8x16_splat('\r'), lf = wasm_i8x16_splat('\n');
     for (int i = 0; i < 4; i++) {
         v128_t v = wasm_v128_load(s + 16 * i);
-        v128_t other = wasm_v128_or(wasm_i8x16_eq(v, quote), wasm_v128_or(wasm_i8x16_eq(v, cr), wasm_i8x16_eq(v, lf)));
+        v128_t q = wasm_i8x16_eq(v, quote);
+        v128_t other = wasm_v128_or(q, wasm_v128_or(wasm_i8x16_eq(v, cr), wasm_i8x16_eq(v, lf)));
         m.commas |= (uint64_t)wasm_i8x16_bitmask(wasm_i8x16_eq(v, comma)) << (16 * i);
+        m.quotes |= (uint64_t)wasm_i8x16_bitmask(q) << (16 * i);
         m.others |= (uint64_t)wasm_i8x16_bitmask(other) << (16 * i);
     }
 #else
     for (int i = 0; i < 64; i++) {
         uint8_t c = s[i];
         m.commas |= (uint64_t)(c == ',') << i;
+        m.quotes |= (uint64_t)(c == '"') << i;
         m.others |= (uint64_t)(c == '"' || c == '\r' || c == '\n') << i;
     }
 #endif
@@ -960,6 +963,26 @@ PL_API int pl__csv_scan(pl_csv *p, const uint8_t *data, size_t n) {
                 if (c == ',') {
                     fields[nf++] = (pl_field){cur, (size_t)(r - cur), 0};
                 } else if (c == '"') {
+                    /* An opening quote. A field whose closing quote comes next, followed by a
+                     * separator in this block, with no line break inside (the usual quoted field)
+                     * is taken whole, with its separator; others go through the states below. */
+                    const unsigned open = (unsigned)(r - blk);
+                    const uint64_t next = mk.quotes & ~((2ull << open) - 1);
+                    const unsigned close = next ? (unsigned)__builtin_ctzll(next) : 63;
+                    const uint64_t inside = ((1ull << close) - 1) & ~((2ull << open) - 1);
+                    if (r == cur && close < 63 && ((commas | others) & ~mk.quotes) >> (close + 1) & 1 &&
+                        !(others & inside)) {
+                        const uint32_t fl = commas & inside ? PL_FIELD_QUOTED | PL_FIELD_NEEDS_QUOTING : PL_FIELD_QUOTED;
+                        fields[nf++] = (pl_field){r + 1, close - open - 1, fl};
+                        p->record_flags |= fl;
+                        const uint8_t *sep = blk + close + 1;
+                        const uint64_t done = (2ull << (close + 1)) - 1;
+                        commas &= ~done;
+                        others &= ~done;
+                        cur = sep + 1;
+                        if (*sep != ',') PL__CSV_END_RECORD(sep);
+                        continue;
+                    }
                     if (r == cur) {
                         span = r + 1;
                         fflags = PL_FIELD_QUOTED;
