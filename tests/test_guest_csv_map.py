@@ -163,6 +163,15 @@ def test_upper_and_lower_map_ascii_and_latin1_letters() -> None:
     assert out.decode() == "w,x\nAÀÿ\u00d7÷ßZ,aàþ\u00d7÷ẞz\n"
 
 
+def test_case_mapping_of_short_fields_sees_every_ascii_byte() -> None:
+    """Fields of up to 8 bytes are mapped 8 bytes at a time: every ASCII byte, at every position
+    and field length, next to the letters' neighbours ('@', '[', '`', '{')."""
+    ascii = "".join(chr(c) for c in range(1, 128) if chr(c) not in ',"\r\n')
+    values = [ascii[i : i + n] for n in range(1, 10) for i in range(0, len(ascii), 3)]
+    data = ("u,l\n" + "".join(f"{v},{v}\n" for v in values) + "@az[`AZ{,@az[`AZ{\n").encode()
+    check({"upper": ["u"], "lower": ["l"]}, data, [None, 61])
+
+
 def test_case_names_may_be_output_or_header_names_output_first() -> None:
     data = b"a,b\nx,y\n"
     # "b" is the header name of the second column and the output name of the first: output wins.

@@ -1231,6 +1231,22 @@ PL_API void pl_lower(uint8_t *p, size_t n) { pl__case_map(p, n, false, false); }
 /* pl_upper (upper) or pl_lower that may also rewrite the 15 bytes after p+n: faster on short
  * spans, for text just written into an output buffer (PL_OUT_SLACK). */
 PL_API void pl_case_map_padded(uint8_t *p, size_t n, bool upper) {
+    if (n <= 8) {
+        /* Up to 8 bytes of ASCII in one 64-bit word, with no vector constants to load (the JIT
+         * keeps those in stack slots): the letters are the bytes whose 7 low bits are in
+         * [from, from + 25] and whose high bit is clear. Letters among the bytes past n are
+         * mapped too, which `padded` allows. */
+        uint64_t x;
+        memcpy(&x, p, 8);
+        const uint64_t ones = 0x0101010101010101ull, keep = n == 8 ? ~0ull : (1ull << (8 * n)) - 1;
+        if (!(x & keep & 0x80 * ones)) {
+            const uint64_t from = upper ? 'a' : 'A', low7 = x & 0x7F * ones;
+            const uint64_t at_least = low7 + (0x80 - from) * ones, above = low7 + (0x80 - from - 26) * ones;
+            x ^= (at_least & ~above & ~x & 0x80 * ones) >> 2;
+            memcpy(p, &x, 8);
+            return;
+        }
+    }
 #ifdef __wasm_simd128__
     if (n <= 16) { /* one block, inline */
         const v128_t v = wasm_v128_load(p);
