@@ -763,7 +763,7 @@ static int write_row(const pl_csv_record *rec) {
             const pl_field *f = &rec->fields[g.src[i]];
             uint8_t *start = d;
             if ((f->flags & PL_FIELD_NEEDS_QUOTING) || (nout == 1 && f->len == 0)) {
-                d = pl_csv_quote_into(d, f->ptr, f->len);
+                d = pl_csv_quote_into_padded(d, f->ptr, f->len);
             } else {
                 pl_copy_over(d, f->ptr, f->len);
                 d += f->len;

@@ -1159,6 +1159,23 @@ PL_API uint8_t *pl_csv_quote_into(uint8_t *dst, const uint8_t *p, size_t n) {
     return dst;
 }
 
+/* pl_csv_quote_into that may read 15 bytes past p+n and write 15 past what it returns (as
+ * pl_copy_over does): a short value without quotes goes in one 16-byte copy. */
+PL_API uint8_t *pl_csv_quote_into_padded(uint8_t *dst, const uint8_t *p, size_t n) {
+#ifdef __wasm_simd128__
+    if (n <= 16) {
+        const v128_t v = wasm_v128_load(p);
+        if (!((uint32_t)wasm_i8x16_bitmask(wasm_i8x16_eq(v, wasm_i8x16_splat('"'))) & ((1u << n) - 1))) {
+            dst[0] = '"';
+            wasm_v128_store(dst + 1, v);
+            dst[n + 1] = '"';
+            return dst + n + 2;
+        }
+    }
+#endif
+    return pl_csv_quote_into(dst, p, n);
+}
+
 /* Writes one CSV field, quoted (with doubled quotes) if `quote`. Any size. */
 PL_API int pl_csv_put_field(pl_out *o, const uint8_t *p, size_t n, bool quote) {
     if (!quote) return pl_out_write(o, p, n);
