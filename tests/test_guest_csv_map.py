@@ -100,7 +100,21 @@ def test_a_record_split_at_every_byte_matches_a_whole_read() -> None:
         assert run({}, data, size) == expected({}, data), size
 
 
-QUOTED_FIELDS = [b'"a,b"', b'""', b'"x""y"', b'"two\nlines"', b'"cr\r\nlf"', b'"ab"c', b'"q"', b'x"y']
+QUOTED_FIELDS = [
+    b'"a,b"',
+    b'""',
+    b'"x""y"',
+    b'""""',
+    b'"""a"',
+    b'"a"""',
+    b'"x"",""y"""',
+    b'"a"""b',
+    b'"two\nlines"',
+    b'"cr\r\nlf"',
+    b'"ab"c',
+    b'"q"',
+    b'x"y',
+]
 
 
 @pytest.mark.parametrize("field", QUOTED_FIELDS)

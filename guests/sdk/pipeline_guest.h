@@ -826,6 +826,43 @@ PL_COLD pl__csv_masks pl__csv_mask_tail(const uint8_t *s, size_t n) {
     return pl__csv_mask64(tmp);
 }
 
+/* Bit i of the result is the XOR of bits 0..i of x: with x the quotes of a block, whether an odd
+ * number of them lie at or before byte i. */
+PL_API uint64_t pl__prefix_xor(uint64_t x) {
+    x ^= x << 1;
+    x ^= x << 2;
+    x ^= x << 4;
+    x ^= x << 8;
+    x ^= x << 16;
+    x ^= x << 32;
+    return x;
+}
+
+/* The value of a quoted field whose content [from, to) lies in the block at `blk` and whose
+ * quotes there, `quotes` (bit i = byte blk + i), are '""' pairs: the content without the second
+ * quote of each pair, appended to the arena; sets *f. Returns 0, or non-zero on failure (checked
+ * as pl__csv_arena_add checks). */
+PL_COLD int pl__csv_undouble(pl_csv *p, const uint8_t *rec, const uint8_t *blk, const uint8_t *from, const uint8_t *to,
+                             uint64_t quotes, pl_field *f) {
+    if (p->carried + (uint64_t)(to - rec) > p->max_record_bytes) return pl__csv_too_big(p);
+    const size_t n = (size_t)(to - from);
+    if (n > p->arena_cap - p->arena_len && pl__csv_arena_grow(p, n)) return -1;
+    uint8_t *const start = p->arena + p->arena_len, *d = start;
+    const uint8_t *src = from;
+    for (; quotes; quotes &= quotes - 1, quotes &= quotes - 1) { /* a pair per round */
+        const uint8_t *first = blk + __builtin_ctzll(quotes);
+        pl_copy(d, src, (size_t)(first + 1 - src));
+        d += first + 1 - src;
+        src = first + 2;
+    }
+    pl_copy(d, src, (size_t)(to - src));
+    d += to - src;
+    *f = (pl_field){(const uint8_t *)(uintptr_t)p->arena_len, (size_t)(d - start),
+                    PL_FIELD_QUOTED | PL_FIELD_NEEDS_QUOTING | PL__FIELD_ARENA};
+    p->arena_len += (size_t)(d - start);
+    return 0;
+}
+
 /*
  * The scanner. Only the special bytes (',', '"', CR, LF) change state, so it walks their
  * positions, found 64 bytes at a time with SIMD, and never touches a field's bytes one by one.
@@ -963,18 +1000,27 @@ PL_API int pl__csv_scan(pl_csv *p, const uint8_t *data, size_t n) {
                 if (c == ',') {
                     fields[nf++] = (pl_field){cur, (size_t)(r - cur), 0};
                 } else if (c == '"') {
-                    /* An opening quote. A field whose closing quote comes next, followed by a
-                     * separator in this block, with no line break inside (the usual quoted field)
-                     * is taken whole, with its separator; others go through the states below. */
+                    /* An opening quote. A field whose closing quote and separator lie in this
+                     * block, with no line break inside (the usual quoted field), is taken whole
+                     * with its separator; others go through the states below. Its closing quote
+                     * is the last of the first run of quotes after which the quotes counted from
+                     * the opening one are even: the quotes before it are '""' pairs. */
                     const unsigned open = (unsigned)(r - blk);
-                    const uint64_t next = mk.quotes & ~((2ull << open) - 1);
-                    const unsigned close = next ? (unsigned)__builtin_ctzll(next) : 63;
-                    const uint64_t inside = ((1ull << close) - 1) & ~((2ull << open) - 1);
-                    if (r == cur && close < 63 && ((commas | others) & ~mk.quotes) >> (close + 1) & 1 &&
-                        !(others & inside)) {
-                        const uint32_t fl = commas & inside ? PL_FIELD_QUOTED | PL_FIELD_NEEDS_QUOTING : PL_FIELD_QUOTED;
-                        fields[nf++] = (pl_field){r + 1, close - open - 1, fl};
-                        p->record_flags |= fl;
+                    const uint64_t after = ~((2ull << open) - 1), q = mk.quotes, next = q & after;
+                    uint64_t closing = next & (0 - next) & ~(q >> 1); /* the next quote, alone */
+                    if (!closing && next)
+                        closing = next & ~(q >> 1) & ~pl__prefix_xor(q & ~((1ull << open) - 1));
+                    const unsigned close = closing ? (unsigned)__builtin_ctzll(closing) : 63;
+                    const uint64_t inside = ((1ull << close) - 1) & after;
+                    if (r == cur && close < 63 && ((commas | others) & ~q) >> (close + 1) & 1 &&
+                        !(others & ~q & inside)) {
+                        const uint32_t fl = (commas | q) & inside ? PL_FIELD_QUOTED | PL_FIELD_NEEDS_QUOTING : PL_FIELD_QUOTED;
+                        if (!(q & inside)) {
+                            fields[nf++] = (pl_field){r + 1, close - open - 1, fl};
+                        } else if (pl__csv_undouble(p, rec, blk, r + 1, blk + close, q & inside, &fields[nf++])) {
+                            return -1;
+                        }
+                        p->record_flags |= fields[nf - 1].flags;
                         const uint8_t *sep = blk + close + 1;
                         const uint64_t done = (2ull << (close + 1)) - 1;
                         commas &= ~done;
