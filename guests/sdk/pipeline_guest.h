@@ -1001,10 +1001,10 @@ PL_API int pl__csv_scan(pl_csv *p, const uint8_t *data, size_t n) {
                     fields[nf++] = (pl_field){cur, (size_t)(r - cur), 0};
                 } else if (c == '"') {
                     /* An opening quote. A field whose closing quote and separator lie in this
-                     * block, with no line break inside (the usual quoted field), is taken whole
-                     * with its separator; others go through the states below. Its closing quote
-                     * is the last of the first run of quotes after which the quotes counted from
-                     * the opening one are even: the quotes before it are '""' pairs. */
+                     * block (the usual quoted field) is taken whole with its separator; others go
+                     * through the states below. Its closing quote is the last of the first run of
+                     * quotes after which the quotes counted from the opening one are even: the
+                     * quotes before it are '""' pairs. */
                     const unsigned open = (unsigned)(r - blk);
                     const uint64_t after = ~((2ull << open) - 1), q = mk.quotes, next = q & after;
                     uint64_t closing = next & (0 - next) & ~(q >> 1); /* the next quote, alone */
@@ -1012,9 +1012,13 @@ PL_API int pl__csv_scan(pl_csv *p, const uint8_t *data, size_t n) {
                         closing = next & ~(q >> 1) & ~pl__prefix_xor(q & ~((1ull << open) - 1));
                     const unsigned close = closing ? (unsigned)__builtin_ctzll(closing) : 63;
                     const uint64_t inside = ((1ull << close) - 1) & after;
-                    if (r == cur && close < 63 && ((commas | others) & ~q) >> (close + 1) & 1 &&
-                        !(others & ~q & inside)) {
-                        const uint32_t fl = (commas | q) & inside ? PL_FIELD_QUOTED | PL_FIELD_NEEDS_QUOTING : PL_FIELD_QUOTED;
+                    if (r == cur && close < 63 && ((commas | others) & ~q) >> (close + 1) & 1) {
+                        /* Line breaks inside count as lines: CR, and LF but after a CR. */
+                        for (uint64_t b = others & ~q & inside; b; b &= b - 1) {
+                            const uint8_t *at = blk + __builtin_ctzll(b);
+                            line += *at == '\r' || at[-1] != '\r';
+                        }
+                        const uint32_t fl = (commas | others) & inside ? PL_FIELD_QUOTED | PL_FIELD_NEEDS_QUOTING : PL_FIELD_QUOTED;
                         if (!(q & inside)) {
                             fields[nf++] = (pl_field){r + 1, close - open - 1, fl};
                         } else if (pl__csv_undouble(p, rec, blk, r + 1, blk + close, q & inside, &fields[nf++])) {
