@@ -913,14 +913,18 @@ PL_API int pl__csv_scan(pl_csv *p, const uint8_t *data, size_t n) {
         if (pl__csv_arena_add(p, rec, span, (endp))) return -1;                                    \
     } while (0)
 
-/* Ends the record at the line break `r` (its last field saved), delivers it, counts the line. */
+/* Ends the record at the line break `r` (its last field saved), delivers it, counts the line, and
+ * starts the next record right after it, so that its first fields go with the commas' rounds
+ * (a line break there is a blank line: PL__CSV_FIELD with no field yet). */
 #define PL__CSV_END_RECORD(r)                                                                      \
     do {                                                                                           \
         line++;                                                                                    \
         int rc_ = pl__csv_deliver(p, nf, rec, (size_t)((r) - rec));                                \
         if (rc_) return rc_;                                                                       \
         nf = 0;                                                                                    \
-        state = PL__CSV_RECORD;                                                                    \
+        rec = (r) + 1;                                                                             \
+        p->record_line = line;                                                                     \
+        state = PL__CSV_FIELD;                                                                     \
         if (*(r) == '\r') after_cr = (r) + 1;                                                      \
     } while (0)
 
@@ -1043,6 +1047,12 @@ PL_API int pl__csv_scan(pl_csv *p, const uint8_t *data, size_t n) {
                         state = PL__CSV_UNQUOTED;
                     }
                 } else {
+                    if (!nf && r == cur) { /* a blank line after a record (see PL__CSV_END_RECORD) */
+                        PL__CSV_BLANK(r, c);
+                        rec = cur;
+                        p->record_line = line;
+                        continue;
+                    }
                     fields[nf++] = (pl_field){cur, (size_t)(r - cur), 0};
                     PL__CSV_END_RECORD(r);
                 }
@@ -1126,6 +1136,7 @@ PL_API int pl__csv_scan(pl_csv *p, const uint8_t *data, size_t n) {
 #undef PL__CSV_END_RECORD
 #undef PL__CSV_BLANK
 
+    if (state == PL__CSV_FIELD && !nf && cur == end) state = PL__CSV_RECORD; /* no record begun */
     p->line = line;
     p->state = (uint8_t)state;
     p->prev_cr = n && end[-1] == '\r';
