@@ -716,22 +716,24 @@ PL_COLD int pl__csv_grow_fields(pl_csv *p, uint32_t need) {
     return 0;
 }
 
+/* Arena offsets become pointers in fields[0..nf), now that the arena will not move any more (a
+ * record of empty fields may have no arena at all). */
+PL_COLD void pl__csv_arena_pointers(pl_csv *p, uint32_t nf) {
+    const uint8_t *base = p->arena ? p->arena : pl__empty;
+    for (uint32_t i = 0; i < nf; i++) {
+        pl_field *f = &p->fields[i];
+        if (f->flags & PL__FIELD_ARENA) {
+            f->ptr = base + (uintptr_t)f->ptr;
+            f->flags &= ~PL__FIELD_ARENA;
+        }
+    }
+}
+
 /* Hands the record made of fields[0..nf) to the callback and resets the record state. */
 PL_API int pl__csv_deliver(pl_csv *p, uint32_t nf, const uint8_t *raw, size_t raw_len) {
     uint64_t size = p->carried + raw_len;
     if (size > p->max_record_bytes) return pl__csv_too_big(p);
-    if (p->carried || p->arena_len) {
-        /* Arena offsets become pointers now that the arena will not move any more (a record of
-         * empty fields may have no arena at all). */
-        const uint8_t *base = p->arena ? p->arena : pl__empty;
-        for (uint32_t i = 0; i < nf; i++) {
-            pl_field *f = &p->fields[i];
-            if (f->flags & PL__FIELD_ARENA) {
-                f->ptr = base + (uintptr_t)f->ptr;
-                f->flags &= ~PL__FIELD_ARENA;
-            }
-        }
-    }
+    if (p->carried || p->arena_len) pl__csv_arena_pointers(p, nf);
     pl_csv_record rec = {
         .fields = p->fields,
         .count = nf,
