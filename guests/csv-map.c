@@ -659,16 +659,11 @@ static int test_cond(const node *c, const pl_csv_record *row) {
     } else {
         size_t n = f->len < c->string.len ? f->len : c->string.len;
         cmp = memcmp(f->ptr, c->string.ptr, n);
-        if (!cmp) cmp = (f->len > c->string.len) - (f->len < c->string.len);
+        cmp = cmp ? (cmp > 0) - (cmp < 0) : (f->len > c->string.len) - (f->len < c->string.len);
     }
-    switch (c->op) {
-    case OP_EQ: return cmp == 0;
-    case OP_NE: return cmp != 0;
-    case OP_GT: return cmp > 0;
-    case OP_GE: return cmp >= 0;
-    case OP_LT: return cmp < 0;
-    default: return cmp <= 0;
-    }
+    /* The outcomes each op accepts, bit cmp + 1 (less, equal, greater): a shift, not a switch. */
+    static const uint8_t ACCEPT[N_OPS] = {2, 5, 4, 6, 1, 3};
+    return ACCEPT[c->op] >> (cmp + 1) & 1;
 }
 
 static int filter_group(const node *c, const pl_csv_record *row);
@@ -763,7 +758,7 @@ static int write_row(const pl_csv_record *rec) {
             const pl_field *f = &rec->fields[g.src[i]];
             uint8_t *start = d;
             if ((f->flags & PL_FIELD_NEEDS_QUOTING) || (nout == 1 && f->len == 0)) {
-                d = pl_csv_quote_into(d, f->ptr, f->len);
+                d = pl_csv_quote_into_padded(d, f->ptr, f->len);
             } else {
                 pl_copy_over(d, f->ptr, f->len);
                 d += f->len;

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +36,7 @@ from hypothesis import strategies as st
 from pipeline.guests import builtin_path
 from pipeline.runtime import Guest, GuestModule
 from pipeline.testing import run_guest
+from pipeline.testing.data import write_orders_csv
 
 # -------------------------------------------------------------------------------------------------
 # Parsing: byte-for-byte what csv.reader reads
@@ -98,6 +100,47 @@ def test_a_record_split_at_every_byte_matches_a_whole_read() -> None:
         assert run({}, data, size) == expected({}, data), size
 
 
+QUOTED_FIELDS = [
+    b'"a,b"',
+    b'""',
+    b'"x""y"',
+    b'""""',
+    b'"""a"',
+    b'"a"""',
+    b'"x"",""y"""',
+    b'"a"""b',
+    b'"two\nlines"',
+    b'"cr\r\nlf"',
+    b'"ab"c',
+    b'"q"',
+    b'x"y',
+]
+
+
+@pytest.mark.parametrize("field", QUOTED_FIELDS)
+def test_quoted_fields_at_every_offset_of_a_block(field: bytes) -> None:
+    """The scanner classifies 64 bytes at a time: each quoted field, and its separators, at every
+    offset across two block boundaries, ended by a comma or by each line end; every fifth row has
+    a field too many, so the rejects check the line numbers after line breaks inside quotes."""
+    for end in [b",z\n", b"\n", b"\r\n", b"\r"]:
+        rows = b"".join(b"%d,%s,%s%s%s" % (i, b"p" * i, field, b",x" * (i % 5 == 0), end) for i in range(130))
+        check({}, b"id,pad,text" + (b",more" if end == b",z\n" else b"") + b"\n" + rows, [None, 64, 100])
+
+
+def test_the_benchmark_orders_match_the_model(tmp_path: Path) -> None:
+    """The benchmark's CSV (quoted commas, doubled quotes, line breaks in quotes, Latin-1, invalid
+    rows) in chunks that end anywhere in a record."""
+    path = tmp_path / "orders.csv"
+    write_orders_csv(path, 150_000)
+    config = {
+        "select": ["id", "name", "amount", "city"],
+        "rename": {"name": "customer"},
+        "upper": ["customer"],
+        "filter": {"column": "amount", "op": ">", "value": 100},
+    }
+    check(config, path.read_bytes(), [None, 4_093, 65_536])
+
+
 # -------------------------------------------------------------------------------------------------
 # Mapping
 # -------------------------------------------------------------------------------------------------
@@ -133,6 +176,15 @@ def test_upper_and_lower_map_ascii_and_latin1_letters() -> None:
     data = "w,x\naàÿ\u00d7÷ßz,AÀÞ\u00d7÷ẞZ\n".encode()
     out = check({"upper": ["w"], "lower": ["x"]}, data)
     assert out.decode() == "w,x\nAÀÿ\u00d7÷ßZ,aàþ\u00d7÷ẞz\n"
+
+
+def test_case_mapping_of_short_fields_sees_every_ascii_byte() -> None:
+    """Fields of up to 8 bytes are mapped 8 bytes at a time: every ASCII byte, at every position
+    and field length, next to the letters' neighbours ('@', '[', '`', '{')."""
+    ascii = "".join(chr(c) for c in range(1, 128) if chr(c) not in ',"\r\n')
+    values = [ascii[i : i + n] for n in range(1, 10) for i in range(0, len(ascii), 3)]
+    data = ("u,l\n" + "".join(f"{v},{v}\n" for v in values) + "@az[`AZ{,@az[`AZ{\n").encode()
+    check({"upper": ["u"], "lower": ["l"]}, data, [None, 61])
 
 
 def test_case_names_may_be_output_or_header_names_output_first() -> None:

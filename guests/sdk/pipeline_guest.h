@@ -716,22 +716,24 @@ PL_COLD int pl__csv_grow_fields(pl_csv *p, uint32_t need) {
     return 0;
 }
 
+/* Arena offsets become pointers in fields[0..nf), now that the arena will not move any more (a
+ * record of empty fields may have no arena at all). */
+PL_COLD void pl__csv_arena_pointers(pl_csv *p, uint32_t nf) {
+    const uint8_t *base = p->arena ? p->arena : pl__empty;
+    for (uint32_t i = 0; i < nf; i++) {
+        pl_field *f = &p->fields[i];
+        if (f->flags & PL__FIELD_ARENA) {
+            f->ptr = base + (uintptr_t)f->ptr;
+            f->flags &= ~PL__FIELD_ARENA;
+        }
+    }
+}
+
 /* Hands the record made of fields[0..nf) to the callback and resets the record state. */
 PL_API int pl__csv_deliver(pl_csv *p, uint32_t nf, const uint8_t *raw, size_t raw_len) {
     uint64_t size = p->carried + raw_len;
     if (size > p->max_record_bytes) return pl__csv_too_big(p);
-    if (p->carried || p->arena_len) {
-        /* Arena offsets become pointers now that the arena will not move any more (a record of
-         * empty fields may have no arena at all). */
-        const uint8_t *base = p->arena ? p->arena : pl__empty;
-        for (uint32_t i = 0; i < nf; i++) {
-            pl_field *f = &p->fields[i];
-            if (f->flags & PL__FIELD_ARENA) {
-                f->ptr = base + (uintptr_t)f->ptr;
-                f->flags &= ~PL__FIELD_ARENA;
-            }
-        }
-    }
+    if (p->carried || p->arena_len) pl__csv_arena_pointers(p, nf);
     pl_csv_record rec = {
         .fields = p->fields,
         .count = nf,
@@ -789,27 +791,30 @@ PL_COLD int pl__csv_carry(pl_csv *p, bool open, const uint8_t *pending, size_t p
     return 0;
 }
 
-/* The special bytes among the 64 at `s`, as bitmasks (bit i = byte i): the commas, and the
- * others ('"', '\r', '\n'). */
+/* The special bytes among the 64 at `s`, as bitmasks (bit i = byte i): the commas, the quotes,
+ * and the "others" ('"', '\r', '\n'). */
 typedef struct pl__csv_masks {
-    uint64_t commas, others;
+    uint64_t commas, quotes, others;
 } pl__csv_masks;
 
 PL_API pl__csv_masks pl__csv_mask64(const uint8_t *s) {
-    pl__csv_masks m = {0, 0};
+    pl__csv_masks m = {0, 0, 0};
 #ifdef __wasm_simd128__
     const v128_t comma = wasm_i8x16_splat(','), quote = wasm_i8x16_splat('"');
     const v128_t cr = wasm_i8x16_splat('\r'), lf = wasm_i8x16_splat('\n');
     for (int i = 0; i < 4; i++) {
         v128_t v = wasm_v128_load(s + 16 * i);
-        v128_t other = wasm_v128_or(wasm_i8x16_eq(v, quote), wasm_v128_or(wasm_i8x16_eq(v, cr), wasm_i8x16_eq(v, lf)));
+        v128_t q = wasm_i8x16_eq(v, quote);
+        v128_t other = wasm_v128_or(q, wasm_v128_or(wasm_i8x16_eq(v, cr), wasm_i8x16_eq(v, lf)));
         m.commas |= (uint64_t)wasm_i8x16_bitmask(wasm_i8x16_eq(v, comma)) << (16 * i);
+        m.quotes |= (uint64_t)wasm_i8x16_bitmask(q) << (16 * i);
         m.others |= (uint64_t)wasm_i8x16_bitmask(other) << (16 * i);
     }
 #else
     for (int i = 0; i < 64; i++) {
         uint8_t c = s[i];
         m.commas |= (uint64_t)(c == ',') << i;
+        m.quotes |= (uint64_t)(c == '"') << i;
         m.others |= (uint64_t)(c == '"' || c == '\r' || c == '\n') << i;
     }
 #endif
@@ -821,6 +826,43 @@ PL_COLD pl__csv_masks pl__csv_mask_tail(const uint8_t *s, size_t n) {
     uint8_t tmp[64] __attribute__((aligned(16))) = {0};
     memcpy(tmp, s, n);
     return pl__csv_mask64(tmp);
+}
+
+/* Bit i of the result is the XOR of bits 0..i of x: with x the quotes of a block, whether an odd
+ * number of them lie at or before byte i. */
+PL_API uint64_t pl__prefix_xor(uint64_t x) {
+    x ^= x << 1;
+    x ^= x << 2;
+    x ^= x << 4;
+    x ^= x << 8;
+    x ^= x << 16;
+    x ^= x << 32;
+    return x;
+}
+
+/* The value of a quoted field whose content [from, to) lies in the block at `blk` and whose
+ * quotes there, `quotes` (bit i = byte blk + i), are '""' pairs: the content without the second
+ * quote of each pair, appended to the arena; sets *f. Returns 0, or non-zero on failure (checked
+ * as pl__csv_arena_add checks). */
+PL_COLD int pl__csv_undouble(pl_csv *p, const uint8_t *rec, const uint8_t *blk, const uint8_t *from, const uint8_t *to,
+                             uint64_t quotes, pl_field *f) {
+    if (p->carried + (uint64_t)(to - rec) > p->max_record_bytes) return pl__csv_too_big(p);
+    const size_t n = (size_t)(to - from);
+    if (n > p->arena_cap - p->arena_len && pl__csv_arena_grow(p, n)) return -1;
+    uint8_t *const start = p->arena + p->arena_len, *d = start;
+    const uint8_t *src = from;
+    for (; quotes; quotes &= quotes - 1, quotes &= quotes - 1) { /* a pair per round */
+        const uint8_t *first = blk + __builtin_ctzll(quotes);
+        pl_copy(d, src, (size_t)(first + 1 - src));
+        d += first + 1 - src;
+        src = first + 2;
+    }
+    pl_copy(d, src, (size_t)(to - src));
+    d += to - src;
+    *f = (pl_field){(const uint8_t *)(uintptr_t)p->arena_len, (size_t)(d - start),
+                    PL_FIELD_QUOTED | PL_FIELD_NEEDS_QUOTING | PL__FIELD_ARENA};
+    p->arena_len += (size_t)(d - start);
+    return 0;
 }
 
 /*
@@ -873,14 +915,18 @@ PL_API int pl__csv_scan(pl_csv *p, const uint8_t *data, size_t n) {
         if (pl__csv_arena_add(p, rec, span, (endp))) return -1;                                    \
     } while (0)
 
-/* Ends the record at the line break `r` (its last field saved), delivers it, counts the line. */
+/* Ends the record at the line break `r` (its last field saved), delivers it, counts the line, and
+ * starts the next record right after it, so that its first fields go with the commas' rounds
+ * (a line break there is a blank line: PL__CSV_FIELD with no field yet). */
 #define PL__CSV_END_RECORD(r)                                                                      \
     do {                                                                                           \
         line++;                                                                                    \
         int rc_ = pl__csv_deliver(p, nf, rec, (size_t)((r) - rec));                                \
         if (rc_) return rc_;                                                                       \
         nf = 0;                                                                                    \
-        state = PL__CSV_RECORD;                                                                    \
+        rec = (r) + 1;                                                                             \
+        p->record_line = line;                                                                     \
+        state = PL__CSV_FIELD;                                                                     \
         if (*(r) == '\r') after_cr = (r) + 1;                                                      \
     } while (0)
 
@@ -960,6 +1006,39 @@ PL_API int pl__csv_scan(pl_csv *p, const uint8_t *data, size_t n) {
                 if (c == ',') {
                     fields[nf++] = (pl_field){cur, (size_t)(r - cur), 0};
                 } else if (c == '"') {
+                    /* An opening quote. A field whose closing quote and separator lie in this
+                     * block (the usual quoted field) is taken whole with its separator; others go
+                     * through the states below. Its closing quote is the last of the first run of
+                     * quotes after which the quotes counted from the opening one are even: the
+                     * quotes before it are '""' pairs. */
+                    const unsigned open = (unsigned)(r - blk);
+                    const uint64_t after = ~((2ull << open) - 1), q = mk.quotes, next = q & after;
+                    uint64_t closing = next & (0 - next) & ~(q >> 1); /* the next quote, alone */
+                    if (!closing && next)
+                        closing = next & ~(q >> 1) & ~pl__prefix_xor(q & ~((1ull << open) - 1));
+                    const unsigned close = closing ? (unsigned)__builtin_ctzll(closing) : 63;
+                    const uint64_t inside = ((1ull << close) - 1) & after;
+                    if (r == cur && close < 63 && ((commas | others) & ~q) >> (close + 1) & 1) {
+                        /* Line breaks inside count as lines: CR, and LF but after a CR. */
+                        for (uint64_t b = others & ~q & inside; b; b &= b - 1) {
+                            const uint8_t *at = blk + __builtin_ctzll(b);
+                            line += *at == '\r' || at[-1] != '\r';
+                        }
+                        const uint32_t fl = (commas | others) & inside ? PL_FIELD_QUOTED | PL_FIELD_NEEDS_QUOTING : PL_FIELD_QUOTED;
+                        if (!(q & inside)) {
+                            fields[nf++] = (pl_field){r + 1, close - open - 1, fl};
+                        } else if (pl__csv_undouble(p, rec, blk, r + 1, blk + close, q & inside, &fields[nf++])) {
+                            return -1;
+                        }
+                        p->record_flags |= fields[nf - 1].flags;
+                        const uint8_t *sep = blk + close + 1;
+                        const uint64_t done = (2ull << (close + 1)) - 1;
+                        commas &= ~done;
+                        others &= ~done;
+                        cur = sep + 1;
+                        if (*sep != ',') PL__CSV_END_RECORD(sep);
+                        continue;
+                    }
                     if (r == cur) {
                         span = r + 1;
                         fflags = PL_FIELD_QUOTED;
@@ -970,6 +1049,12 @@ PL_API int pl__csv_scan(pl_csv *p, const uint8_t *data, size_t n) {
                         state = PL__CSV_UNQUOTED;
                     }
                 } else {
+                    if (!nf && r == cur) { /* a blank line after a record (see PL__CSV_END_RECORD) */
+                        PL__CSV_BLANK(r, c);
+                        rec = cur;
+                        p->record_line = line;
+                        continue;
+                    }
                     fields[nf++] = (pl_field){cur, (size_t)(r - cur), 0};
                     PL__CSV_END_RECORD(r);
                 }
@@ -1053,6 +1138,7 @@ PL_API int pl__csv_scan(pl_csv *p, const uint8_t *data, size_t n) {
 #undef PL__CSV_END_RECORD
 #undef PL__CSV_BLANK
 
+    if (state == PL__CSV_FIELD && !nf && cur == end) state = PL__CSV_RECORD; /* no record begun */
     p->line = line;
     p->state = (uint8_t)state;
     p->prev_cr = n && end[-1] == '\r';
@@ -1136,6 +1222,23 @@ PL_API uint8_t *pl_csv_quote_into(uint8_t *dst, const uint8_t *p, size_t n) {
     return dst;
 }
 
+/* pl_csv_quote_into that may read 15 bytes past p+n and write 15 past what it returns (as
+ * pl_copy_over does): a short value without quotes goes in one 16-byte copy. */
+PL_API uint8_t *pl_csv_quote_into_padded(uint8_t *dst, const uint8_t *p, size_t n) {
+#ifdef __wasm_simd128__
+    if (n <= 16) {
+        const v128_t v = wasm_v128_load(p);
+        if (!((uint32_t)wasm_i8x16_bitmask(wasm_i8x16_eq(v, wasm_i8x16_splat('"'))) & ((1u << n) - 1))) {
+            dst[0] = '"';
+            wasm_v128_store(dst + 1, v);
+            dst[n + 1] = '"';
+            return dst + n + 2;
+        }
+    }
+#endif
+    return pl_csv_quote_into(dst, p, n);
+}
+
 /* Writes one CSV field, quoted (with doubled quotes) if `quote`. Any size. */
 PL_API int pl_csv_put_field(pl_out *o, const uint8_t *p, size_t n, bool quote) {
     if (!quote) return pl_out_write(o, p, n);
@@ -1208,6 +1311,22 @@ PL_API void pl_lower(uint8_t *p, size_t n) { pl__case_map(p, n, false, false); }
 /* pl_upper (upper) or pl_lower that may also rewrite the 15 bytes after p+n: faster on short
  * spans, for text just written into an output buffer (PL_OUT_SLACK). */
 PL_API void pl_case_map_padded(uint8_t *p, size_t n, bool upper) {
+    if (n <= 8) {
+        /* Up to 8 bytes of ASCII in one 64-bit word, with no vector constants to load (the JIT
+         * keeps those in stack slots): the letters are the bytes whose 7 low bits are in
+         * [from, from + 25] and whose high bit is clear. Letters among the bytes past n are
+         * mapped too, which `padded` allows. */
+        uint64_t x;
+        memcpy(&x, p, 8);
+        const uint64_t ones = 0x0101010101010101ull, keep = n == 8 ? ~0ull : (1ull << (8 * n)) - 1;
+        if (!(x & keep & 0x80 * ones)) {
+            const uint64_t from = upper ? 'a' : 'A', low7 = x & 0x7F * ones;
+            const uint64_t at_least = low7 + (0x80 - from) * ones, above = low7 + (0x80 - from - 26) * ones;
+            x ^= (at_least & ~above & ~x & 0x80 * ones) >> 2;
+            memcpy(p, &x, 8);
+            return;
+        }
+    }
 #ifdef __wasm_simd128__
     if (n <= 16) { /* one block, inline */
         const v128_t v = wasm_v128_load(p);
