@@ -83,20 +83,26 @@ typedef struct entry {
     uint64_t seen; /* the object it was last seen in (member) */
 } entry;
 
+/* A select entry: its path and output key. */
+typedef struct selected {
+    uint32_t path;         /* index in g.paths */
+    uint32_t key, key_len; /* "key": at g.keys.data + key */
+} selected;
+
 /* Stream state. */
 static struct {
     pl_lines lines;
     pl_json_stream js;
     pl_buf compact;   /* the line being handled, compact */
     pl_buf reason;    /* scratch for reject reasons */
+    pl_buf big_line;  /* with select: an output line too large for the output buffer */
     pl_buf keys;      /* with select: per path its output key, "key":, back to back */
-    size_t *key_end;  /* end of each path's key in `keys` */
     /* Every path the config names (filter fields, select), once; per line, the value each leads
      * to, found in one pass over the object's members (resolve). */
     pl_strs paths;
     size_t *first_len;     /* length of each path's first name */
     span *found;           /* each path's value in the line; .p NULL if it has none */
-    uint32_t *select_path; /* index in paths of each select entry */
+    selected *select; /* per select entry */
     /* The fast path: the paths' names as a tree of nodes, one per object looked in (node 0 is the
      * line's object), each a 64-slot hash table of its entries; the line's tokens (index_line). */
     entry *entries;
@@ -237,18 +243,18 @@ static int read_cond(pl_json *j, cond *c) {
 
 /* The output keys of select, as JSON text. */
 static int select_keys(void) {
-    g.key_end = calloc(cfg.select.n, sizeof *g.key_end);
-    g.select_path = calloc(cfg.select.n, sizeof *g.select_path);
-    if (!g.key_end || !g.select_path) return pl_fail_str("out of memory");
+    if (!(g.select = calloc(cfg.select.n, sizeof *g.select))) return pl_fail_str("out of memory");
     for (uint32_t i = 0; i < cfg.select.n; i++) {
         const pl_str *s = &cfg.select.v[i];
         if (pl_strs_find(&cfg.select, s->ptr, s->len) != i) return pl_config_duplicate_key("config.select", s);
-        if ((g.select_path[i] = add_path(s)) == UINT32_MAX) return pl_fail_str("out of memory");
+        if ((g.select[i].path = add_path(s)) == UINT32_MAX) return pl_fail_str("out of memory");
         const int64_t r = pl_strs_find(&cfg.rename_from, s->ptr, s->len);
         if (r >= 0) s = &cfg.rename_to.v[r];
+        const size_t key = g.keys.len;
         pl_json_buf_string(&g.keys, (const uint8_t *)s->ptr, s->len);
         pl_buf_putc(&g.keys, ':');
-        g.key_end[i] = g.keys.len;
+        g.select[i].key = (uint32_t)key;
+        g.select[i].key_len = (uint32_t)(g.keys.len - key);
     }
     for (uint32_t i = 0; i < cfg.rename_from.n; i++)
         if (pl_strs_find(&cfg.select, cfg.rename_from.v[i].ptr, cfg.rename_from.v[i].len) < 0) {
@@ -534,24 +540,68 @@ static int write_renamed(span key, span value, void *ctx) {
     return rc || pl_out_putc(w->o, ':') || pl_out_write(w->o, value.p, (size_t)(value.end - value.p));
 }
 
-static int write_value(pl_out *o, span v);
+static uint8_t *compact_into(uint8_t *d, const uint8_t *p, const uint8_t *end);
+
+/* index_line reads whole 64-byte blocks, up to this many bytes past the end of the line. */
+#define FAST_OVERREAD 64u
+
+/* True if the fast path may read FAST_OVERREAD bytes past `end`. */
+static inline bool overread_ok(const uint8_t *end) {
+    return (uint64_t)(uintptr_t)end + FAST_OVERREAD <= (uint64_t)__builtin_wasm_memory_size(0) << 16;
+}
+
+/* put_over near the end of memory. */
+PL_COLD uint8_t *put_near_end(uint8_t *d, const uint8_t *s, size_t n) {
+    pl_copy(d, s, n);
+    return d + n;
+}
+
+/* Copies the n bytes at s to d, which has 15 bytes of room after them: 16 bytes at a time (no
+ * branch on the length), reading past s + n where memory goes on. Returns d + n. */
+static inline uint8_t *put_over(uint8_t *d, const uint8_t *s, size_t n) {
+    if (!overread_ok(s + n)) return put_near_end(d, s, n);
+    pl_copy_over(d, s, n);
+    return d + n;
+}
+
+/* A selected value: its text, or, if it is an object or an array with whitespace, compact. */
+PL_COLD uint8_t *put_container(uint8_t *d, span v) {
+    return g.spaced ? compact_into(d, v.p, v.end) : put_over(d, v.p, (size_t)(v.end - v.p));
+}
+
+/* With select: the object of the selected values the line has. Its size is summed first, so
+ * that one reservation takes the whole line, without a call and a bounds check per piece; a
+ * line too large for the output buffer is put together in g.big_line. Few values are live
+ * across the loops: wasmtime spills much otherwise. */
+static __attribute__((noinline)) int write_selected(pl_out *o) {
+    size_t n = 3; /* '{', '}' and '\n', one more than needed with a value (no ',' before the first) */
+    for (const selected *s = g.select, *const end = s + cfg.select.n; s < end; s++) {
+        const span v = g.found[s->path];
+        if (v.p) n += s->key_len + (size_t)(v.end - v.p) + 1;
+    }
+    /* put_over writes up to 15 bytes past the line: the output buffer's slack has room. */
+    const bool fits = n <= PL_OUT_CAP;
+    uint8_t *const start = fits ? pl_out_reserve(o, n) : pl_buf_reserve(&g.big_line, n + 16) ? g.big_line.data : NULL;
+    if (!start) return fits ? -1 : pl_fail_str("out of memory");
+    uint8_t *d = start;
+    *d++ = '{';
+    for (const selected *s = g.select, *const end = s + cfg.select.n; s < end; s++) {
+        const span v = g.found[s->path];
+        if (!v.p) continue;
+        if (d != start + 1) *d++ = ',';
+        d = put_over(d, g.keys.data + s->key, s->key_len);
+        d = (*v.p | 0x20) == '{' ? put_container(d, v) : put_over(d, v.p, (size_t)(v.end - v.p));
+    }
+    *d++ = '}';
+    *d++ = '\n';
+    if (!fits) return pl_out_write(o, start, (size_t)(d - start));
+    o->len += (uint32_t)(d - start);
+    return 0;
+}
 
 static int write_line(span obj) {
     pl_out *o = pl_port(0);
-    if (cfg.select.n) {
-        if (pl_out_putc(o, '{')) return -1;
-        bool first = true;
-        for (uint32_t i = 0; i < cfg.select.n; i++) {
-            const span v = g.found[g.select_path[i]];
-            if (!v.p) continue;
-            const size_t key = i ? g.key_end[i - 1] : 0;
-            if ((!first && pl_out_putc(o, ',')) || pl_out_write(o, g.keys.data + key, g.key_end[i] - key) ||
-                write_value(o, v))
-                return -1;
-            first = false;
-        }
-        return pl_out_write(o, "}\n", 2);
-    }
+    if (cfg.select.n) return write_selected(o);
     if (!cfg.rename_from.n) return pl_out_write(o, obj.p, (size_t)(obj.end - obj.p)) || pl_out_putc(o, '\n');
     writer w = {o, true};
     return pl_out_putc(o, '{') || members(obj, write_renamed, &w) || pl_out_write(o, "}\n", 2);
@@ -613,8 +663,6 @@ static inline bool is_ws(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' 
 #define FAST_MAX_LINE (1u << 20)
 /* The walk keeps a bit per open container in a uint64_t: deeper lines take the slow path. */
 #define FAST_MAX_DEPTH 63
-/* index_line reads whole 64-byte blocks, up to this many bytes past the end of the line. */
-#define FAST_OVERREAD 64u
 
 /* Bit i set if an odd number of bits 0..i of x are set: which bytes lie between quotes. */
 static inline uint64_t prefix_xor(uint64_t x) {
@@ -1104,20 +1152,6 @@ static uint8_t *compact_into(uint8_t *d, const uint8_t *p, const uint8_t *end) {
         while (p < end && is_ws(*p)) p++;
     }
     return d;
-}
-
-/* Writes a value found by the fast path, compact. */
-static int write_value(pl_out *o, span v) {
-    if (!g.spaced || (*v.p != '{' && *v.p != '[')) return pl_out_write(o, v.p, (size_t)(v.end - v.p));
-    pl_buf *c = &g.compact;
-    c->len = 0;
-    if (!pl_buf_reserve(c, (size_t)(v.end - v.p))) return pl_fail_str("out of memory");
-    return pl_out_write(o, c->data, (size_t)(compact_into(c->data, v.p, v.end) - c->data));
-}
-
-/* True if the fast path may read FAST_OVERREAD bytes past `end`. */
-static inline bool overread_ok(const uint8_t *end) {
-    return (uint64_t)(uintptr_t)end + FAST_OVERREAD <= (uint64_t)__builtin_wasm_memory_size(0) << 16;
 }
 
 /* A line that is not blank: counted, and its paths not found yet. */
