@@ -439,6 +439,14 @@ static void resolve(span obj) {
 /* Filter                                                                                    */
 /* ---------------------------------------------------------------------------------------- */
 
+/* index_line reads whole 64-byte blocks, up to this many bytes past the end of the line. */
+#define FAST_OVERREAD 64u
+
+/* True if the fast path may read FAST_OVERREAD bytes past `end`. */
+static inline bool overread_ok(const uint8_t *end) {
+    return (uint64_t)(uintptr_t)end + FAST_OVERREAD <= (uint64_t)__builtin_wasm_memory_size(0) << 16;
+}
+
 /* memcmp's sign (-1, 0 or 1), 8 bytes at a time: the libc one goes byte by byte. */
 static int bytes_compare(const uint8_t *a, const uint8_t *b, size_t n) {
     for (; n >= 8; a += 8, b += 8, n -= 8) {
@@ -450,6 +458,31 @@ static int bytes_compare(const uint8_t *a, const uint8_t *b, size_t n) {
     for (; n; a++, b++, n--)
         if (*a != *b) return *a > *b ? 1 : -1;
     return 0;
+}
+
+/* The sign of the string s (n bytes) - c's string. */
+static inline int compare_bytes(const cond *c, const uint8_t *s, size_t n) {
+    /* == and != need only know that strings of other lengths differ. */
+    if (c->op <= OP_NE && n != c->string.len) return 1;
+    const int cmp = bytes_compare(s, (const uint8_t *)c->string.ptr, n < c->string.len ? n : c->string.len);
+    return cmp ? cmp : (n > c->string.len) - (n < c->string.len);
+}
+
+/* compare for a JSON string value with an escape: decoded first. */
+PL_COLD int compare_escaped(const cond *c, span v) {
+    pl_json j;
+    pl_str decoded;
+    pl_json_init(&j, v.p, (size_t)(v.end - v.p));
+    if (pl_json_string(&j, &decoded)) return -2;
+    const int cmp = compare_bytes(c, (const uint8_t *)decoded.ptr, decoded.len);
+    pl_str_free(&decoded);
+    return cmp;
+}
+
+/* Whether the n bytes at p have a backslash: a short string in one vector. */
+static inline bool has_backslash(const uint8_t *p, size_t n) {
+    if (n > 16 || !overread_ok(p + n)) return pl_memchr(p, '\\', n) != NULL;
+    return (uint32_t)wasm_i8x16_bitmask(wasm_i8x16_eq(wasm_v128_load(p), wasm_i8x16_splat('\\'))) & ((1u << n) - 1);
 }
 
 /* -2: not comparable (other type); else the sign of value - c's value. */
@@ -464,24 +497,8 @@ static int compare(const cond *c, span v) {
     }
     case PL_JSON_STRING: {
         if (first != '"') return -2;
-        pl_str s = {(char *)v.p + 1, (size_t)(v.end - v.p) - 2};
-        pl_str decoded = {0};
-        if (g.escapes && pl_memchr(s.ptr, '\\', s.len)) {
-            pl_json j;
-            pl_json_init(&j, v.p, (size_t)(v.end - v.p));
-            if (pl_json_string(&j, &decoded)) return -2;
-            s = decoded;
-        }
-        int cmp;
-        if (c->op <= OP_NE && s.len != c->string.len) {
-            cmp = 1; /* == and != need only know that the strings differ */
-        } else {
-            const size_t n = s.len < c->string.len ? s.len : c->string.len;
-            cmp = bytes_compare((const uint8_t *)s.ptr, (const uint8_t *)c->string.ptr, n);
-            if (!cmp) cmp = (s.len > c->string.len) - (s.len < c->string.len);
-        }
-        pl_str_free(&decoded);
-        return cmp;
+        const size_t n = (size_t)(v.end - v.p) - 2;
+        return g.escapes && has_backslash(v.p + 1, n) ? compare_escaped(c, v) : compare_bytes(c, v.p + 1, n);
     }
     case PL_JSON_BOOL: return first == (c->boolean ? 't' : 'f') ? 0 : -2;
     default: return first == 'n' ? 0 : -2; /* null */
@@ -541,14 +558,6 @@ static int write_renamed(span key, span value, void *ctx) {
 }
 
 static uint8_t *compact_into(uint8_t *d, const uint8_t *p, const uint8_t *end);
-
-/* index_line reads whole 64-byte blocks, up to this many bytes past the end of the line. */
-#define FAST_OVERREAD 64u
-
-/* True if the fast path may read FAST_OVERREAD bytes past `end`. */
-static inline bool overread_ok(const uint8_t *end) {
-    return (uint64_t)(uintptr_t)end + FAST_OVERREAD <= (uint64_t)__builtin_wasm_memory_size(0) << 16;
-}
 
 /* put_over near the end of memory. */
 PL_COLD uint8_t *put_near_end(uint8_t *d, const uint8_t *s, size_t n) {

@@ -220,6 +220,21 @@ def test_filter(condition: dict[str, Any], ids: list[int]) -> None:
     assert [json.loads(line)["id"] for line in out.splitlines()] == ids
 
 
+@pytest.mark.parametrize("value", ["a" * 8, "a" * 16, "aaa\\aaaa", 'aaaa"aaaaaaaaaaa'])
+@pytest.mark.parametrize("op", ["==", "!=", "<", ">="])
+def test_string_filter_with_an_escape_at_each_position(op: str, value: str) -> None:
+    # A string with a backslash is decoded before it is compared; one of up to 16 bytes is
+    # searched in one vector, so an escape sits at each position of strings around that length.
+    lines = []
+    for n in range(1, 20):
+        lines.append(f'{{"s": "{"a" * n}"}}\n')
+        for at in range(n):
+            for escape in ("\\u0061", '\\"', "\\\\"):
+                text = "a" * at + escape + "a" * (n - at - 1)
+                lines.append(f'{{"s": "{text}", "t": "x"}}\n{{"s": "{text}", "t": "x\\ty"}}\n')
+    check({"filter": {"field": "s", "op": op, "value": value}}, "".join(lines).encode(), [None, 97])
+
+
 def test_booleans_compare_by_equality() -> None:
     data = b'{"a": true}\n{"a": false}\n{"a": 1}\n'
     assert check({"filter": {"field": "a", "op": "==", "value": True}}, data) == b'{"a":true}\n'
