@@ -468,11 +468,11 @@ static inline int compare_bytes(const cond *c, const uint8_t *s, size_t n) {
     return cmp ? cmp : (n > c->string.len) - (n < c->string.len);
 }
 
-/* compare for a JSON string value with an escape: decoded first. */
-PL_COLD int compare_escaped(const cond *c, span v) {
+/* compare for a JSON string value [p, end) with an escape: decoded first. */
+PL_COLD int compare_escaped(const cond *c, const uint8_t *p, const uint8_t *end) {
     pl_json j;
     pl_str decoded;
-    pl_json_init(&j, v.p, (size_t)(v.end - v.p));
+    pl_json_init(&j, p, (size_t)(end - p));
     if (pl_json_string(&j, &decoded)) return -2;
     const int cmp = compare_bytes(c, (const uint8_t *)decoded.ptr, decoded.len);
     pl_str_free(&decoded);
@@ -485,20 +485,21 @@ static inline bool has_backslash(const uint8_t *p, size_t n) {
     return (uint32_t)wasm_i8x16_bitmask(wasm_i8x16_eq(wasm_v128_load(p), wasm_i8x16_splat('\\'))) & ((1u << n) - 1);
 }
 
-/* -2: not comparable (other type); else the sign of value - c's value. */
-static int compare(const cond *c, span v) {
-    const uint8_t first = *v.p;
+/* -2: not comparable (other type); else the sign of the value [p, end) - c's value. Pointers,
+ * not a span: a struct argument would pass through memory (wasm32's C ABI). */
+static int compare(const cond *c, const uint8_t *p, const uint8_t *end) {
+    const uint8_t first = *p;
     switch (c->type) {
     case PL_JSON_NUMBER: {
         double d;
-        if (!(first == '-' || (uint8_t)(first - '0') < 10) || !pl_parse_number(v.p, (size_t)(v.end - v.p), &d))
+        if (!(first == '-' || (uint8_t)(first - '0') < 10) || !pl_parse_number(p, (size_t)(end - p), &d))
             return -2;
         return (d > c->number) - (d < c->number);
     }
     case PL_JSON_STRING: {
         if (first != '"') return -2;
-        const size_t n = (size_t)(v.end - v.p) - 2;
-        return g.escapes && has_backslash(v.p + 1, n) ? compare_escaped(c, v) : compare_bytes(c, v.p + 1, n);
+        const size_t n = (size_t)(end - p) - 2;
+        return g.escapes && has_backslash(p + 1, n) ? compare_escaped(c, p, end) : compare_bytes(c, p + 1, n);
     }
     case PL_JSON_BOOL: return first == (c->boolean ? 't' : 'f') ? 0 : -2;
     default: return first == 'n' ? 0 : -2; /* null */
@@ -510,7 +511,7 @@ static inline bool compare_holds(const cond *c) {
     const span v = g.found[c->path];
     const bool present = v.p != NULL;
     if (c->op == OP_EXISTS) return present;
-    const int cmp = present ? compare(c, v) : -2;
+    const int cmp = present ? compare(c, v.p, v.end) : -2;
     switch (c->op) {
     case OP_EQ: return cmp == 0;
     case OP_NE: return cmp != 0;
