@@ -235,6 +235,17 @@ def test_string_filter_with_an_escape_at_each_position(op: str, value: str) -> N
     check({"filter": {"field": "s", "op": op, "value": value}}, "".join(lines).encode(), [None, 97])
 
 
+@pytest.mark.parametrize("paths", [7, 8, 9, 16, 17])
+def test_many_paths_are_forgotten_between_lines(paths: int) -> None:
+    # Each line's values are cleared eight paths at a time: a path past the first eight must not
+    # keep the value of an earlier line.
+    names = [f"k{i}" for i in range(paths)]
+    lines = [{name: 1 for name in names}, {}, {names[-1]: 2}, {"k0": {"a": 3}}, {name: 4 for name in names[::2]}]
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    check({"select": [*names, "k0.a"]}, data, [None, 7])
+    check({"filter": {"field": names[-1], "op": "exists"}, "select": ["k0"]}, data)
+
+
 def test_booleans_compare_by_equality() -> None:
     data = b'{"a": true}\n{"a": false}\n{"a": 1}\n'
     assert check({"filter": {"field": "a", "op": "==", "value": True}}, data) == b'{"a":true}\n'
