@@ -103,6 +103,7 @@ static struct {
     size_t *first_len;     /* length of each path's first name */
     span *found;           /* each path's value in the line; .p NULL if it has none */
     selected *select; /* per select entry */
+    bool select_nested; /* a select path goes on from another ("a" and "a.b"): their values overlap */
     /* The fast path: the paths' names as a tree of nodes, one per object looked in (node 0 is the
      * line's object), each a 64-slot hash table of its entries; the line's tokens (index_line). */
     entry *entries;
@@ -263,6 +264,11 @@ static int select_keys(void) {
             pl_buf_put(&m, cfg.rename_from.v[i].ptr, cfg.rename_from.v[i].len);
             pl_buf_puts(&m, "' is not selected");
             return pl_fail_buf(&m);
+        }
+    for (uint32_t i = 0; i < cfg.select.n; i++)
+        for (uint32_t k = 0; k < cfg.select.n; k++) {
+            const pl_str *a = &cfg.select.v[i], *b = &cfg.select.v[k];
+            if (a->len < b->len && b->ptr[a->len] == '.' && memcmp(a->ptr, b->ptr, a->len) == 0) g.select_nested = true;
         }
     return g.keys.oom ? pl_fail_str("out of memory") : 0;
 }
@@ -580,15 +586,21 @@ PL_COLD uint8_t *put_container(uint8_t *d, span v) {
     return g.spaced ? compact_into(d, v.p, v.end) : put_over(d, v.p, (size_t)(v.end - v.p));
 }
 
-/* With select: the object of the selected values the line has. Its size is summed first, so
- * that one reservation takes the whole line, without a call and a bounds check per piece; a
- * line too large for the output buffer is put together in g.big_line. Few values are live
- * across the loops: wasmtime spills much otherwise. */
-static __attribute__((noinline)) int write_selected(pl_out *o) {
-    size_t n = 3; /* '{', '}' and '\n', one more than needed with a value (no ',' before the first) */
-    for (const selected *s = g.select, *const end = s + cfg.select.n; s < end; s++) {
-        const span v = g.found[s->path];
-        if (v.p) n += s->key_len + (size_t)(v.end - v.p) + 1;
+/* With select: the object of the selected values the line (its object obj_len bytes) has. Its
+ * size is bounded first, so that one reservation takes the whole line, without a call and a
+ * bounds check per piece; a line too large for the output buffer is put together in
+ * g.big_line. Few values are live across the loops: wasmtime spills much otherwise. */
+static __attribute__((noinline)) int write_selected(pl_out *o, size_t obj_len) {
+    /* '{', '}' and '\n', and per value its key and a ','. The values of paths that do not go on
+     * from one another are apart in the object, so its length bounds them without a loop. */
+    size_t n = 3 + g.keys.len + cfg.select.n;
+    if (!g.select_nested) {
+        n += obj_len;
+    } else {
+        for (const selected *s = g.select, *const end = s + cfg.select.n; s < end; s++) {
+            const span v = g.found[s->path];
+            if (v.p) n += (size_t)(v.end - v.p);
+        }
     }
     /* put_over writes up to 15 bytes past the line: the output buffer's slack has room. */
     const bool fits = n <= PL_OUT_CAP;
@@ -612,7 +624,7 @@ static __attribute__((noinline)) int write_selected(pl_out *o) {
 
 static int write_line(span obj) {
     pl_out *o = pl_port(0);
-    if (cfg.select.n) return write_selected(o);
+    if (cfg.select.n) return write_selected(o, (size_t)(obj.end - obj.p));
     if (!cfg.rename_from.n) return pl_out_write(o, obj.p, (size_t)(obj.end - obj.p)) || pl_out_putc(o, '\n');
     writer w = {o, true};
     return pl_out_putc(o, '{') || members(obj, write_renamed, &w) || pl_out_write(o, "}\n", 2);

@@ -306,6 +306,15 @@ def test_huge_values_straddling_chunks() -> None:
     check({"select": ["b", "big"]}, data, [None, 4093])
 
 
+def test_nested_selected_values_longer_than_the_line() -> None:
+    # Paths that go on from one another select overlapping text: the output line is longer
+    # than the input one, past the output buffer's size (256 KiB) for the big one.
+    small = {"a": {"b": {"c": "x" * 100, "d": [1, 2]}}, "e": 1}
+    big = {"a": {"b": {"c": "y" * 120_000}}}
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in (small, big, small))
+    check({"select": ["a", "a.b", "a.b.c", "e"]}, data, [None, 4093])
+
+
 def test_max_line_bytes() -> None:
     message = "line 2: line exceeds max_line_bytes (10); raise max_line_bytes in the stage config"
     assert error({"max_line_bytes": 10}, b'{"a": 1}\n{"a": 12345}\n') == message
