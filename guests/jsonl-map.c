@@ -907,7 +907,9 @@ static bool index_line(const uint8_t *const start, const uint8_t *const end) {
     const size_t n = (size_t)(end - start);
     pl_buf *tb = &g.tokens;
     const uint8_t **tok = (const uint8_t **)(void *)tb->data;
-    size_t room = 0; /* bytes from start whose tokens g.tokens has room for */
+    /* Bytes from start whose tokens g.tokens has room for: the first 4 KiB once it has grown,
+     * without a call per line. */
+    size_t room = tb->cap >= (4096 + 16) * sizeof *tok ? 4096 : 0;
     scan.in_string = scan.escape_carry = scan.scalar_carry = scan.spaced = 0;
     scan.utf8_carry = 0;
     scan.escapes = false;

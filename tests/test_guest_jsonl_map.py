@@ -315,6 +315,14 @@ def test_nested_selected_values_longer_than_the_line() -> None:
     check({"select": ["a", "a.b", "a.b.c", "e"]}, data, [None, 4093])
 
 
+def test_lines_with_more_tokens_than_the_token_lists_first_room() -> None:
+    # The token list grows 4 KiB of line at a time: lines of a token per byte around and past
+    # that, after short lines (which have it grown already) and first.
+    lines = [{"a": [1] * (n // 2), "n": n} for n in (4000, 4090, 4100, 8200, 20_000)]
+    data = b"".join(json.dumps(line, separators=(",", ":")).encode() + b"\n" for line in lines)
+    check({"select": ["n"]}, data + b'{"n": 0}\n' + data, [None, 4093])
+
+
 def test_max_line_bytes() -> None:
     message = "line 2: line exceeds max_line_bytes (10); raise max_line_bytes in the stage config"
     assert error({"max_line_bytes": 10}, b'{"a": 1}\n{"a": 12345}\n') == message
