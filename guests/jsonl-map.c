@@ -83,20 +83,27 @@ typedef struct entry {
     uint64_t seen; /* the object it was last seen in (member) */
 } entry;
 
+/* A select entry: its path and output key. */
+typedef struct selected {
+    uint32_t path;         /* index in g.paths */
+    uint32_t key, key_len; /* "key": at g.keys.data + key */
+} selected;
+
 /* Stream state. */
 static struct {
     pl_lines lines;
     pl_json_stream js;
     pl_buf compact;   /* the line being handled, compact */
     pl_buf reason;    /* scratch for reject reasons */
+    pl_buf big_line;  /* with select: an output line too large for the output buffer */
     pl_buf keys;      /* with select: per path its output key, "key":, back to back */
-    size_t *key_end;  /* end of each path's key in `keys` */
     /* Every path the config names (filter fields, select), once; per line, the value each leads
      * to, found in one pass over the object's members (resolve). */
     pl_strs paths;
     size_t *first_len;     /* length of each path's first name */
     span *found;           /* each path's value in the line; .p NULL if it has none */
-    uint32_t *select_path; /* index in paths of each select entry */
+    selected *select; /* per select entry */
+    bool select_nested; /* a select path goes on from another ("a" and "a.b"): their values overlap */
     /* The fast path: the paths' names as a tree of nodes, one per object looked in (node 0 is the
      * line's object), each a 64-slot hash table of its entries; the line's tokens (index_line). */
     entry *entries;
@@ -237,18 +244,18 @@ static int read_cond(pl_json *j, cond *c) {
 
 /* The output keys of select, as JSON text. */
 static int select_keys(void) {
-    g.key_end = calloc(cfg.select.n, sizeof *g.key_end);
-    g.select_path = calloc(cfg.select.n, sizeof *g.select_path);
-    if (!g.key_end || !g.select_path) return pl_fail_str("out of memory");
+    if (!(g.select = calloc(cfg.select.n, sizeof *g.select))) return pl_fail_str("out of memory");
     for (uint32_t i = 0; i < cfg.select.n; i++) {
         const pl_str *s = &cfg.select.v[i];
         if (pl_strs_find(&cfg.select, s->ptr, s->len) != i) return pl_config_duplicate_key("config.select", s);
-        if ((g.select_path[i] = add_path(s)) == UINT32_MAX) return pl_fail_str("out of memory");
+        if ((g.select[i].path = add_path(s)) == UINT32_MAX) return pl_fail_str("out of memory");
         const int64_t r = pl_strs_find(&cfg.rename_from, s->ptr, s->len);
         if (r >= 0) s = &cfg.rename_to.v[r];
+        const size_t key = g.keys.len;
         pl_json_buf_string(&g.keys, (const uint8_t *)s->ptr, s->len);
         pl_buf_putc(&g.keys, ':');
-        g.key_end[i] = g.keys.len;
+        g.select[i].key = (uint32_t)key;
+        g.select[i].key_len = (uint32_t)(g.keys.len - key);
     }
     for (uint32_t i = 0; i < cfg.rename_from.n; i++)
         if (pl_strs_find(&cfg.select, cfg.rename_from.v[i].ptr, cfg.rename_from.v[i].len) < 0) {
@@ -257,6 +264,11 @@ static int select_keys(void) {
             pl_buf_put(&m, cfg.rename_from.v[i].ptr, cfg.rename_from.v[i].len);
             pl_buf_puts(&m, "' is not selected");
             return pl_fail_buf(&m);
+        }
+    for (uint32_t i = 0; i < cfg.select.n; i++)
+        for (uint32_t k = 0; k < cfg.select.n; k++) {
+            const pl_str *a = &cfg.select.v[i], *b = &cfg.select.v[k];
+            if (a->len < b->len && b->ptr[a->len] == '.' && memcmp(a->ptr, b->ptr, a->len) == 0) g.select_nested = true;
         }
     return g.keys.oom ? pl_fail_str("out of memory") : 0;
 }
@@ -344,7 +356,8 @@ static int pl_guest_init(const uint8_t *config, size_t len) {
     static const char *const keys[] = {"filter", "select", "rename", "max_line_bytes", NULL};
     pl_lines_init(&g.lines, on_line, NULL);
     if (pl_config_read(config, len, keys, read_config) || (cfg.select.n && select_keys())) return -1;
-    if (!(g.found = calloc(g.paths.n + 2, sizeof *g.found))) return pl_fail_str("out of memory");
+    /* Whole groups of eight (begin_line clears them so). */
+    if (!(g.found = calloc((g.paths.n + 8) & ~7u, sizeof *g.found))) return pl_fail_str("out of memory");
     return build_tree();
 }
 
@@ -433,6 +446,14 @@ static void resolve(span obj) {
 /* Filter                                                                                    */
 /* ---------------------------------------------------------------------------------------- */
 
+/* index_line reads whole 64-byte blocks, up to this many bytes past the end of the line. */
+#define FAST_OVERREAD 64u
+
+/* True if the fast path may read FAST_OVERREAD bytes past `end`. */
+static inline bool overread_ok(const uint8_t *end) {
+    return (uint64_t)(uintptr_t)end + FAST_OVERREAD <= (uint64_t)__builtin_wasm_memory_size(0) << 16;
+}
+
 /* memcmp's sign (-1, 0 or 1), 8 bytes at a time: the libc one goes byte by byte. */
 static int bytes_compare(const uint8_t *a, const uint8_t *b, size_t n) {
     for (; n >= 8; a += 8, b += 8, n -= 8) {
@@ -446,36 +467,46 @@ static int bytes_compare(const uint8_t *a, const uint8_t *b, size_t n) {
     return 0;
 }
 
-/* -2: not comparable (other type); else the sign of value - c's value. */
-static int compare(const cond *c, span v) {
-    const uint8_t first = *v.p;
+/* The sign of the string s (n bytes) - c's string. */
+static inline int compare_bytes(const cond *c, const uint8_t *s, size_t n) {
+    /* == and != need only know that strings of other lengths differ. */
+    if (c->op <= OP_NE && n != c->string.len) return 1;
+    const int cmp = bytes_compare(s, (const uint8_t *)c->string.ptr, n < c->string.len ? n : c->string.len);
+    return cmp ? cmp : (n > c->string.len) - (n < c->string.len);
+}
+
+/* compare for a JSON string value [p, end) with an escape: decoded first. */
+PL_COLD int compare_escaped(const cond *c, const uint8_t *p, const uint8_t *end) {
+    pl_json j;
+    pl_str decoded;
+    pl_json_init(&j, p, (size_t)(end - p));
+    if (pl_json_string(&j, &decoded)) return -2;
+    const int cmp = compare_bytes(c, (const uint8_t *)decoded.ptr, decoded.len);
+    pl_str_free(&decoded);
+    return cmp;
+}
+
+/* Whether the n bytes at p have a backslash: a short string in one vector. */
+static inline bool has_backslash(const uint8_t *p, size_t n) {
+    if (n > 16 || !overread_ok(p + n)) return pl_memchr(p, '\\', n) != NULL;
+    return (uint32_t)wasm_i8x16_bitmask(wasm_i8x16_eq(wasm_v128_load(p), wasm_i8x16_splat('\\'))) & ((1u << n) - 1);
+}
+
+/* -2: not comparable (other type); else the sign of the value [p, end) - c's value. Pointers,
+ * not a span: a struct argument would pass through memory (wasm32's C ABI). */
+static int compare(const cond *c, const uint8_t *p, const uint8_t *end) {
+    const uint8_t first = *p;
     switch (c->type) {
     case PL_JSON_NUMBER: {
         double d;
-        if (!(first == '-' || (uint8_t)(first - '0') < 10) || !pl_parse_number(v.p, (size_t)(v.end - v.p), &d))
+        if (!(first == '-' || (uint8_t)(first - '0') < 10) || !pl_parse_number(p, (size_t)(end - p), &d))
             return -2;
         return (d > c->number) - (d < c->number);
     }
     case PL_JSON_STRING: {
         if (first != '"') return -2;
-        pl_str s = {(char *)v.p + 1, (size_t)(v.end - v.p) - 2};
-        pl_str decoded = {0};
-        if (g.escapes && pl_memchr(s.ptr, '\\', s.len)) {
-            pl_json j;
-            pl_json_init(&j, v.p, (size_t)(v.end - v.p));
-            if (pl_json_string(&j, &decoded)) return -2;
-            s = decoded;
-        }
-        int cmp;
-        if (c->op <= OP_NE && s.len != c->string.len) {
-            cmp = 1; /* == and != need only know that the strings differ */
-        } else {
-            const size_t n = s.len < c->string.len ? s.len : c->string.len;
-            cmp = bytes_compare((const uint8_t *)s.ptr, (const uint8_t *)c->string.ptr, n);
-            if (!cmp) cmp = (s.len > c->string.len) - (s.len < c->string.len);
-        }
-        pl_str_free(&decoded);
-        return cmp;
+        const size_t n = (size_t)(end - p) - 2;
+        return g.escapes && has_backslash(p + 1, n) ? compare_escaped(c, p, end) : compare_bytes(c, p + 1, n);
     }
     case PL_JSON_BOOL: return first == (c->boolean ? 't' : 'f') ? 0 : -2;
     default: return first == 'n' ? 0 : -2; /* null */
@@ -487,7 +518,7 @@ static inline bool compare_holds(const cond *c) {
     const span v = g.found[c->path];
     const bool present = v.p != NULL;
     if (c->op == OP_EXISTS) return present;
-    const int cmp = present ? compare(c, v) : -2;
+    const int cmp = present ? compare(c, v.p, v.end) : -2;
     switch (c->op) {
     case OP_EQ: return cmp == 0;
     case OP_NE: return cmp != 0;
@@ -534,24 +565,66 @@ static int write_renamed(span key, span value, void *ctx) {
     return rc || pl_out_putc(w->o, ':') || pl_out_write(w->o, value.p, (size_t)(value.end - value.p));
 }
 
-static int write_value(pl_out *o, span v);
+static uint8_t *compact_into(uint8_t *d, const uint8_t *p, const uint8_t *end);
+
+/* put_over near the end of memory. */
+PL_COLD uint8_t *put_near_end(uint8_t *d, const uint8_t *s, size_t n) {
+    pl_copy(d, s, n);
+    return d + n;
+}
+
+/* Copies the n bytes at s to d, which has 15 bytes of room after them: 16 bytes at a time (no
+ * branch on the length), reading past s + n where memory goes on. Returns d + n. */
+static inline uint8_t *put_over(uint8_t *d, const uint8_t *s, size_t n) {
+    if (!overread_ok(s + n)) return put_near_end(d, s, n);
+    pl_copy_over(d, s, n);
+    return d + n;
+}
+
+/* A selected value: its text, or, if it is an object or an array with whitespace, compact. */
+PL_COLD uint8_t *put_container(uint8_t *d, span v) {
+    return g.spaced ? compact_into(d, v.p, v.end) : put_over(d, v.p, (size_t)(v.end - v.p));
+}
+
+/* With select: the object of the selected values the line (its object obj_len bytes) has. Its
+ * size is bounded first, so that one reservation takes the whole line, without a call and a
+ * bounds check per piece; a line too large for the output buffer is put together in
+ * g.big_line. Few values are live across the loops: wasmtime spills much otherwise. */
+static __attribute__((noinline)) int write_selected(pl_out *o, size_t obj_len) {
+    /* '{', '}' and '\n', and per value its key and a ','. The values of paths that do not go on
+     * from one another are apart in the object, so its length bounds them without a loop. */
+    size_t n = 3 + g.keys.len + cfg.select.n;
+    if (!g.select_nested) {
+        n += obj_len;
+    } else {
+        for (const selected *s = g.select, *const end = s + cfg.select.n; s < end; s++) {
+            const span v = g.found[s->path];
+            if (v.p) n += (size_t)(v.end - v.p);
+        }
+    }
+    /* put_over writes up to 15 bytes past the line: the output buffer's slack has room. */
+    const bool fits = n <= PL_OUT_CAP;
+    uint8_t *const start = fits ? pl_out_reserve(o, n) : pl_buf_reserve(&g.big_line, n + 16) ? g.big_line.data : NULL;
+    if (!start) return fits ? -1 : pl_fail_str("out of memory");
+    uint8_t *d = start;
+    *d++ = '{';
+    for (const selected *s = g.select, *const end = s + cfg.select.n; s < end; s++) {
+        const span v = g.found[s->path];
+        if (!v.p) continue;
+        if (d != start + 1) *d++ = ',';
+        d = put_over(d, g.keys.data + s->key, s->key_len);
+        d = (*v.p | 0x20) == '{' ? put_container(d, v) : put_over(d, v.p, (size_t)(v.end - v.p));
+    }
+    *d++ = '}';
+    *d++ = '\n';
+    if (!fits) return pl_out_write(o, start, (size_t)(d - start));
+    o->len += (uint32_t)(d - start);
+    return 0;
+}
 
 static int write_line(span obj) {
     pl_out *o = pl_port(0);
-    if (cfg.select.n) {
-        if (pl_out_putc(o, '{')) return -1;
-        bool first = true;
-        for (uint32_t i = 0; i < cfg.select.n; i++) {
-            const span v = g.found[g.select_path[i]];
-            if (!v.p) continue;
-            const size_t key = i ? g.key_end[i - 1] : 0;
-            if ((!first && pl_out_putc(o, ',')) || pl_out_write(o, g.keys.data + key, g.key_end[i] - key) ||
-                write_value(o, v))
-                return -1;
-            first = false;
-        }
-        return pl_out_write(o, "}\n", 2);
-    }
+    if (cfg.select.n) return write_selected(o, (size_t)(obj.end - obj.p));
     if (!cfg.rename_from.n) return pl_out_write(o, obj.p, (size_t)(obj.end - obj.p)) || pl_out_putc(o, '\n');
     writer w = {o, true};
     return pl_out_putc(o, '{') || members(obj, write_renamed, &w) || pl_out_write(o, "}\n", 2);
@@ -613,8 +686,6 @@ static inline bool is_ws(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' 
 #define FAST_MAX_LINE (1u << 20)
 /* The walk keeps a bit per open container in a uint64_t: deeper lines take the slow path. */
 #define FAST_MAX_DEPTH 63
-/* index_line reads whole 64-byte blocks, up to this many bytes past the end of the line. */
-#define FAST_OVERREAD 64u
 
 /* Bit i set if an odd number of bits 0..i of x are set: which bytes lie between quotes. */
 static inline uint64_t prefix_xor(uint64_t x) {
@@ -836,7 +907,9 @@ static bool index_line(const uint8_t *const start, const uint8_t *const end) {
     const size_t n = (size_t)(end - start);
     pl_buf *tb = &g.tokens;
     const uint8_t **tok = (const uint8_t **)(void *)tb->data;
-    size_t room = 0; /* bytes from start whose tokens g.tokens has room for */
+    /* Bytes from start whose tokens g.tokens has room for: the first 4 KiB once it has grown,
+     * without a call per line. */
+    size_t room = tb->cap >= (4096 + 16) * sizeof *tok ? 4096 : 0;
     scan.in_string = scan.escape_carry = scan.scalar_carry = scan.spaced = 0;
     scan.utf8_carry = 0;
     scan.escapes = false;
@@ -1106,25 +1179,13 @@ static uint8_t *compact_into(uint8_t *d, const uint8_t *p, const uint8_t *end) {
     return d;
 }
 
-/* Writes a value found by the fast path, compact. */
-static int write_value(pl_out *o, span v) {
-    if (!g.spaced || (*v.p != '{' && *v.p != '[')) return pl_out_write(o, v.p, (size_t)(v.end - v.p));
-    pl_buf *c = &g.compact;
-    c->len = 0;
-    if (!pl_buf_reserve(c, (size_t)(v.end - v.p))) return pl_fail_str("out of memory");
-    return pl_out_write(o, c->data, (size_t)(compact_into(c->data, v.p, v.end) - c->data));
-}
-
-/* True if the fast path may read FAST_OVERREAD bytes past `end`. */
-static inline bool overread_ok(const uint8_t *end) {
-    return (uint64_t)(uintptr_t)end + FAST_OVERREAD <= (uint64_t)__builtin_wasm_memory_size(0) << 16;
-}
-
 /* A line that is not blank: counted, and its paths not found yet. */
 static void begin_line(uint64_t line_no) {
     pl_stats.records_in++;
-    /* Two spans per vector store: g.found has room for whole vectors. */
-    for (uint32_t k = 0; k < g.paths.n; k += 2) wasm_v128_store(&g.found[k], wasm_i64x2_splat(0));
+    /* Eight spans a round, in four vector stores: one round (one interruption check) for up to
+     * eight paths. g.found has room for whole groups of eight. */
+    for (uint32_t k = 0; k < g.paths.n; k += 8)
+        for (int v = 0; v < 8; v += 2) wasm_v128_store(&g.found[k + v], wasm_i64x2_splat(0));
     g.line_no = line_no;
 }
 

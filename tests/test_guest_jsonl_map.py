@@ -220,6 +220,32 @@ def test_filter(condition: dict[str, Any], ids: list[int]) -> None:
     assert [json.loads(line)["id"] for line in out.splitlines()] == ids
 
 
+@pytest.mark.parametrize("value", ["a" * 8, "a" * 16, "aaa\\aaaa", 'aaaa"aaaaaaaaaaa'])
+@pytest.mark.parametrize("op", ["==", "!=", "<", ">="])
+def test_string_filter_with_an_escape_at_each_position(op: str, value: str) -> None:
+    # A string with a backslash is decoded before it is compared; one of up to 16 bytes is
+    # searched in one vector, so an escape sits at each position of strings around that length.
+    lines = []
+    for n in range(1, 20):
+        lines.append(f'{{"s": "{"a" * n}"}}\n')
+        for at in range(n):
+            for escape in ("\\u0061", '\\"', "\\\\"):
+                text = "a" * at + escape + "a" * (n - at - 1)
+                lines.append(f'{{"s": "{text}", "t": "x"}}\n{{"s": "{text}", "t": "x\\ty"}}\n')
+    check({"filter": {"field": "s", "op": op, "value": value}}, "".join(lines).encode(), [None, 97])
+
+
+@pytest.mark.parametrize("paths", [7, 8, 9, 16, 17])
+def test_many_paths_are_forgotten_between_lines(paths: int) -> None:
+    # Each line's values are cleared eight paths at a time: a path past the first eight must not
+    # keep the value of an earlier line.
+    names = [f"k{i}" for i in range(paths)]
+    lines = [{name: 1 for name in names}, {}, {names[-1]: 2}, {"k0": {"a": 3}}, {name: 4 for name in names[::2]}]
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    check({"select": [*names, "k0.a"]}, data, [None, 7])
+    check({"filter": {"field": names[-1], "op": "exists"}, "select": ["k0"]}, data)
+
+
 def test_booleans_compare_by_equality() -> None:
     data = b'{"a": true}\n{"a": false}\n{"a": 1}\n'
     assert check({"filter": {"field": "a", "op": "==", "value": True}}, data) == b'{"a":true}\n'
@@ -278,6 +304,23 @@ def test_huge_values_straddling_chunks() -> None:
     data = json.dumps(deep).encode() + b"\n" + json.dumps({"big": big, "n": 1}).encode() + b"\n"
     check({}, data, [None, 4093, 100_000])
     check({"select": ["b", "big"]}, data, [None, 4093])
+
+
+def test_nested_selected_values_longer_than_the_line() -> None:
+    # Paths that go on from one another select overlapping text: the output line is longer
+    # than the input one, past the output buffer's size (256 KiB) for the big one.
+    small = {"a": {"b": {"c": "x" * 100, "d": [1, 2]}}, "e": 1}
+    big = {"a": {"b": {"c": "y" * 120_000}}}
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in (small, big, small))
+    check({"select": ["a", "a.b", "a.b.c", "e"]}, data, [None, 4093])
+
+
+def test_lines_with_more_tokens_than_the_token_lists_first_room() -> None:
+    # The token list grows 4 KiB of line at a time: lines of a token per byte around and past
+    # that, after short lines (which have it grown already) and first.
+    lines = [{"a": [1] * (n // 2), "n": n} for n in (4000, 4090, 4100, 8200, 20_000)]
+    data = b"".join(json.dumps(line, separators=(",", ":")).encode() + b"\n" for line in lines)
+    check({"select": ["n"]}, data + b'{"n": 0}\n' + data, [None, 4093])
 
 
 def test_max_line_bytes() -> None:
