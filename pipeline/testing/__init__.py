@@ -7,7 +7,11 @@ not need pytest, which the store conformance suite imports.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.testing.guests import GuestRun, run_guest
+    from pipeline.testing.stores import StoreConformance
 
 __all__ = ["GuestRun", "StoreConformance", "run_guest"]
 
