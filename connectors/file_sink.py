@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pipeline._fs import fsync_dir
-from pipeline.errors import SinkError
+from pipeline.errors import SinkError, SinkGone
 
 # Writes at least this large go from guest memory to the kernel without a copy; smaller ones
 # are gathered. Guests emit blocks of 64 KiB and more: a 1 MiB buffer copied each one first
@@ -106,7 +106,7 @@ class FileSink:
             if finished and self.path.exists() and self.path.stat().st_size == length:
                 self.length = length
                 return
-            raise SinkError(
+            raise SinkGone(
                 f"sink {self.url}: in-progress file {self.part} is missing",
                 hint="it was removed outside pipeline; rerun with --fresh",
             )

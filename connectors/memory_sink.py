@@ -15,7 +15,7 @@ from typing import Any
 
 import fsspec
 
-from pipeline.errors import SinkError
+from pipeline.errors import SinkError, SinkGone
 
 _held: set[tuple[str, str]] = set()
 _held_lock = threading.Lock()
@@ -56,7 +56,9 @@ class MemorySink:
         if finished and not self._fs.exists(self.part) and published:
             self.length = length
             return
-        if not self._fs.exists(self.part) or self._fs.size(self.part) < length:
+        if not self._fs.exists(self.part):
+            raise SinkGone(f"sink {self.url}: in-progress object {self.part} is missing", hint="rerun with --fresh")
+        if self._fs.size(self.part) < length:
             raise SinkError(
                 f"sink {self.url}: in-progress object {self.part} is shorter than the checkpoint's {length} bytes",
                 hint="rerun with --fresh",

@@ -32,7 +32,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from pipeline._fs import fsync_dir
 from pipeline.connectors.base import Sink, Stash, open_sink
-from pipeline.errors import SinkError
+from pipeline.errors import SinkError, SinkGone
 from pipeline.spec import OutputSpec
 
 _BLOCK_SIZE = 1024 * 1024  # larger blocks raised the reader's steady-state RSS (4 MiB: ~145 MiB, 1 MiB: ~100)
@@ -70,12 +70,13 @@ class ParquetSink:
         if finished and not self._rows_exist() and self._fs.exists(self._target):
             try:
                 self._rows.recover(handle, finished=True)
-            except SinkError:
+            except SinkGone:
                 # Staged rows gone and the target present after the last checkpoint: the commit
-                # converted them and removed them before the run could record that it had.
+                # converted them and removed them before the run could record that it had. (Only
+                # "gone": a failure to look, e.g. an S3 error, must not pass for "published".)
                 self._published, self._length = True, int(handle["length"])
                 self._rows.discard(handle)  # whatever is left of the staging sink
-                return
+            return
         self._rows.recover(handle, finished=finished)
 
     def write(self, data: memoryview | bytes) -> None:

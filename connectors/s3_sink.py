@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import s3fs  # the s3 extra; this module is imported only for s3:// outputs
 
 from pipeline.connectors.base import Stash
-from pipeline.errors import SinkError
+from pipeline.errors import SinkError, SinkGone
 from pipeline.spec import MIN_PART_SIZE, OutputSpec
 from pipeline.stores.s3 import close_client, describe
 
@@ -138,7 +138,7 @@ class S3Sink:
             if finished and self._is_published(tail):
                 self._published = True
                 return
-            raise SinkError(
+            raise SinkGone(
                 f"sink {self.url}: upload {self._upload_id[:16]}... no longer exists and the object is not "
                 "the one it would have published (aborted, or expired by a bucket lifecycle rule)",
                 hint="rerun with --fresh to write this output again",

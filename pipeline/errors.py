@@ -70,6 +70,10 @@ class SinkError(PipelineError):
     """A sink cannot be written, persisted, recovered or committed."""
 
 
+class SinkGone(SinkError):
+    """On recovery, the in-progress output a handle names no longer exists (not a failure to look)."""
+
+
 class StoreError(PipelineError):
     """The snapshot store failed."""
 

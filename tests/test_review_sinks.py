@@ -19,10 +19,12 @@ from support import Interrupt, interrupt_at, run_cli, write_job
 
 from pipeline import _faults
 from pipeline.admin import collect_garbage, remove_session
+from pipeline.connectors.base import open_sink
+from pipeline.connectors.file_sink import FileSink
 from pipeline.errors import PipelineError, SinkError
 from pipeline.runner import run_session
 from pipeline.session import SessionStore
-from pipeline.spec import load_job
+from pipeline.spec import OutputSpec, load_job
 from pipeline.stores import open_store
 from pipeline.testing.data import write_orders_csv
 
@@ -296,3 +298,59 @@ def test_upload_created_but_never_recorded_is_aborted_by_the_next_fresh_start(
     run_session(load_job(job))
     assert bucket.read("m.csv") == golden["mapped.csv"]
     assert bucket.uploads() == []
+
+
+# -- 9. Parquet recovery over a stale target: one staging recover, and only "gone" is published --
+
+
+def _stale_target_and_a_checkpoint(tmp_path: Path) -> tuple[OutputSpec, dict[str, Any]]:
+    """A Parquet output with rows staged up to a checkpoint, and an old file at its target."""
+    spec = OutputSpec(url=str(tmp_path / "m.parquet"), format="parquet")
+    first = open_sink(spec, "s")
+    first.acquire()
+    first.start()
+    first.write(b"id,amount\n1,200\n")
+    handle = first.persist()
+    first.close()
+    (tmp_path / "m.parquet").write_bytes(b"yesterday's file")
+    return spec, handle
+
+
+def test_parquet_recover_over_a_stale_target_recovers_its_staging_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, handle = _stale_target_and_a_checkpoint(tmp_path)
+    calls: list[bool] = []
+    original = FileSink.recover
+
+    def counted(self: FileSink, handle: dict[str, Any], *, finished: bool = False) -> None:
+        calls.append(finished)
+        original(self, handle, finished=finished)
+
+    monkeypatch.setattr(FileSink, "recover", counted)
+    sink = open_sink(spec, "s")
+    sink.acquire()
+    sink.recover(handle, finished=True)
+    sink.commit()
+    sink.close()
+    assert calls == [True]  # twice opened the in-progress file twice and leaked the first
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "m.parquet").num_rows == 1
+
+
+def test_parquet_recover_takes_a_failure_to_look_for_an_error_not_for_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, handle = _stale_target_and_a_checkpoint(tmp_path)
+
+    def unreachable(self: FileSink, handle: dict[str, Any], *, finished: bool = False) -> None:
+        raise SinkError("sink: cannot list the upload's parts: SlowDown")  # as an S3 hiccup reads
+
+    monkeypatch.setattr(FileSink, "recover", unreachable)
+    sink = open_sink(spec, "s")
+    sink.acquire()
+    with pytest.raises(SinkError, match="SlowDown"):
+        sink.recover(handle, finished=True)
+    sink.close()
+    assert (tmp_path / "m.parquet").read_bytes() == b"yesterday's file"
