@@ -35,12 +35,11 @@ from pathlib import Path
 
 from pipeline._bench_report import render
 from pipeline._bench_tools import CHECKPOINT_OFF, TOOLS, Tool
+from pipeline.errors import PipelineError
 from pipeline.testing.data import ORDERS_HEADER, write_events_jsonl, write_orders_csv, write_small_files
 
 JOBS = ("csv", "jsonl", "small-files")
 REFERENCE = "wasm-pipeline"
-NO_CHECKPOINTS = "wasm-pipeline-no-ckpt"
-THREADS = ("default", "1", "both")
 SMALL_FILE_BYTES = 1_000
 
 _FORMATS = {"csv": "csv", "jsonl": "jsonl", "small-files": "jsonl"}
@@ -330,13 +329,19 @@ def _rss_points(sizes: tuple[int, ...], folder: Path, log: Log) -> list[RssPoint
     for size in sizes:
         needed = size + size // 2 + 256 * MiB  # the output is about half the input
         if shutil.disk_usage(folder).free < needed:
-            raise OSError(f"the {size / 1e9:.1f} GB memory check needs {needed / 1e9:.1f} GB free in {folder}")
+            raise PipelineError(
+                f"--rss: the {size / 1e9:.1f} GB memory check needs {needed / 1e9:.1f} GB free in {folder}",
+                hint="free some disk space or pass --workdir on a larger disk",
+            )
         source = folder / f"orders-{size}.csv"
         _write_tiled(source, tile, size)
         out = folder / f"out-{size}"
         out.mkdir()
         log(f"rss: wasm-pipeline on a {size / 1e6:,.0f} MB csv ...")
-        result, peak = run_child(find_tool("csv", REFERENCE), None, source, out)
+        try:
+            result, peak = run_child(find_tool("csv", REFERENCE), None, source, out)
+        except ChildFailed as exc:
+            raise PipelineError(f"--rss: wasm-pipeline on the {size / 1e6:,.0f} MB input failed: {exc}") from exc
         points.append(RssPoint(size, float(result["seconds"]), peak))  # type: ignore[arg-type]
         shutil.rmtree(out)
         source.unlink()

@@ -372,8 +372,11 @@ def bench(
     text = report.markdown()
     click.echo(text)
     if str(out) != "-":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
+        except OSError as exc:
+            raise PipelineError(f"--out: cannot write {out}: {exc.strerror}") from exc
         click.echo(f"wrote {out}", err=True)
     if not report.ok:
         raise click.exceptions.Exit(EXIT_ERROR)

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -156,3 +157,18 @@ def test_bench_needs_no_pytest() -> None:
     code = "import sys; sys.modules['pytest'] = None; import pipeline.bench, pipeline.testing.data"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_an_unwritable_report_is_one_error_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    result = CliRunner().invoke(cli, ["bench", "--jobs", "none", "--out", str(tmp_path / "file" / "r.md")])
+    assert result.exit_code == 1
+    assert "error: --out: cannot write" in result.output and "Traceback" not in result.output
+
+
+def test_a_memory_check_without_room_is_one_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench.shutil, "disk_usage", lambda path: SimpleNamespace(free=0))
+    args = ["bench", "--jobs", "none", "--rss", "1MB", "--workdir", str(tmp_path), "--out", "-"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert "error: --rss: the 0.0 GB memory check needs" in result.output and "hint: free some disk" in result.output
