@@ -21,7 +21,7 @@ from pipeline.snapshot import PAGE_SIZE, Manifest, PageWriter, encode_blob, rest
 from pipeline.stores.directory import DirectoryStore
 from pipeline.stores.memory import MemoryStore
 from pipeline.testing import wat
-from pipeline.testing.data import _row
+from pipeline.testing.data import _event, _row
 
 MiB = 1024 * 1024
 
@@ -145,9 +145,15 @@ def test_warm_resume(benchmark) -> None:  # type: ignore[no-untyped-def]
     benchmark(resume)
 
 
-def _csv_map(on_emit: EmitHandler) -> Guest:
-    config = {"select": ["id", "name", "amount", "city"], "rename": {"name": "customer"}, "upper": ["customer"]}
-    config["filter"] = {"column": "amount", "op": ">", "value": 100}
+_CSV_MAP_JOB = {
+    "select": ["id", "name", "amount", "city"],
+    "rename": {"name": "customer"},
+    "upper": ["customer"],
+    "filter": {"column": "amount", "op": ">", "value": 100},
+}
+
+
+def _csv_map(on_emit: EmitHandler, config: dict[str, object] = _CSV_MAP_JOB) -> Guest:
     guest = Guest(GuestModule.load("builtin:csv-map"), stage="csv-map", on_emit=on_emit)
     guest.start(json.dumps(config).encode())
     return guest
@@ -172,8 +178,7 @@ def test_csv_map_chunk_1mib_typed(benchmark) -> None:  # type: ignore[no-untyped
     """A chunk through csv-map checking a float column and filtering on it (pl_parse_number twice a row)."""
     chunk = _csv_bytes(MiB)
     config = {"types": {"amount": "float"}, "filter": {"column": "amount", "op": "<", "value": 250.5}}
-    with Guest(GuestModule.load("builtin:csv-map"), stage="csv-map", on_emit=lambda p, v: None) as guest:
-        guest.start(json.dumps(config).encode())
+    with _csv_map(lambda p, v: None, config) as guest:
         benchmark(guest.feed, chunk)
     benchmark.extra_info["MB/s"] = MiB / 1e6 / benchmark.stats.stats.mean
 
@@ -201,22 +206,14 @@ def test_checkpoint_directory_store(benchmark, echo: Guest, tmp_path) -> None:  
 
 
 def _jsonl_bytes(size: int) -> bytes:
+    """The first ``size`` bytes of the benchmark's events (pipeline.testing.data), valid lines only."""
     import random
 
     rng = random.Random(1)
     lines = []
     total = 0
     while total < size:
-        kind = rng.choice(["signup", "refund", "purchase", "view"])
-        event = {
-            "id": len(lines) + 1,
-            "type": kind,
-            "ts": f"2026-03-{rng.randint(1, 28):02d}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00Z",
-            "user": {"id": rng.randint(1, 500), "city": rng.choice(["Berlin", "São Paulo", "Zürich"]), "plan": "pro"},
-            "amount": None if kind == "signup" else round(rng.uniform(1, 500), 2),
-            "tags": rng.choice([[], ["web"], ["app", "promo"]]),
-        }
-        lines.append(json.dumps(event, ensure_ascii=False).encode() + b"\n")
+        lines.append(_event(rng, len(lines) + 1, invalid=False).encode())
         total += len(lines[-1])
     return b"".join(lines)[:size]
 
