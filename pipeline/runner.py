@@ -163,7 +163,8 @@ class _Run:
     def _stream(self, source: Source) -> None:
         first = self.guests[0]
         chunk = min(self.job.source.chunk_size, first.input_area[1])
-        since_checkpoint = 0
+        every = self.job.checkpoint_every
+        since_bytes, last_checkpoint = 0, time.monotonic()
         source.open(self.offset)
         while True:
             area = first.input_view()
@@ -175,10 +176,10 @@ class _Run:
                 break
             first.process(n)
             self.offset += n
-            since_checkpoint += n
-            if since_checkpoint >= self.job.checkpoint_every:
+            since_bytes += n
+            if every.due(since_bytes, time.monotonic() - last_checkpoint):
                 self._checkpoint("running")
-                since_checkpoint = 0
+                since_bytes, last_checkpoint = 0, time.monotonic()
             if self.on_progress:
                 self.on_progress(self.offset, source.size)
 

@@ -33,7 +33,7 @@ def test_every_tool_gives_the_same_rows(report: bench.Report) -> None:
             assert len(run.seconds) == 1 and run.seconds[0] > 0 and run.peak_rss > 10 * 2**20
     assert report.ok
     names = {(job.job, run.tool.name) for job in report.jobs for run in job.runs}
-    for peer in ("python-csv", "pyarrow", "duckdb", "polars", "wasm-pipeline-no-ckpt"):
+    for peer in ("python-csv", "pyarrow", "duckdb", "polars", "wasm-pipeline-no-ckpt", "wasm-pipeline-8mib"):
         assert ("csv", peer) in names
     assert {("jsonl", "python-json"), ("jsonl", "duckdb"), ("jsonl", "polars")} <= names
     assert {("small-files", "python-json"), ("small-files", "python-json-durable")} <= names

@@ -26,7 +26,7 @@ def orders(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _job(directory: Path, orders: Path) -> Path:
-    text = EXAMPLE.read_text().replace("data/orders.csv", str(orders)).replace("every: 8MiB", "every: 1MiB")
+    text = EXAMPLE.read_text().replace("data/orders.csv", str(orders)).replace("{every: 1s}", "{every: 1MiB}")
     path = directory / "csv-map.yaml"
     path.write_text(text)
     return path

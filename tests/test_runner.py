@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,20 @@ def test_interrupted_run_resumes_to_identical_output(job_dir: Path, crash_at: in
     assert (job_dir / "out" / "echo.bin").read_bytes() == _expected(job_dir)
     assert result.resumed_from is not None
     assert 0 <= interrupted.value.args[0] - result.resumed_from < 256 * 1024
+
+
+@pytest.mark.parametrize(("every", "running_checkpoints"), [("1h", {0}), ("1ms", {11, 12})])
+def test_a_checkpoint_interval_in_time_counts_running_time(
+    job_dir: Path, every: str, running_checkpoints: set[int]
+) -> None:
+    (job_dir / "job.yaml").write_text(
+        JOB.replace("every: 256KiB", f"every: {every}").replace("{url: in.bin}", "{url: in.bin, chunk_size: 256KiB}")
+    )
+    # 12 chunks, each followed by 2 ms of "work": a 1 ms interval is due after every chunk
+    # (perhaps not the first, which may take less); an hour never is.
+    result = run_session(load_job(job_dir / "job.yaml"), on_progress=lambda done, size: time.sleep(0.002))
+    assert result.checkpoints - 1 in running_checkpoints  # besides 'finished'
+    assert (job_dir / "out" / "echo.bin").read_bytes() == _expected(job_dir)
 
 
 def test_finished_session_is_not_run_again(job_dir: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import SpecError
-from pipeline.spec import load_job, parse_duration, parse_size
+from pipeline.spec import DEFAULT_CHECKPOINT_EVERY, CheckpointInterval, load_job, parse_duration, parse_size
 
 GOOD = """\
 name: csv-map
@@ -37,8 +37,30 @@ def test_good_job_resolves_relative_paths_against_the_job_folder(tmp_path: Path)
     assert job.stages[0].guest == "builtin:csv-map"
     assert job.stages[0].limits.memory == 64 * 1024 * 1024
     assert job.stages[0].limits.call_timeout == 5.0
-    assert job.checkpoint_every == 8 * 1024 * 1024
+    assert job.checkpoint_every == CheckpointInterval(bytes=8 * 1024 * 1024)
     assert job.store == ".pipeline"
+
+
+@pytest.mark.parametrize(
+    ("every", "expected"),
+    [
+        ("8MiB", CheckpointInterval(bytes=8 << 20)),
+        ("4096", CheckpointInterval(bytes=4096)),
+        (4096, CheckpointInterval(bytes=4096)),
+        ("1s", CheckpointInterval(seconds=1.0)),
+        ("250ms", CheckpointInterval(seconds=0.25)),
+        ("2m", CheckpointInterval(seconds=120.0)),  # a lower-case m is minutes, as in every duration here
+        ("2M", CheckpointInterval(bytes=2_000_000)),
+    ],
+)
+def test_checkpoint_interval_is_a_time_or_an_input_size(tmp_path: Path, every: object, expected: object) -> None:
+    assert load_job(_write(tmp_path, GOOD.replace("every: 8MiB", f"every: {every}"))).checkpoint_every == expected
+
+
+def test_checkpoint_interval_defaults_to_one_second(tmp_path: Path) -> None:
+    job = load_job(_write(tmp_path, GOOD.replace("checkpoint: {every: 8MiB}\n", "")))
+    assert job.checkpoint_every == DEFAULT_CHECKPOINT_EVERY == CheckpointInterval(seconds=1.0)
+    assert not job.checkpoint_every.due(10**12, 0.999) and job.checkpoint_every.due(0, 1.0)
 
 
 def test_spec_hash_ignores_checkpoint_interval_but_not_config(tmp_path: Path) -> None:
@@ -52,7 +74,11 @@ def test_spec_hash_ignores_checkpoint_interval_but_not_config(tmp_path: Path) ->
     [
         (GOOD.replace("sink:", "sinks:"), "top level: unknown key 'sinks' (did you mean 'sink'?)"),
         (GOOD.replace("name: csv-map\n", ""), "top level: missing required key 'name'"),
-        (GOOD.replace("every: 8MiB", "every: lots"), "checkpoint.every: expected a size of at least 1 byte like 8MiB"),
+        (
+            GOOD.replace("every: 8MiB", "every: lots"),
+            "checkpoint.every: expected a time like 1s, 500ms or 2m, or an input size like 8MiB, got 'lots'",
+        ),
+        (GOOD.replace("every: 8MiB", "every: 0s"), "checkpoint.every: expected a finite duration like 5s"),
         (
             GOOD.replace("memory: 64MiB", "memroy: 64MiB"),
             "stages[0].limits: unknown key 'memroy' (did you mean 'memory'?)",
