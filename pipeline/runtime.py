@@ -32,6 +32,7 @@ from typing import Any
 
 import wasmtime
 
+from pipeline._wasm_call import Export, HostFunction, memory_size, memory_view
 from pipeline.errors import (
     GuestABIError,
     GuestError,
@@ -288,21 +289,21 @@ class Guest:
             tables=MAX_TABLES,
             memories=1,
         )
-        imports = [self._host_import(imp.name or "") for imp in module.module.imports]
+        self._imports = [self._host_import(imp.name or "") for imp in module.module.imports]
         self._arm()  # a start function runs during instantiation: it gets a deadline too
         try:
-            self._instance = wasmtime.Instance(self._store, module.module, imports)
+            self._instance = wasmtime.Instance(self._store, module.module, [i.func for i in self._imports])
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
             raise self._translate(exc, "instantiating") from exc
         exports = self._instance.exports(self._store)
         memory = exports["memory"]
         assert isinstance(memory, wasmtime.Memory)
         self._memory = memory
-        self._funcs: dict[str, wasmtime.Func] = {}
+        self._funcs: dict[str, Export] = {}
         for name in (*_REQUIRED_EXPORTS, *_OPTIONAL_EXPORTS):
             func = exports.get(name)
             if isinstance(func, wasmtime.Func):
-                self._funcs[name] = func
+                self._funcs[name] = Export(self._store, func)
         self._globals = {
             name: ext
             for name in exports
@@ -319,43 +320,42 @@ class Guest:
     # process-wide slot, where a session on another thread could pick it up. Instead the first
     # error is kept on this Guest, pl_emit answers non-zero (the guest must then fail its call),
     # and _call raises the kept error once the guest has returned.
-    def _host_import(self, name: str) -> wasmtime.Func:
+    def _host_import(self, name: str) -> HostFunction:
         params, results = _HOST_IMPORTS[name]
-        ty = wasmtime.FuncType(params, results)
         handler = getattr(self, f"_import_{name}")
         refusal = 1 if results else None
 
-        def guarded(caller: wasmtime.Caller, *args: int) -> int | None:
+        def guarded(context: Any, *args: int) -> int | None:
             if self._host_error is not None:
                 return refusal
             try:
-                return handler(caller, *args)
+                return handler(context, *args)
             except BaseException as exc:  # re-raised by _call, on this thread
                 self._host_error = exc
                 return refusal
 
-        return wasmtime.Func(self._store, ty, guarded, access_caller=True)
+        return HostFunction(self._store, wasmtime.FuncType(params, results), guarded)
 
-    def _guest_view(self, caller: wasmtime.Caller, ptr: int, length: int, what: str) -> memoryview:
-        size = self._memory.data_len(caller)
-        if ptr < 0 or length < 0 or ptr + length > size:
+    def _guest_view(self, context: Any, ptr: int, length: int, what: str) -> memoryview:
+        """``length`` bytes at ``ptr`` of the calling guest's memory (``context``: the caller's)."""
+        view = memory_view(context, self._memory, ptr, length)
+        if view is None:
+            size = memory_size(context, self._memory)
             raise GuestABIError(
                 f"{self.stage}: {what} passed an out-of-bounds range [{ptr}, {ptr}+{length}) of a {size}-byte memory"
             )
-        if length == 0:
-            return memoryview(b"")
-        return memoryview(self._memory.get_buffer_ptr(caller, length, ptr)).cast("B")
+        return view
 
-    def _import_pl_emit(self, caller: wasmtime.Caller, port: int, ptr: int, length: int) -> int:
-        view = self._guest_view(caller, ptr, length, "pl_emit")
+    def _import_pl_emit(self, context: Any, port: int, ptr: int, length: int) -> int:
+        view = self._guest_view(context, ptr, length, "pl_emit")
         self.on_emit(port, view)
         return 0
 
-    def _import_pl_fail(self, caller: wasmtime.Caller, ptr: int, length: int) -> None:
-        self._failure = guest_text(self._guest_view(caller, ptr, min(length, 4096), "pl_fail"))
+    def _import_pl_fail(self, context: Any, ptr: int, length: int) -> None:
+        self._failure = guest_text(self._guest_view(context, ptr, min(length, 4096), "pl_fail"))
 
-    def _import_pl_log(self, caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
-        text = guest_text(self._guest_view(caller, ptr, min(length, 4096), "pl_log"))
+    def _import_pl_log(self, context: Any, level: int, ptr: int, length: int) -> None:
+        text = guest_text(self._guest_view(context, ptr, min(length, 4096), "pl_log"))
         log.log(_LOG_LEVELS.get(level, logging.INFO), "%s: %s", self.stage, text)
 
     # -- calls ----------------------------------------------------------------------------
@@ -374,7 +374,7 @@ class Guest:
         self._arm()
         self._host_error = None
         try:
-            result = self._funcs[name](self._store, *args)
+            result = self._funcs[name](*args)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             if self._host_error is not None:
                 raise self._host_error from None
@@ -572,6 +572,7 @@ class Guest:
             self._globals.clear()
             del self._instance, self._memory
             del self._store
+            self._imports.clear()  # the store that could call them is gone
 
     def __enter__(self) -> Guest:
         return self
