@@ -29,22 +29,20 @@ _I32_KIND = 0  # WASMTIME_I32 (wasmtime/val.h)
 _NO_FINALIZER = ffi._wasmtime_func_new.argtypes[4]()  # a NULL finalizer: the callback has no env to free
 
 
-def _check_i32_only(ty: wasmtime.FuncType, what: str) -> tuple[int, int]:
-    params, results = ty.params, ty.results
-    if any(str(t) != "i32" for t in (*params, *results)) or len(params) > 3 or len(results) > 1:
-        raise TypeError(f"{what}: only i32 parameters (at most 3) and at most one i32 result, not {ty}")
-    return len(params), len(results)
-
-
 class Export:
-    """A guest export taking at most one i32 and returning at most one i32, called cheaply."""
+    """A guest export of type ``(i32?) -> i32?``, called cheaply.
+
+    The caller vouches for the type (``runtime.abi_problems`` checks every export of a guest
+    module once, when it is loaded); asking wasmtime for it here would cost most of what the
+    direct call saves on a small file.
+    """
 
     __slots__ = ("_args", "_context", "_func", "_keep", "_nargs", "_nresults", "_results")
 
-    def __init__(self, store: wasmtime.Store, func: wasmtime.Func) -> None:
-        self._nargs, self._nresults = _check_i32_only(func.type(store), "Export")
-        if self._nargs > 1:
-            raise TypeError("Export: at most one parameter")
+    def __init__(self, store: wasmtime.Store, func: wasmtime.Func, nargs: int, nresults: int) -> None:
+        if nargs > 1 or nresults > 1:
+            raise ValueError(f"Export: at most one parameter and one result, not {nargs} and {nresults}")
+        self._nargs, self._nresults = nargs, nresults
         self._args = (ffi.wasmtime_val_t * 1)()
         self._args[0].kind = _I32_KIND
         self._results = (ffi.wasmtime_val_t * 1)()
@@ -67,10 +65,13 @@ class Export:
 
 
 class HostFunction:
-    """A host import the guest calls with i32s; keep this object alive as long as the store."""
+    """A host import of type ``(i32 * nargs) -> i32?``; keep this object alive as long as the store."""
 
-    def __init__(self, store: wasmtime.Store, ty: wasmtime.FuncType, handler: HostHandler) -> None:
-        nargs, nresults = _check_i32_only(ty, "HostFunction")
+    def __init__(self, store: wasmtime.Store, nargs: int, nresults: int, handler: HostHandler) -> None:
+        if nresults > 1:
+            raise ValueError(f"HostFunction: at most one result, not {nresults}")
+        i32 = wasmtime.ValType.i32()
+        ty = wasmtime.FuncType([i32] * nargs, [i32] * nresults)
 
         def callback(env: int, caller: object, args: ctypes.Array, n: int, results: ctypes.Array, m: int) -> int:
             value = handler(ffi._wasmtime_caller_context(caller), *(args[i].of.i32 for i in range(nargs)))

@@ -303,7 +303,8 @@ class Guest:
         for name in (*_REQUIRED_EXPORTS, *_OPTIONAL_EXPORTS):
             func = exports.get(name)
             if isinstance(func, wasmtime.Func):
-                self._funcs[name] = Export(self._store, func)
+                params, results = _REQUIRED_EXPORTS.get(name) or _OPTIONAL_EXPORTS[name]
+                self._funcs[name] = Export(self._store, func, len(params), len(results))
         self._globals = {
             name: ext
             for name in exports
@@ -334,7 +335,7 @@ class Guest:
                 self._host_error = exc
                 return refusal
 
-        return HostFunction(self._store, wasmtime.FuncType(params, results), guarded)
+        return HostFunction(self._store, len(params), len(results), guarded)
 
     def _guest_view(self, context: Any, ptr: int, length: int, what: str) -> memoryview:
         """``length`` bytes at ``ptr`` of the calling guest's memory (``context``: the caller's)."""
