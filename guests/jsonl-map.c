@@ -1192,7 +1192,7 @@ static __attribute__((noinline)) bool walk_line(void) {
 #define SHAPE_SLOTS 16u
 /* Lines with more tokens, names, numbers and literals, or a longer name, get no shape. */
 #define SHAPE_MAX_TOKENS 256u
-#define SHAPE_MAX_NAMES 64u
+#define SHAPE_MAX_NAMES 64u /* short and long together */
 #define SHAPE_MAX_SCALARS 64u
 #define SHAPE_NAME_BYTES 32u /* a name's text, quotes included: two vectors */
 /* A shape is replaced when the lines of its slot missed it this much more often than they
@@ -1210,24 +1210,30 @@ static const bool IS_KIND[256] = {['"'] = 1, [','] = 1, [':'] = 1, ['['] = 1, ['
 typedef struct shape {
     uint32_t ntokens; /* 0: none recorded */
     int32_t trust;    /* matches minus misses since recorded (see SHAPE_TRUST_NEW) */
-    uint32_t nnames, nscalars;
+    uint32_t nshort, nlong, nscalars, nfound;
     /* Per token its first byte, or 0 for a number or a literal (with kind_mask 0 there); then 0
      * for the 8 NO_TOKEN sentinels. */
     uint8_t kinds[SHAPE_MAX_TOKENS + 8], kind_mask[SHAPE_MAX_TOKENS + 8];
-    uint8_t name_len[SHAPE_MAX_NAMES];
-    uint16_t name_at[SHAPE_MAX_NAMES]; /* the tokens that open member names */
+    /* The member names (the tokens that open them, and their text, quotes included): those of
+     * up to 8 bytes compared as one uint64_t under a mask, the others as two vectors. */
+    uint16_t short_at[SHAPE_MAX_NAMES], long_at[SHAPE_MAX_NAMES];
+    uint64_t short_text[SHAPE_MAX_NAMES], short_mask[SHAPE_MAX_NAMES];
+    uint8_t long_len[SHAPE_MAX_NAMES];
+    uint8_t long_text[SHAPE_MAX_NAMES][SHAPE_NAME_BYTES] __attribute__((aligned(16)));
     uint16_t scalar_at[SHAPE_MAX_SCALARS];
-    uint8_t names[SHAPE_MAX_NAMES][SHAPE_NAME_BYTES] __attribute__((aligned(16)));
 } shape;
 
-static shape shapes[SHAPE_SLOTS];
-/* Per shape and path: the token that starts its value and the token after the value, or
- * NO_PLACE twice if the line has none (SHAPE_SLOTS x g.paths.n pairs). */
-static uint16_t (*shape_found)[2];
-#define NO_PLACE 0xFFFFu
+/* A path the shape has a value for: the token that starts the value and the token after it. */
+typedef struct place {
+    uint16_t path, at, after;
+} place;
 
-/* Room for the token places of every slot's shape; non-zero if memory ran out. */
-static int shapes_init(void) { return !(shape_found = calloc(SHAPE_SLOTS * g.paths.n + 1, sizeof *shape_found)); }
+static shape shapes[SHAPE_SLOTS];
+/* Per shape, room for a place per path (SHAPE_SLOTS x g.paths.n); shape.nfound are used. */
+static place *shape_places;
+
+/* Room for the places of every slot's shape; non-zero if memory ran out. */
+static int shapes_init(void) { return !(shape_places = calloc(SHAPE_SLOTS * g.paths.n + 1, sizeof *shape_places)); }
 
 /* Whether the first bytes of the 8 tokens at t are k[0..7] where mask[0..7] is 0xFF: one
  * branch for the 8. */
@@ -1240,14 +1246,14 @@ static inline bool kinds8(const uint8_t *const *t, const uint8_t *k, const uint8
 }
 
 /* Whether the member name at p (followed by at least SHAPE_NAME_BYTES readable bytes) is the
- * name k of s, as written. Equal text up to and including the closing quote is the same name:
- * a quote escaped in one is escaped in the other, by the same bytes before it. */
-static inline bool name_is(const shape *s, uint32_t k, const uint8_t *p) {
-    const uint8_t *n = s->names[k];
+ * long name k of s, as written. Equal text up to and including the closing quote is the same
+ * name: a quote escaped in one is escaped in the other, by the same bytes before it. */
+static inline bool long_name_is(const shape *s, uint32_t k, const uint8_t *p) {
+    const uint8_t *n = s->long_text[k];
     const uint64_t same = (uint64_t)(uint32_t)wasm_i8x16_bitmask(wasm_i8x16_eq(wasm_v128_load(p), wasm_v128_load(n))) |
                           (uint64_t)(uint32_t)wasm_i8x16_bitmask(wasm_i8x16_eq(wasm_v128_load(p + 16), wasm_v128_load(n + 16)))
                               << 16;
-    return ((same | ~0ull << s->name_len[k]) & 0xFFFFFFFFu) == 0xFFFFFFFFu;
+    return ((same | ~0ull << s->long_len[k]) & 0xFFFFFFFFu) == 0xFFFFFFFFu;
 }
 
 /* Whether the line's n tokens at t have the shape s; if so, sets g.found as walk_line would. */
@@ -1255,15 +1261,19 @@ static __attribute__((noinline)) bool match_shape(const shape *s, const uint8_t 
     /* Groups of 8 read at most 7 tokens past the line: its sentinels. */
     for (uint32_t i = 0; i < n; i += 8)
         if (!kinds8(t + i, s->kinds + i, s->kind_mask + i)) return false;
-    for (uint32_t k = 0; k < s->nnames; k++)
-        if (!name_is(s, k, t[s->name_at[k]])) return false;
+    for (uint32_t k = 0; k < s->nshort; k++) {
+        uint64_t text;
+        memcpy(&text, t[s->short_at[k]], 8);
+        if ((text ^ s->short_text[k]) & s->short_mask[k]) return false;
+    }
+    for (uint32_t k = 0; k < s->nlong; k++)
+        if (!long_name_is(s, k, t[s->long_at[k]])) return false;
     for (uint32_t k = 0; k < s->nscalars; k++)
         if (!scalar_ok(t[s->scalar_at[k]])) return false;
-    const uint16_t(*places)[2] = shape_found + (size_t)(s - shapes) * g.paths.n;
-    for (uint32_t k = 0; k < g.paths.n; k++) {
-        if (places[k][0] == NO_PLACE) continue;
-        const uint8_t *const after = t[places[k][1]];
-        g.found[k] = (span){t[places[k][0]], after[-1] > ' ' ? after : trim_end(after)};
+    const place *pl = shape_places + (size_t)(s - shapes) * g.paths.n;
+    for (const place *const end = pl + s->nfound; pl < end; pl++) {
+        const uint8_t *const after = t[pl->after];
+        g.found[pl->path] = (span){t[pl->at], after[-1] > ' ' ? after : trim_end(after)};
     }
     return true;
 }
@@ -1275,11 +1285,29 @@ static uint16_t place_of(const uint8_t *const *t, uint32_t n, const uint8_t *p) 
     return (uint16_t)i;
 }
 
+/* Adds the member name of len bytes at p, token i, to s; false if s has no room for it. */
+static bool record_name(shape *s, uint32_t i, const uint8_t *p, size_t len) {
+    if (s->nshort + s->nlong == SHAPE_MAX_NAMES || len > SHAPE_NAME_BYTES) return false;
+    if (len <= 8) {
+        uint64_t text = 0;
+        memcpy(&text, p, len);
+        s->short_text[s->nshort] = text;
+        s->short_mask[s->nshort] = ~0ull >> (64 - 8 * len);
+        s->short_at[s->nshort++] = (uint16_t)i;
+    } else {
+        memset(s->long_text[s->nlong], 0, SHAPE_NAME_BYTES);
+        memcpy(s->long_text[s->nlong], p, len);
+        s->long_len[s->nlong] = (uint8_t)len;
+        s->long_at[s->nlong++] = (uint16_t)i;
+    }
+    return true;
+}
+
 /* Records the shape of the line whose n tokens at t walk_line just took into s (leaving s
  * empty if the line has too many names or scalars, or a name too long). */
 PL_COLD void record_shape(shape *s, const uint8_t *const *t, uint32_t n) {
     s->ntokens = 0;
-    s->nnames = s->nscalars = 0;
+    s->nshort = s->nlong = s->nscalars = s->nfound = 0;
     for (uint32_t i = 0; i < n; i++) {
         const bool kind = IS_KIND[*t[i]];
         s->kinds[i] = kind ? *t[i] : 0;
@@ -1288,26 +1316,17 @@ PL_COLD void record_shape(shape *s, const uint8_t *const *t, uint32_t n) {
             if (s->nscalars == SHAPE_MAX_SCALARS) return;
             s->scalar_at[s->nscalars++] = (uint16_t)i;
         } else if (*t[i] == '"' && *t[i + 1] == ':') { /* a string before a ':' is a member name */
-            const size_t len = (size_t)(name_end(t[i + 1]) + 1 - t[i]);
-            if (s->nnames == SHAPE_MAX_NAMES || len > SHAPE_NAME_BYTES) return;
-            memset(s->names[s->nnames], 0, SHAPE_NAME_BYTES);
-            memcpy(s->names[s->nnames], t[i], len);
-            s->name_len[s->nnames] = (uint8_t)len;
-            s->name_at[s->nnames++] = (uint16_t)i;
+            if (!record_name(s, i, t[i], (size_t)(name_end(t[i + 1]) + 1 - t[i]))) return;
         }
     }
     memset(s->kinds + n, 0, 8);
     memset(s->kind_mask + n, 0, 8);
     /* A value starts at a token; the token after it is the first at or past its end (the
      * tokens inside a container are before its end). */
-    uint16_t(*places)[2] = shape_found + (size_t)(s - shapes) * g.paths.n;
+    place *pl = shape_places + (size_t)(s - shapes) * g.paths.n;
     for (uint32_t k = 0; k < g.paths.n; k++) {
         const span v = g.found[k];
-        places[k][0] = places[k][1] = NO_PLACE;
-        if (v.p) {
-            places[k][0] = place_of(t, n, v.p);
-            places[k][1] = place_of(t, n, v.end);
-        }
+        if (v.p) pl[s->nfound++] = (place){(uint16_t)k, place_of(t, n, v.p), place_of(t, n, v.end)};
     }
     s->ntokens = n;
     s->trust = SHAPE_TRUST_NEW;
