@@ -576,6 +576,99 @@ def test_mutated_lines_match_python_json(
 
 
 # -------------------------------------------------------------------------------------------------
+# Shapes: a line with the token kinds and member names of an earlier one is matched against it
+# -------------------------------------------------------------------------------------------------
+
+SHAPED = {"id": 1, "type": "purchase", "user": {"id": 7, "city": "Oslo"}, "amount": 12.5, "ok": True}
+SHAPE_CONFIG: dict[str, Any] = {
+    "filter": {"field": "amount", "op": ">=", "value": 10},
+    "select": ["id", "user.id", "user.city", "amount", "ok", "user"],
+}
+
+
+def shaped_lines(*variants: str, repeat: int = 3) -> bytes:
+    """SHAPED a few times (its shape recorded, then matched), each variant, and SHAPED again."""
+    base = json.dumps(SHAPED)
+    return "".join(line + "\n" for line in [base] * repeat + [v for v in variants for _ in (0, 1)] + [base] * 2).encode()
+
+
+SHAPE_MISSES = [
+    # The same token count and kinds, a member renamed (a name the config looks for, or not).
+    '{"id": 1, "type": "purchase", "user": {"id": 7, "town": "Oslo"}, "amount": 12.5, "ok": true}',
+    '{"id": 1, "type": "purchase", "user": {"id": 7, "city": "Oslo"}, "amounts": 12.5, "ok": true}',
+    '{"id": 1, "type": "purchase", "user": {"id": 7, "city": "Oslo"}, "ok": 12.5, "amount": true}',
+    # Keys in another order, and a key twice (the last one counts).
+    '{"type": "purchase", "id": 1, "user": {"city": "Oslo", "id": 7}, "amount": 12.5, "ok": true}',
+    '{"id": 1, "type": "purchase", "user": {"id": 7, "id": "Oslo"}, "amount": 12.5, "ok": true}',
+    '{"id": 1, "user": {"id": 9}, "user": {"id": 7, "city": "Oslo"}, "amount": 12.5, "ok": true}',
+    '{"id": 1, "user": {"id": 7, "city": "Oslo"}, "user": "x", "type": 0, "amount": 12.5, "ok": 1}',
+    # A value of another kind at the same place, and invalid scalars where valid ones were.
+    '{"id": "1", "type": "purchase", "user": {"id": 7, "city": "Oslo"}, "amount": 12.5, "ok": true}',
+    '{"id": 1, "type": 5, "user": {"id": 7, "city": "Oslo"}, "amount": null, "ok": false}',
+    '{"id": 1, "type": "purchase", "user": {"id": 7, "city": "Oslo"}, "amount": 012.5, "ok": true}',
+    '{"id": 1, "type": "purchase", "user": {"id": 7, "city": "Oslo"}, "amount": 12.5, "ok": tru}',
+    '{"id": 1, "type": "purchase", "user": {"id": 7, "city": "Oslo"}, "amount": 12.5, "ok": truex}',
+    '{"id": 1, "type": "purchase", "user": {"id": 7, "city": "Oslo"}, "amount": 1e5, "ok": -0}',
+    '{"id": 1, "type": "purchase", "user": [7, "city", "Oslo"], "amount": 12.5, "ok": true, "x": 1}',
+    # Names written another way: escaped, with spaces before the ':', or a prefix of the name.
+    '{"\\u0069d": 1, "type": "purchase", "user": {"id": 7, "city": "Oslo"}, "amount": 12.5, "ok": true}',
+    '{"id" : 1, "type": "purchase", "user" :{"id": 7, "city"  : "Oslo"}, "amount": 12.5, "ok": true}',
+    '{"i": 1, "type": "purchase", "user": {"id": 7, "cit": "Oslo"}, "amount": 12.5, "ok": true}',
+    '{"id\\"": 1, "type": "purchase", "user": {"id": 7, "city": "Oslo"}, "amount": 12.5, "ok": true}',
+]
+
+
+@pytest.mark.parametrize("variant", SHAPE_MISSES)
+def test_lines_that_miss_the_recorded_shape(variant: str) -> None:
+    check(SHAPE_CONFIG, shaped_lines(variant), [None, 1, 50])
+    check({"select": ["id", "user"]}, shaped_lines(variant), [None])
+
+
+def test_shapes_taking_turns_in_one_slot() -> None:
+    # Same token count, other kinds: shapes are kept per token count, and two that alternate
+    # must not be mistaken for each other (nor replace each other on every line).
+    lines = ['{"a": "x", "b": 1}', '{"a": 2, "b": "y"}', '{"a": [], "b": 3}', '{"a": {}, "b": 4}', '{"b": 5, "a": 6}']
+    # The same names and numbers at the same places, in an object or in an array.
+    lines += ['{"a": {"c": 1}, "b": 2}', '{"a": ["c", 1], "b": 2}', '{"a": {"c": 1}, "b": 2}', '{"a": {"c": 1}, "b": 2}']
+    data = "".join(lines[i % len(lines)] + "\n" for i in range(80)).encode()
+    check({"select": ["a", "b", "a.c"]}, data, [None, 3])
+    check({"filter": {"field": "a", "op": "<", "value": 3}, "select": ["b"]}, data, [None])
+
+
+@pytest.mark.parametrize("lengths", [(5, 6, 7, 14, 15, 30), (31, 16), (40, 6)])
+def test_names_around_the_lengths_a_shape_compares_in_one_go(lengths: tuple[int, ...]) -> None:
+    # Names of up to 8 bytes with their quotes are compared as one word, up to 32 as two
+    # vectors; a line with a longer one has no shape. Each variant differs in one name's last byte.
+    names = ["n" * k for k in lengths]
+    base = json.dumps({name: i for i, name in enumerate(names)})
+    variants = [base.replace(f'"{name}"', f'"{name[:-1]}m"') for name in names]
+    data = "".join(line + "\n" for line in [base, base, *[v for v in variants for _ in (0, 1)], base]).encode()
+    check({"select": names}, data, [None, 7])
+
+
+def test_lines_past_the_shape_limits() -> None:
+    # More tokens, names or numbers than a shape holds: walked every time, still right.
+    wide = {f"k{i}": i for i in range(100)}
+    long_array = {"a": list(range(300)), "k5": 1}
+    data = "".join(json.dumps(line) + "\n" for line in [wide, wide, long_array, long_array, wide]).encode()
+    check({"select": ["k5", "k99", "a"]}, data, [None, 1000])
+
+
+def test_repeated_deep_lines() -> None:
+    # Lines of one shape at the deepest nesting the fast path walks, then one level deeper.
+    for depth in (62, 63, 64):
+        line = b'{"a": ' * depth + b'{"b": [1, {"c": 2}]}' + b"}" * depth
+        check({"select": ["a", "a.a.a", "a.b"]}, (line + b"\n") * 4 + line.replace(b"[1", b"[1,,") + b"\n" + line + b"\n")
+
+
+def test_a_repeated_shape_across_chunks_and_blocks() -> None:
+    # The same shape with values that push its tokens across 64-byte blocks and chunk edges.
+    lines = [{"pad": "x" * n, "id": n, "user": {"id": n, "city": "é" * (n % 5)}, "amount": n / 4} for n in range(120)]
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    check(SHAPE_CONFIG, data, [None, 61, 64, 4093])
+
+
+# -------------------------------------------------------------------------------------------------
 # Resume
 # -------------------------------------------------------------------------------------------------
 
