@@ -33,17 +33,23 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
-import s3fs  # the s3 extra; this module is imported only for s3:// outputs
-
 from pipeline.connectors.base import Stash
-from pipeline.errors import SinkError, SinkGone
+from pipeline.errors import PipelineError, SinkError, SinkGone
 from pipeline.spec import MIN_PART_SIZE, OutputSpec
-from pipeline.stores.s3 import close_client, describe
+from pipeline.stores._retry import RETRY_SETTINGS, Retry, RetryPolicy
+from pipeline.stores.s3 import close_client, describe, is_missing, is_transient, open_client
 
 MAX_PARTS = 10_000
 _PARTS_PER_SIZE = 2_000
-_MISSING = {"NoSuchUpload", "NoSuchKey", "NotFound", "404"}
 _MD5 = re.compile(r"[0-9a-f]{32}")
+
+
+class _Retry(Retry):
+    """The snapshot stores' retry policy and fault seam, ending in the sink's errors."""
+
+    def error(self, op: str, key: str, detail: str, *, exhausted: bool) -> PipelineError:
+        hint = f"S3 looks unavailable; {RETRY_SETTINGS}" if exhausted else None
+        return SinkError(f"{self.url}: cannot {op}{detail}", hint=hint)
 
 
 class S3Sink:
@@ -59,8 +65,8 @@ class S3Sink:
         self.part_size = spec.part_size
         self.length = 0
         self._stash = stash
-        # Our own client (not fsspec's shared instance), so closing it breaks nobody else's.
-        self._fs = s3fs.S3FileSystem(skip_instance_cache=True, **spec.options)
+        self._fs = open_client(**spec.options)
+        self._retry = _Retry(f"sink {spec.url}", RetryPolicy.from_env(), is_transient=is_transient, describe=describe)
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []  # [{"n", "etag", "size"}] in order, uploaded
         # One part uploads while the next fills: the run does not wait on S3 between checkpoints.
@@ -71,19 +77,27 @@ class S3Sink:
 
     # -- requests ---------------------------------------------------------------------------
     def _s3(self, method: str, doing: str, **kwargs: Any) -> dict[str, Any]:
-        """One request; any failure is a ``SinkError`` saying what we were doing."""
-        try:
+        """One request, retried on transient faults as the stores retry theirs; a failure is a
+        ``SinkError`` saying what we were doing.
+
+        Every request the sink makes can be repeated: a part again under its number, a listing,
+        a HEAD, an abort. Two need a word: a lost answer to creating an upload leaves the first
+        upload unrecorded (a bucket lifecycle rule reaps it), and one to completing the upload
+        makes the retry meet NoSuchUpload, which :meth:`commit` settles by looking at the object.
+        """
+
+        def request() -> dict[str, Any]:
             response: dict[str, Any] = self._fs.call_s3(method, Bucket=self.bucket, **kwargs)
-        except Exception as exc:  # botocore, aiohttp, credentials: translate at this boundary
-            raise SinkError(f"sink {self.url}: cannot {doing}: {describe(_client_error(exc))}") from exc
-        return response
+            return response
+
+        return self._retry(doing, self.key, request)
 
     def _try(self, method: str, doing: str, **kwargs: Any) -> dict[str, Any] | None:
-        """One request whose target may be gone: None if S3 says so, else as :meth:`_s3`."""
+        """A request whose target may be gone: None if S3 says so, else as :meth:`_s3`."""
         try:
             return self._s3(method, doing, **kwargs)
         except SinkError as exc:
-            if _is_missing(exc.__cause__):
+            if exc.__cause__ is not None and is_missing(exc.__cause__):
                 return None
             raise
 
@@ -214,7 +228,7 @@ class S3Sink:
                 MultipartUpload={"Parts": parts},
             )
         except SinkError as exc:
-            exc.hint = "if another run of this session was active, stop it and rerun with --fresh"
+            exc.hint = exc.hint or "if another run of this session was active, stop it and rerun with --fresh"
             raise
         if done is None and not self._is_published(b""):  # gone: completed by an earlier attempt?
             raise SinkError(
@@ -285,17 +299,3 @@ class S3Sink:
             return True  # ETags that are not MD5s (SSE-KMS) cannot be predicted: the size has to do
         expected = hashlib.md5(b"".join(bytes.fromhex(d) for d in digests)).hexdigest() + f"-{len(digests)}"
         return str(head.get("ETag", "")).strip('"') == expected
-
-
-def _client_error(exc: BaseException) -> BaseException:
-    """The botocore error behind s3fs's translation of it, if there is one."""
-    cause = exc.__cause__
-    return cause if cause is not None and hasattr(cause, "response") else exc
-
-
-def _is_missing(exc: BaseException | None) -> bool:
-    if exc is None:
-        return False
-    error = _client_error(exc)
-    code = str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
-    return code in _MISSING or (not code and isinstance(exc, FileNotFoundError))

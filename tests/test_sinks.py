@@ -7,7 +7,6 @@ The S3 tests talk to the moto server on 127.0.0.1 (tests/conftest.py); crash tes
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import os
 import signal
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import S3_TEST_BUCKET, Bucket, S3Server
-from support import Interrupt, interrupt_at, run_cli, write_job
+from support import DictStash, Interrupt, interrupt_at, run_cli, write_job
 
 from pipeline._faults import ENV as KILL_ENV
 from pipeline.admin import remove_session
@@ -31,21 +30,6 @@ from pipeline.testing.data import write_orders_csv
 MiB = 1024 * 1024
 
 # -- S3 ---------------------------------------------------------------------------------------
-
-
-class DictStash:
-    """A stash in a dict, for driving an S3Sink by hand."""
-
-    def __init__(self) -> None:
-        self.blobs: dict[str, bytes] = {}
-
-    def put(self, data: bytes) -> tuple[str, int]:
-        blob_id = hashlib.sha256(data).hexdigest()
-        self.blobs[blob_id] = data
-        return blob_id, len(data)
-
-    def get(self, blob_id: str) -> bytes:
-        return self.blobs[blob_id]
 
 
 @pytest.mark.s3
