@@ -83,17 +83,13 @@ class ParquetSink:
         """Stage bytes of CSV or JSON Lines rows."""
         self._rows.write(data)
 
-    def persist(self) -> dict[str, Any]:
-        """Persist the staged rows; the handle is the staging sink's."""
-        return self._rows.persist()
-
-    def flush(self) -> dict[str, Any]:
+    def flush(self) -> None:
         """The staging sink's flush."""
-        return self._rows.flush()
+        self._rows.flush()
 
-    def sync(self) -> None:
-        """The staging sink's sync."""
-        self._rows.sync()
+    def sync(self) -> dict[str, Any]:
+        """The staging sink's sync: the handle is the staging sink's."""
+        return self._rows.sync()
 
     def commit(self) -> None:
         """Publish the staged rows, convert them into the target, remove them. Idempotent."""

@@ -37,6 +37,13 @@ class DictStash:
         return self.blobs[blob_id]
 
 
+def persist(sink: Any) -> dict[str, Any]:
+    """A checkpoint's two halves on one thread: the sink's ``flush()``, then the handle ``sync()`` returns."""
+    sink.flush()
+    handle: dict[str, Any] = sink.sync()
+    return handle
+
+
 class Interrupt(Exception):
     """Stands in for a crash between two chunks; ``args[0]`` is the input offset reached."""
 

@@ -1,4 +1,5 @@
-"""How the S3 sink talks to S3: retries under the stores' policy, and lost answers.
+"""How the S3 sink talks to S3: retries under the stores' policy, lost answers, which thread
+waits at a checkpoint, and how many copies a part costs.
 
 Faults are real: the moto server's middleware answers 503 SlowDown before moto sees a request
 (tests/conftest.py), and a botocore event hook on the sink's own client drops an answer after
@@ -8,13 +9,14 @@ moto acted on the request, as a connection closed on the way back would.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import botocore.exceptions
 import pytest
 from conftest import Bucket
 from fsspec.asyn import sync
-from support import DictStash
+from support import DictStash, persist
 
 from pipeline.connectors.s3_sink import S3Sink
 from pipeline.errors import SinkError
@@ -52,12 +54,12 @@ def test_s3_sink_retries_throttled_parts_within_the_store_retry_policy(
         sink.start()
         middleware.fail_next(2)  # SlowDown twice: the third try lands
         sink.write(os.urandom(5 * MiB))
-        assert len(sink.persist()["parts"]) == 1
+        assert len(persist(sink)["parts"]) == 1
         before = middleware.requests
         middleware.fail_next(3)  # three in a row spend the policy's three tries, and no more
         sink.write(os.urandom(5 * MiB))
         with pytest.raises(SinkError) as caught:
-            sink.persist()
+            persist(sink)
         # botocore's and s3fs's retries multiplied the tries (a throttled part went out 4 times
         # and landed), outside PIPELINE_STORE_RETRIES.
         assert middleware.requests - before == 3
@@ -78,7 +80,7 @@ def test_s3_commit_whose_answer_was_lost_finds_the_upload_completed(retry_answer
     sink = S3Sink(bucket.spec("lost.bin"), "s", stash=DictStash())
     sink.start()
     sink.write(data)
-    sink.persist()
+    persist(sink)
     then = (lambda: bucket.server.middleware.fail_next(1, 404, "NoSuchUpload")) if retry_answer != "done" else None
     lost = lose_answers(sink, "CompleteMultipartUpload", 1, then=then)
     sink.commit()  # retried; a gone upload is published when the object is the one the parts make
@@ -92,7 +94,7 @@ def test_s3_commit_whose_answer_was_lost_refuses_an_object_it_did_not_make(bucke
     sink = S3Sink(bucket.spec("raced.bin"), "s", stash=DictStash())
     sink.start()
     sink.write(os.urandom(6 * MiB))
-    sink.persist()
+    persist(sink)
 
     def replaced() -> None:  # completed, then overwritten before the retry: a gone upload proves nothing
         bucket.put("raced.bin", b"someone else's")
@@ -103,3 +105,110 @@ def test_s3_commit_whose_answer_was_lost_refuses_an_object_it_did_not_make(bucke
         sink.commit()
     sink.close()
     assert bucket.read("raced.bin") == b"someone else's"
+
+
+# -- a checkpoint's two halves: flush() on the run's thread, sync() on the checkpoint thread ----
+
+
+class ThreadStash(DictStash):
+    """A stash that notes the thread of every put."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+
+    def put(self, data: bytes) -> tuple[str, int]:
+        self.threads.append(threading.current_thread().name)
+        return super().put(data)
+
+
+class HeldParts:
+    """A wrapper around the sink's client: notes the thread of every S3 request, and holds part
+    uploads until :meth:`release` (a part that cannot go up yet, as on a slow link), noting their bodies."""
+
+    def __init__(self, sink: S3Sink) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.bodies: list[Any] = []
+        self.released = threading.Event()
+        self._call_s3 = sink._fs.call_s3
+        sink._fs.call_s3 = self.call_s3
+
+    def call_s3(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append((threading.current_thread().name, method))
+        if method == "upload_part":
+            self.bodies.append(kwargs["Body"])
+            assert self.released.wait(30), "the test never released the part"
+        return self._call_s3(method, *args, **kwargs)
+
+    def release(self) -> None:
+        self.released.set()
+
+    def on(self, thread: str) -> list[str]:
+        return [method for name, method in self.calls if name == thread]
+
+
+def on_thread(name: str, fn: Any) -> Any:
+    """Run ``fn()`` on a thread called ``name``; its result (or its error, raised here)."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(fn())
+        except BaseException as exc:  # handed to the caller
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    thread.join(60)
+    assert outcome, f"{name} did not finish"
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def test_s3_flush_waits_for_nothing_and_sync_makes_the_checkpoint_durable(bucket: Bucket) -> None:
+    stash = ThreadStash()
+    sink = S3Sink(bucket.spec("split.bin"), "s", stash=stash)  # 8 MiB parts
+    run = threading.current_thread().name
+    try:
+        sink.start()
+        s3 = HeldParts(sink)
+        data = os.urandom(13 * MiB)
+        sink.write(data[: 6 * MiB])
+        sink.flush()  # 6 MiB: a part, handed to the uploader, which S3 holds: flush must not wait
+        assert s3.on(run) == [] and stash.threads == []
+        sink.write(data[6 * MiB : 7 * MiB])  # the run goes on while the part is held
+        s3.release()
+        first = on_thread("checkpoint", sink.sync)
+        assert [p["n"] for p in first["parts"]] == [1] and first["tail"] is None and first["length"] == 6 * MiB
+        sink.flush()  # 1 MiB: a tail, sealed here and stashed by sync()
+        sink.write(data[7 * MiB :])
+        second = on_thread("checkpoint", sink.sync)
+        assert second["length"] == 7 * MiB and [p["n"] for p in second["parts"]] == [1]
+        assert stash.blobs[second["tail"]] == data[6 * MiB : 7 * MiB]
+        assert stash.threads == ["checkpoint"]
+        assert s3.on(run) == [] and s3.on("checkpoint") == []  # parts go up on the uploader thread
+        sink.commit()
+    finally:
+        sink.close()
+    assert bucket.read("split.bin") == data
+    assert bucket.uploads() == []
+
+
+def test_s3_part_goes_up_from_the_bytes_that_gathered_it(bucket: Bucket) -> None:
+    # One copy, into the sink's buffer, is the only one: the part sent is that buffer's bytes
+    # (a bytes(buffer) copy held a second part of memory for every part).
+    sink = S3Sink(bucket.spec("copies.bin"), "s", stash=DictStash())
+    chunk = memoryview(os.urandom(64 * 1024))  # as a guest emits: a view of its memory
+    try:
+        sink.start()
+        s3 = HeldParts(sink)
+        gathering = sink._filling
+        for _ in range(8 * MiB // len(chunk)):
+            sink.write(chunk)  # the 128th fills the 8 MiB part: it goes to the uploader
+        s3.release()
+        assert [p["size"] for p in persist(sink)["parts"]] == [8 * MiB]
+    finally:
+        sink.close()
+    assert [type(body) for body in s3.bodies] == [bytes]
+    assert s3.bodies[0] is gathering.getvalue()  # BytesIO hands its own buffer over: not a copy
