@@ -199,8 +199,7 @@ class _Run:
             if manifest.state == "complete":
                 return manifest
             try:
-                for blob_id in manifest.sink_blobs():  # what sinks stashed must load too
-                    self.pages.get(blob_id)
+                self.pages.load_stashed(manifest.sink_blobs())  # must load too; kept for recover()
                 if manifest.state == "running":
                     self._new_guests()
                     for guest, stage in zip(self.guests, manifest.stages, strict=True):

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import botocore.exceptions
 import pytest
 from conftest import Bucket
 from fsspec.asyn import sync
-from support import DictStash, persist
+from support import DictStash, Interrupt, interrupt_at, persist, write_job
 
 from pipeline.connectors.s3_sink import S3Sink
 from pipeline.errors import SinkError
+from pipeline.runner import run_session
+from pipeline.spec import load_job
 from pipeline.stores._retry import RETRIES_ENV
+from pipeline.stores.directory import DirectoryStore
 
 pytestmark = pytest.mark.s3
 
@@ -212,3 +216,22 @@ def test_s3_part_goes_up_from_the_bytes_that_gathered_it(bucket: Bucket) -> None
         sink.close()
     assert [type(body) for body in s3.bodies] == [bytes]
     assert s3.bodies[0] is gathering.getvalue()  # BytesIO hands its own buffer over: not a copy
+
+
+def test_s3_resume_reads_the_stashed_tail_once(
+    orders: Path, bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = write_job(tmp_path, source=str(orders), sink=bucket.output("m.csv"), rejects=bucket.output("r.csv"))
+    with pytest.raises(Interrupt):
+        run_session(load_job(job), on_progress=interrupt_at(3 * MiB))
+    reads: list[str] = []
+    head = DirectoryStore.head
+
+    def counted(self: DirectoryStore, key: str) -> tuple[bytes, str]:
+        reads.append(key)
+        return head(self, key)
+
+    monkeypatch.setattr(DirectoryStore, "head", counted)
+    assert run_session(load_job(job)).resumed_from
+    tails = [key for key in reads if "/pages/" in key and reads.count(key) > 1]
+    assert tails == [], f"read more than once on resume: {sorted(set(tails))}"  # the check, then recover()
