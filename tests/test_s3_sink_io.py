@@ -235,3 +235,25 @@ def test_s3_resume_reads_the_stashed_tail_once(
     assert run_session(load_job(job)).resumed_from
     tails = [key for key in reads if "/pages/" in key and reads.count(key) > 1]
     assert tails == [], f"read more than once on resume: {sorted(set(tails))}"  # the check, then recover()
+
+
+def test_parquet_output_on_s3_closes_every_client_it_opens(
+    orders: Path, bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import s3fs
+
+    opened: list[s3fs.S3FileSystem] = []
+    init = s3fs.S3FileSystem.__init__
+
+    def noted(self: s3fs.S3FileSystem, *args: Any, **kwargs: Any) -> None:
+        opened.append(self)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "__init__", noted)
+    job = write_job(
+        tmp_path, source=str(orders), sink=bucket.output("m.parquet", format="parquet"), rejects="{url: r.csv}"
+    )
+    run_session(load_job(job))
+    assert bucket.read("m.parquet").startswith(b"PAR1")
+    # fsspec's cached instance, which the Parquet sink used to convert, kept its connections.
+    assert opened and [fs for fs in opened if fs._s3 is not None] == []
