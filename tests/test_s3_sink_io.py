@@ -22,6 +22,7 @@ from support import DictStash, Interrupt, interrupt_at, persist, write_job
 from pipeline.connectors.s3_sink import S3Sink
 from pipeline.errors import SinkError
 from pipeline.runner import run_session
+from pipeline.snapshot import PageWriter
 from pipeline.spec import load_job
 from pipeline.stores._retry import RETRIES_ENV
 from pipeline.stores.directory import DirectoryStore
@@ -257,3 +258,23 @@ def test_parquet_output_on_s3_closes_every_client_it_opens(
     assert bucket.read("m.parquet").startswith(b"PAR1")
     # fsspec's cached instance, which the Parquet sink used to convert, kept its connections.
     assert opened and [fs for fs in opened if fs._s3 is not None] == []
+
+
+def test_s3_output_in_a_run_stashes_tails_on_the_checkpoint_thread(
+    orders: Path, golden: dict[str, bytes], bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    put = PageWriter.put
+
+    def noted(self: PageWriter, data: bytes) -> tuple[str, int]:
+        threads.append(threading.current_thread().name)
+        return put(self, data)
+
+    monkeypatch.setattr(PageWriter, "put", noted)
+    job = write_job(tmp_path, source=str(orders), sink=bucket.output("m.csv"), rejects="{url: out/r.csv}")
+    run_session(load_job(job))
+    assert bucket.read("m.csv") == golden["mapped.csv"]
+    # Every running checkpoint's tail goes to the store from the checkpoint thread; the run's own
+    # thread stashes only at the synchronous "finished" checkpoint.
+    assert threads.count(threading.current_thread().name) <= 1
+    assert sum(name.startswith("pipeline-checkpoint") for name in threads) >= 5, threads
