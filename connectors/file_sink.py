@@ -1,8 +1,9 @@
 """A local file written exactly once (DESIGN §6).
 
 Guarantee: **exactly-once.** Output goes to an in-progress file beside the target
-(``.NAME~SESSION.part``). At a checkpoint :meth:`FileSink.persist` flushes and fsyncs it and
-returns a handle holding its length; the snapshot points after the last byte in that length.
+(``.NAME~SESSION.part``). At a checkpoint :meth:`FileSink.flush` hands the written bytes to the
+OS and :meth:`FileSink.sync` fsyncs them and returns a handle holding their length; the snapshot
+points after the last byte in that length.
 After a crash :meth:`FileSink.recover` truncates the in-progress file back to the handle's
 length, dropping whatever was written after the checkpoint, so the bytes written again on
 resume appear once. :meth:`FileSink.commit` renames the in-progress file onto the target
@@ -134,38 +135,33 @@ class FileSink:
             raise SinkError(f"sink {self.url}: write failed: {exc.strerror}") from exc
         self.length += len(data)
 
-    def persist(self) -> dict[str, Any]:
-        """Make everything written so far durable and return the handle to resume from."""
-        handle = self.flush()
-        self.sync()
-        return handle
-
-    def flush(self) -> dict[str, Any]:
-        """Hand every written byte to the OS; return the handle :meth:`sync` makes durable."""
+    def flush(self) -> None:
+        """Hand every written byte to the OS, for :meth:`sync` to make durable."""
         if self._file is not None:
             try:
                 self._file.flush()
             except OSError as exc:
                 raise SinkError(f"sink {self.url}: cannot persist: {exc.strerror}") from exc
         self._flushed = self.length
-        return {"length": self.length}
 
-    def sync(self) -> None:
-        """Fsync the bytes the last :meth:`flush` handed on (safe while writes go on)."""
+    def sync(self) -> dict[str, Any]:
+        """Fsync the bytes the last :meth:`flush` handed on (safe while writes go on); their handle."""
         flushed = self._flushed
         if self._file is None or self._durable == flushed:
-            return  # nothing new since the last sync: skip an fsync (small files do it often)
+            return {"length": flushed}  # nothing new since the last sync: skip an fsync (small files do it often)
         try:
             os.fsync(self._file.fileno())
         except OSError as exc:
             raise SinkError(f"sink {self.url}: cannot persist: {exc.strerror}") from exc
         self._durable = flushed
+        return {"length": flushed}
 
     def commit(self) -> None:
         """Publish: atomically rename the in-progress file onto the target. Idempotent."""
         if self._file is None:
             return  # recover() found it already published
-        self.persist()
+        self.flush()
+        self.sync()
         try:
             os.replace(self.part, self.path)
             fsync_dir(self.path.parent)

@@ -32,6 +32,7 @@ class MemorySink:
         directory, _, name = self.path.rpartition("/")
         self.part = f"{directory}/.{name}~{session}.part"
         self.length = 0
+        self._flushed = 0
         self._file: Any = None  # the memory filesystem's own file object for the part
         self._held = False
 
@@ -54,7 +55,7 @@ class MemorySink:
         length = int(handle["length"])
         published = self._fs.exists(self.path) and self._fs.size(self.path) == length
         if finished and not self._fs.exists(self.part) and published:
-            self.length = length
+            self.length = self._flushed = length
             return
         if not self._fs.exists(self.part):
             raise SinkGone(f"sink {self.url}: in-progress object {self.part} is missing", hint="rerun with --fresh")
@@ -66,7 +67,7 @@ class MemorySink:
         self._file = self._fs.store[self.part]
         self._file.truncate(length)
         self._file.seek(length)
-        self.length = length
+        self.length = self._flushed = length
 
     def write(self, data: memoryview | bytes) -> None:
         """Append bytes."""
@@ -75,14 +76,13 @@ class MemorySink:
         self._file.write(data)
         self.length += len(data)
 
-    def persist(self) -> dict[str, Any]:
-        """The handle to resume from (memory needs no flushing)."""
-        return {"length": self.length}
+    def flush(self) -> None:
+        """Note the length written: memory needs no flushing."""
+        self._flushed = self.length
 
-    flush = persist
-
-    def sync(self) -> None:
-        """Nothing to make durable in memory."""
+    def sync(self) -> dict[str, Any]:
+        """The handle of what the last :meth:`flush` saw (nothing to make durable in memory)."""
+        return {"length": self._flushed}
 
     def commit(self) -> None:
         """Publish: move the in-progress object onto the target. Idempotent."""

@@ -48,7 +48,9 @@ class ParquetSink:
         self.rows_url = f"{directory}/.{name}~{session}.rows"
         self.tmp_name = f".{name}~{session}.tmp"
         self._rows: Sink = open_sink(replace(spec, url=self.rows_url, format="raw"), session, stash=stash)
-        self._fs, self._target = fsspec.core.url_to_fs(spec.url, **spec.options)
+        # Its own instance, not fsspec's cached one, so close() can close it (an s3fs client holds
+        # connections). Not the staging sink's client: that one leaves retrying to its caller.
+        self._fs, self._target = fsspec.core.url_to_fs(spec.url, skip_instance_cache=True, **spec.options)
         self._rows_path = self._fs._strip_protocol(self.rows_url)  # beside the target, same filesystem
         self._published = False
         self._length: int | None = None  # set when recovery finds the output already published
@@ -83,17 +85,13 @@ class ParquetSink:
         """Stage bytes of CSV or JSON Lines rows."""
         self._rows.write(data)
 
-    def persist(self) -> dict[str, Any]:
-        """Persist the staged rows; the handle is the staging sink's."""
-        return self._rows.persist()
-
-    def flush(self) -> dict[str, Any]:
+    def flush(self) -> None:
         """The staging sink's flush."""
-        return self._rows.flush()
+        self._rows.flush()
 
-    def sync(self) -> None:
-        """The staging sink's sync."""
-        self._rows.sync()
+    def sync(self) -> dict[str, Any]:
+        """The staging sink's sync: the handle is the staging sink's."""
+        return self._rows.sync()
 
     def commit(self) -> None:
         """Publish the staged rows, convert them into the target, remove them. Idempotent."""
@@ -113,8 +111,13 @@ class ParquetSink:
                 os.unlink(Path(self._target).with_name(self.tmp_name))
 
     def close(self) -> None:
-        """Close the staging sink; safe twice."""
+        """Close the staging sink and this sink's filesystem client; safe twice."""
         self._rows.close()
+        if "s3" in _protocols(self._fs):
+            from pipeline.stores.s3 import close_client  # s3fs is installed: it made self._fs
+
+            with contextlib.suppress(Exception):
+                close_client(self._fs)
 
     # -- conversion -----------------------------------------------------------------------
     def _rows_exist(self) -> bool:
@@ -212,6 +215,10 @@ def _arrow_type(name: str) -> Any:
         "date32": pa.date32(),
         "timestamp": pa.timestamp("us"),
     }[name]
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
 
 
 def _first_line(exc: BaseException) -> str:

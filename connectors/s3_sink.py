@@ -1,12 +1,14 @@
 """An S3 object written exactly once, by multipart upload (DESIGN §6; Flink's RecoverableWriter).
 
 Guarantee: **exactly-once.** A session writes one multipart upload. Bytes are buffered in
-memory and uploaded as a part whenever the buffer reaches the part size. At a checkpoint
-:meth:`S3Sink.persist` uploads the buffer as a part if it is at least 5 MiB (S3's minimum for
-any part but the last) and otherwise keeps that *tail* as a blob in the session's snapshot
-store; the handle holds the upload id, every completed part with its ETag and size, and the
-tail's blob id. Nothing is visible at the target key until :meth:`S3Sink.commit` completes the
-upload with exactly the parts the run recorded, which S3 makes atomic.
+memory and uploaded as a part whenever the buffer reaches the part size. A checkpoint splits in
+two (docs/architecture.md §4): :meth:`S3Sink.flush`, on the run's thread, only hands the buffer
+over — as the next part if it is at least 5 MiB (S3's minimum for any part but the last), else
+as the *tail* — and :meth:`S3Sink.sync`, on the checkpoint thread, waits for the parts and
+keeps the tail as a blob in the session's snapshot store; the handle it returns holds the
+upload id, every part up to the checkpoint with its ETag and size, and the tail's blob id.
+Nothing is visible at the target key until :meth:`S3Sink.commit` completes the upload with
+exactly the parts the run recorded, which S3 makes atomic.
 
 After a crash :meth:`S3Sink.recover` checks the upload still exists and that every recorded
 part still carries its recorded ETag, reloads the tail from the store and carries on; parts
@@ -19,31 +21,59 @@ Fencing: the session lease (a compare-and-swap on the manifest) stops a run that
 next checkpoint, before it can complete the upload; a stale run that still uploads a part
 under a number the new run recorded changes that part's ETag, which the new run detects at
 recovery or when completing (S3 refuses a completion whose ETags do not match) and reports
-instead of publishing a mix. Parts upload on a thread of their own while the next one fills;
-memory: two part-sized buffers (the part size doubles every 2,000 parts so an upload of 10,000
-parts can reach S3's 5 TiB object limit).
+instead of publishing a mix.
+
+Parts upload on a thread of their own while the next one fills, and buffers change hands rather
+than being copied: bytes are gathered in a ``BytesIO`` whose ``getvalue()`` hands its buffer
+over as ``bytes`` without a copy, and a part goes up from those very bytes (a part spanning a
+checkpoint is joined from its pieces, on the uploader thread). Memory: the part
+uploading and the one filling — the run waits for an upload only when the next part is full —
+plus, when a checkpoint cuts a part while one is going up, that part (the part size doubles
+every 2,000 parts so an upload of 10,000 parts can reach S3's 5 TiB object limit).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import re
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import s3fs  # the s3 extra; this module is imported only for s3:// outputs
-
 from pipeline.connectors.base import Stash
-from pipeline.errors import SinkError, SinkGone
+from pipeline.errors import PipelineError, SinkError, SinkGone
 from pipeline.spec import MIN_PART_SIZE, OutputSpec
-from pipeline.stores.s3 import close_client, describe
+from pipeline.stores._retry import RETRY_SETTINGS, Retry, RetryPolicy
+from pipeline.stores.s3 import close_client, describe, is_missing, is_transient, open_client
 
 MAX_PARTS = 10_000
 _PARTS_PER_SIZE = 2_000
-_MISSING = {"NoSuchUpload", "NoSuchKey", "NotFound", "404"}
 _MD5 = re.compile(r"[0-9a-f]{32}")
+
+
+class _Retry(Retry):
+    """The snapshot stores' retry policy and fault seam, ending in the sink's errors."""
+
+    def error(self, op: str, key: str, detail: str, *, exhausted: bool) -> PipelineError:
+        hint = f"S3 looks unavailable; {RETRY_SETTINGS}" if exhausted else None
+        return SinkError(f"{self.url}: cannot {op}{detail}", hint=hint)
+
+
+@dataclass
+class _Handover:
+    """What :meth:`S3Sink.flush` leaves for :meth:`S3Sink.sync` to make durable."""
+
+    length: int
+    parts: int
+    """The handle holds parts 1..parts ..."""
+    uploads: list[Future[None]]
+    """... of which these may still be going up ..."""
+    tail: list[bytes]
+    """... and these bytes after them, for the stash."""
 
 
 class S3Sink:
@@ -59,59 +89,96 @@ class S3Sink:
         self.part_size = spec.part_size
         self.length = 0
         self._stash = stash
-        # Our own client (not fsspec's shared instance), so closing it breaks nobody else's.
-        self._fs = s3fs.S3FileSystem(skip_instance_cache=True, **spec.options)
+        self._fs = open_client(**spec.options)
+        self._retry = _Retry(f"sink {spec.url}", RetryPolicy.from_env(), is_transient=is_transient, describe=describe)
         self._upload_id: str | None = None
-        self._parts: list[dict[str, Any]] = []  # [{"n", "etag", "size"}] in order, uploaded
+        # [{"n", "etag", "size"}] of the parts uploaded, in order: appended by the uploader thread
+        # (one worker, so in number order), read by sync() on the checkpoint thread.
+        self._parts: list[dict[str, Any]] = []
+        self._parts_lock = threading.Lock()
+        self._cut = 0  # part numbers given out
         # One part uploads while the next fills: the run does not wait on S3 between checkpoints.
         self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline-s3-part")
-        self._in_flight: Future[dict[str, Any]] | None = None
-        self._buffer = bytearray()
+        self._uploads: list[Future[None]] = []  # parts handed to the uploader, not yet waited for
+        self._sealed: list[bytes] = []  # the part being gathered: pieces a checkpoint sealed ...
+        self._sealed_size = 0
+        self._filling = io.BytesIO()  # ... and the bytes written since
+        self._handover: _Handover | None = None
         self._published = False
 
     # -- requests ---------------------------------------------------------------------------
     def _s3(self, method: str, doing: str, **kwargs: Any) -> dict[str, Any]:
-        """One request; any failure is a ``SinkError`` saying what we were doing."""
-        try:
+        """One request, retried on transient faults as the stores retry theirs; a failure is a
+        ``SinkError`` saying what we were doing.
+
+        Every request the sink makes can be repeated: a part again under its number, a listing,
+        a HEAD, an abort. Two need a word: a lost answer to creating an upload leaves the first
+        upload unrecorded (a bucket lifecycle rule reaps it), and one to completing the upload
+        makes the retry meet NoSuchUpload, which :meth:`commit` settles by looking at the object.
+        """
+
+        def request() -> dict[str, Any]:
             response: dict[str, Any] = self._fs.call_s3(method, Bucket=self.bucket, **kwargs)
-        except Exception as exc:  # botocore, aiohttp, credentials: translate at this boundary
-            raise SinkError(f"sink {self.url}: cannot {doing}: {describe(_client_error(exc))}") from exc
-        return response
+            return response
+
+        return self._retry(doing, self.key, request)
 
     def _try(self, method: str, doing: str, **kwargs: Any) -> dict[str, Any] | None:
-        """One request whose target may be gone: None if S3 says so, else as :meth:`_s3`."""
+        """A request whose target may be gone: None if S3 says so, else as :meth:`_s3`."""
         try:
             return self._s3(method, doing, **kwargs)
         except SinkError as exc:
-            if _is_missing(exc.__cause__):
+            if exc.__cause__ is not None and is_missing(exc.__cause__):
                 return None
             raise
 
-    def _upload_part(self, data: bytes | bytearray) -> None:
-        """Send ``data`` as the next part, on the uploader thread, once the part before it is up."""
-        self._drain()
-        number = len(self._parts) + 1
+    def _buffered(self) -> int:
+        return self._sealed_size + self._filling.tell()
+
+    def _seal(self) -> None:
+        """Make the bytes written since the last seal a piece of their own (no copy)."""
+        if self._filling.tell():
+            piece = self._filling.getvalue()  # the BytesIO's own buffer, now ours: no copy
+            self._sealed.append(piece)
+            self._sealed_size += len(piece)
+            self._filling = io.BytesIO()
+
+    def _cut_part(self, *, wait: bool) -> None:
+        """Hand every buffered byte to the uploader thread as the next part (no copy: the buffers
+        change hands). ``wait``: first let the parts before it finish, which bounds memory."""
+        if wait:
+            self._wait_for_uploads()
+        number = self._cut + 1
         if number > MAX_PARTS:
             raise SinkError(
                 f"sink {self.url}: the output outgrew S3's {MAX_PARTS:,} parts",
                 hint="raise part_size on this output",
             )
-        self._in_flight = self._uploader.submit(self._send_part, number, bytes(data))
+        self._seal()
+        pieces, self._sealed, self._sealed_size = self._sealed, [], 0
+        self._cut = number
+        self._uploads.append(self._uploader.submit(self._send_part, number, pieces))
 
-    def _send_part(self, number: int, body: bytes) -> dict[str, Any]:
+    def _send_part(self, number: int, pieces: list[bytes]) -> None:
+        """Upload part ``number`` and record it (on the uploader thread, so parts go up in order)."""
+        body = b"".join(pieces)  # one piece is returned as is
+        pieces.clear()  # the pieces can go once joined (a checkpoint's tail may still hold one)
+        if len(self._parts) != number - 1:  # the part before failed: its error is the run's
+            raise SinkError(f"sink {self.url}: part {number} not sent: the part before it did not go up")
         response = self._s3(
             "upload_part", f"upload part {number}", Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=body
         )
-        return {"n": number, "etag": response["ETag"], "size": len(body)}
+        with self._parts_lock:
+            self._parts.append({"n": number, "etag": response["ETag"], "size": len(body)})
 
-    def _drain(self) -> None:
-        """Wait for the part in flight and record it; its upload error is raised here."""
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is not None:
-            self._parts.append(in_flight.result())
+    def _wait_for_uploads(self) -> None:
+        """Wait for every part handed to the uploader; the first upload error is raised here."""
+        uploads, self._uploads = self._uploads, []
+        for upload in uploads:
+            upload.result()
 
     def _next_part_size(self) -> int:
-        return self.part_size << min(len(self._parts) // _PARTS_PER_SIZE, 4)
+        return self.part_size << min(self._cut // _PARTS_PER_SIZE, 4)
 
     # -- the protocol -------------------------------------------------------------------------
     def acquire(self, *, wait: bool = False) -> None:
@@ -121,7 +188,7 @@ class S3Sink:
         """Begin a fresh upload (the runner records its id at once, so ``--fresh`` and ``rm`` find it)."""
         created = self._s3("create_multipart_upload", "start an upload", Key=self.key)
         self._upload_id = created["UploadId"]
-        self._parts, self._buffer, self.length = [], bytearray(), 0
+        self._parts, self._cut, self.length = [], 0, 0
 
     def recover(self, handle: dict[str, Any], *, finished: bool = False) -> None:
         """Carry on from a checkpoint's handle: its parts, and its tail from the store.
@@ -131,6 +198,7 @@ class S3Sink:
         """
         self._upload_id = handle["upload_id"]
         self._parts = [dict(part) for part in handle["parts"]]
+        self._cut = len(self._parts)
         self.length = int(handle["length"])
         tail = self._stash_get(handle["tail"]) if handle.get("tail") else b""
         uploaded = self._uploaded_parts()
@@ -150,60 +218,59 @@ class S3Sink:
                     "(another run of this session wrote to it)",
                     hint="stop the other run, then rerun with --fresh",
                 )
-        self._buffer = bytearray(tail)
+        if tail:
+            self._sealed, self._sealed_size = [tail], len(tail)
 
     def write(self, data: memoryview | bytes) -> None:
         """Buffer bytes; a full buffer becomes the next part."""
         if self._upload_id is None:
             raise SinkError(f"sink {self.url}: written before start() or recover()")
-        self._buffer += data
+        self._filling.write(data)
         self.length += len(data)
-        if len(self._buffer) >= self._next_part_size():
-            self._upload_part(self._buffer)
-            self._buffer = bytearray()
+        if self._buffered() >= self._next_part_size():
+            self._cut_part(wait=True)
 
-    def persist(self) -> dict[str, Any]:
-        """Make everything written so far durable: a part if it can be one, else a stashed tail."""
-        if self._published:
-            return {"length": self.length, "upload_id": self._upload_id, "parts": self._parts, "tail": None}
-        if len(self._buffer) >= MIN_PART_SIZE:
-            self._upload_part(self._buffer)
-            self._buffer = bytearray()
-        self._drain()
-        handle: dict[str, Any] = {
-            "length": self.length,
-            "upload_id": self._upload_id,
-            "parts": [dict(part) for part in self._parts],
-            "tail": None,
-        }
-        if self._buffer:
+    def flush(self) -> None:
+        """Hand everything written so far to :meth:`sync`, without waiting on S3: 5 MiB or more
+        go to the uploader thread as the next part, less is sealed as the tail (and stays the
+        start of the next part)."""
+        if self._buffered() >= MIN_PART_SIZE:
+            self._cut_part(wait=False)  # the run's thread must not wait for the part before it
+        else:
+            self._seal()
+        self._handover = _Handover(self.length, self._cut, list(self._uploads), list(self._sealed))
+
+    def sync(self) -> dict[str, Any]:
+        """Make what the last :meth:`flush` handed over durable — wait for its parts, stash its
+        tail — and return the handle naming exactly that (on the checkpoint thread)."""
+        handover, self._handover = self._handover, None
+        if handover is None:
+            raise SinkError(f"sink {self.url}: sync() without a flush() before it")
+        for upload in handover.uploads:
+            upload.result()
+        with self._parts_lock:
+            parts = [dict(part) for part in self._parts[: handover.parts]]
+        handle: dict[str, Any] = {"length": handover.length, "upload_id": self._upload_id, "parts": parts, "tail": None}
+        if handover.tail:
             if self._stash is None:
                 raise SinkError(f"sink {self.url}: an S3 output needs the session store to keep its tail")
-            blob_id, stored = self._stash.put(bytes(self._buffer))
+            blob_id, stored = self._stash.put(b"".join(handover.tail))
             handle |= {"tail": blob_id, "blobs": {blob_id: stored}}
         return handle
-
-    flush = persist  # the upload or the stash is the durable step: nothing left for sync()
-
-    def sync(self) -> None:
-        """Nothing to do: :meth:`persist` (as :meth:`flush`) already made the bytes durable."""
 
     def commit(self) -> None:
         """Complete the upload with exactly the recorded parts. Idempotent."""
         if self._published:
             return
-        self._drain()
-        tail = bytes(self._buffer)
-        if not self._parts and not tail:
+        if self._buffered():
+            self._cut_part(wait=True)  # the tail goes up as the last part
+        self._wait_for_uploads()
+        if not self._parts:
             # S3 completes no upload without a part: an empty output is one empty PutObject.
             self._s3("put_object", "write the empty object", Key=self.key, Body=b"")
             self.discard()
             self._published = True
             return
-        if tail:
-            self._upload_part(tail)
-            self._drain()
-        self._buffer = bytearray()
         parts = [{"PartNumber": p["n"], "ETag": p["etag"]} for p in self._parts]
         try:
             done = self._try(
@@ -214,7 +281,7 @@ class S3Sink:
                 MultipartUpload={"Parts": parts},
             )
         except SinkError as exc:
-            exc.hint = "if another run of this session was active, stop it and rerun with --fresh"
+            exc.hint = exc.hint or "if another run of this session was active, stop it and rerun with --fresh"
             raise
         if done is None and not self._is_published(b""):  # gone: completed by an earlier attempt?
             raise SinkError(
@@ -241,10 +308,10 @@ class S3Sink:
             self._try("abort_multipart_upload", f"abort upload {upload_id[:16]}...", Key=self.key, UploadId=upload_id)
 
     def close(self) -> None:
-        """Drop the buffer and the client's connections; safe twice. An unfinished upload stays."""
-        self._buffer = bytearray()
+        """Drop the buffers and the client's connections; safe twice. An unfinished upload stays."""
+        self._sealed, self._sealed_size, self._filling, self._handover = [], 0, io.BytesIO(), None
         with contextlib.suppress(Exception):  # a failing run's part in flight: its error is moot
-            self._drain()
+            self._wait_for_uploads()
         self._uploader.shutdown(wait=True)
         with contextlib.suppress(Exception):
             close_client(self._fs)
@@ -285,17 +352,3 @@ class S3Sink:
             return True  # ETags that are not MD5s (SSE-KMS) cannot be predicted: the size has to do
         expected = hashlib.md5(b"".join(bytes.fromhex(d) for d in digests)).hexdigest() + f"-{len(digests)}"
         return str(head.get("ETag", "")).strip('"') == expected
-
-
-def _client_error(exc: BaseException) -> BaseException:
-    """The botocore error behind s3fs's translation of it, if there is one."""
-    cause = exc.__cause__
-    return cause if cause is not None and hasattr(cause, "response") else exc
-
-
-def _is_missing(exc: BaseException | None) -> bool:
-    if exc is None:
-        return False
-    error = _client_error(exc)
-    code = str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
-    return code in _MISSING or (not code and isinstance(exc, FileNotFoundError))

@@ -1,4 +1,4 @@
-"""Small filesystem helpers shared by the directory store and the file sink."""
+"""Small filesystem helpers shared by stores and sinks: URL schemes, directory fsyncs."""
 
 from __future__ import annotations
 
@@ -13,3 +13,8 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def url_scheme(url: str) -> str:
+    """``s3`` for ``s3://b/k``; ``file`` for a plain path. Case kept, as fsspec keeps it."""
+    return url.split("://", 1)[0] if "://" in url else "file"

@@ -200,8 +200,7 @@ class _Run:
             if manifest.state == "complete":
                 return manifest
             try:
-                for blob_id in manifest.sink_blobs():  # what sinks stashed must load too
-                    self.pages.get(blob_id)
+                self.pages.load_stashed(manifest.sink_blobs())  # must load too; kept for recover()
                 if manifest.state == "running":
                     self._new_guests()
                     for guest, stage in zip(self.guests, manifest.stages, strict=True):
@@ -310,7 +309,7 @@ class _Run:
             spec_sha256=self.spec_sha,
             state="starting",
             source={"url": source.url, "identity": source.identity, "offset": 0, "size": source.size},
-            sinks=self._sink_entries(),  # so `pipeline rm` and gc find (and lock) the outputs at once
+            sinks=self._flushed_sink_entries(),  # so `pipeline rm` and gc find (and lock) the outputs at once
             stats={"started_at": now, "updated_at": now},
         )
         self.state.commit(self.manifest)
@@ -325,7 +324,7 @@ class _Run:
                     dropped.discard(entry["handle"])
         for sink in self.sinks.values():
             sink.start()
-        started = self._sink_entries()
+        started = self._flushed_sink_entries()
         if started != self.manifest.sinks:  # an S3 upload id: record it before any part goes up
             self.manifest.sinks = started
             self.manifest.seq += 1
@@ -399,7 +398,7 @@ class _Run:
         """Commit a manifest: sinks persist -> page blobs -> manifest CAS -> release old blobs.
 
         What needs the guests and sinks to stand still runs here: sinks flush, pages are hashed
-        and the new ones copied. The durable part (fsyncs, blob writes, the CAS, the release)
+        and the new ones copied. The durable part (sink syncs, blob writes, the CAS, the release)
         of a ``running`` checkpoint runs on the checkpoint thread while the guests go on; a
         ``finished`` or ``complete`` one runs here. At most one is in flight: each checkpoint
         first waits for the one before, and raises its error.
@@ -407,7 +406,8 @@ class _Run:
         self._await_checkpoint()
         manifest = self.manifest
         assert manifest is not None
-        sinks = self._sink_entries()
+        for sink in self.sinks.values():
+            sink.flush()
         new_pages: dict[str, bytes] = {}
         if state == "running":
             manifest.stages = []
@@ -419,7 +419,6 @@ class _Run:
             manifest.stages = []  # nothing left to resume; the pages can go
         manifest.state = state
         manifest.seq += 1
-        manifest.sinks = sinks
         manifest.source["offset"] = self.offset
         # Publishing moves no bytes: a "complete" manifest keeps the figures of the "finished" one.
         figures = {"updated_at": time.time()} if state == "complete" else self._stats()
@@ -434,16 +433,22 @@ class _Run:
             self._commit(frozen, new_pages)
 
     def _sink_entries(self) -> list[dict[str, Any]]:
-        """The manifest's ``sinks``: each output with the handle its ``flush()`` returns."""
+        """The manifest's ``sinks``: each output with the handle its ``sync()`` returns, which
+        names exactly what that sync made durable of what the last ``flush()`` handed on."""
         return [
-            {"name": name, "url": sink.url, "format": self.outputs[name].format, "handle": sink.flush()}
+            {"name": name, "url": sink.url, "format": self.outputs[name].format, "handle": sink.sync()}
             for name, sink in self.sinks.items()
         ]
 
+    def _flushed_sink_entries(self) -> list[dict[str, Any]]:
+        """:meth:`_sink_entries` after a flush, here on the run's thread (starting manifests)."""
+        for sink in self.sinks.values():
+            sink.flush()
+        return self._sink_entries()
+
     def _commit(self, manifest: Manifest, new_pages: dict[str, bytes]) -> None:
         """The durable half of a checkpoint, in DESIGN §4's order."""
-        for sink in self.sinks.values():
-            sink.sync()
+        manifest.sinks = self._sink_entries()
         self.faults.reached("sinks-persisted")
         self.pages.write(new_pages, manifest.stages)
         self.faults.reached("blobs-written")

@@ -203,6 +203,7 @@ class PageWriter:
         """Blob ids the store is known to hold (kept manifests reference them), with their sizes."""
         self.bytes_written = 0
         self.blobs_written = 0
+        self._loaded: dict[str, bytes] = {}  # stashed bytes read ahead by load_stashed(), until get()
 
     def capture(self, guest: Guest, name: str) -> StageState:
         """Snapshot one stage and store the pages the store does not hold yet."""
@@ -263,8 +264,17 @@ class PageWriter:
         self._store(blob_id, data)
         return blob_id, self.known[blob_id]
 
+    def load_stashed(self, blob_ids: Iterable[str]) -> None:
+        """Read and check the bytes sinks stashed (``SnapshotCorrupt`` if one does not load), and
+        keep them for the one :meth:`get` each sink's recovery makes: a resume reads them once."""
+        self._loaded = {}
+        self._loaded = {blob_id: self.get(blob_id) for blob_id in blob_ids}
+
     def get(self, blob_id: str) -> bytes:
         """Bytes a sink stashed, checked against their blob's checksum."""
+        loaded = self._loaded.pop(blob_id, None)
+        if loaded is not None:
+            return loaded
         key = blob_key(self.prefix, blob_id)
         try:
             return decode_blob(self.store.get(key), key)

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from pipeline._fs import url_scheme
 from pipeline.errors import SpecError
 from pipeline.runtime import GuestLimits
 
@@ -358,11 +359,6 @@ def parse_job(document: Any, path: Path) -> JobSpec:
             else DEFAULT_CHECKPOINT_EVERY
         ),
     )
-
-
-def url_scheme(url: str) -> str:
-    """``s3`` for ``s3://b/k``; ``file`` for a plain path."""
-    return url.split("://", 1)[0] if "://" in url else "file"
 
 
 def render_output(template: str, source_url: str) -> str:

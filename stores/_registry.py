@@ -6,8 +6,8 @@ import importlib
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
+from pipeline._fs import url_scheme
 from pipeline.errors import SpecError
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def open_store(
     from pipeline.stores.encrypted import load_key, wrap
 
     store_key = load_key(key)  # before connecting: a bad key fails fast, with no side effects
-    scheme = urlsplit(url).scheme if "://" in url else "file"
+    scheme = url_scheme(url)
     if scheme == "file":
         path = Path(url.removeprefix("file://")).expanduser()
         if not path.is_absolute() and base_dir is not None:

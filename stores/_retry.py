@@ -10,6 +10,8 @@ A retried compare-and-swap is ambiguous: the first try may have landed with only
 lost, so the retry meets its own write and sees ``Conflict``. :meth:`Retry.cas` settles that
 case by reading the key back: if it holds exactly the bytes this call wrote, the swap is ours.
 
+The S3 sink retries its requests with the same policy, through a subclass raising sink errors.
+
 Fault injection: :func:`inject_faults` makes a store's ``Retry`` raise :class:`TransientError`
 before or after the real operation (a request lost on the way out, or an answer lost on the
 way back), so the conformance suite can prove that retries absorb faults on any backend that
@@ -36,6 +38,7 @@ logger = logging.getLogger("pipeline.stores")
 
 RETRIES_ENV = "PIPELINE_STORE_RETRIES"
 DEADLINE_ENV = "PIPELINE_STORE_RETRY_DEADLINE"
+RETRY_SETTINGS = f"retries are set by {RETRIES_ENV} and {DEADLINE_ENV}"
 
 
 class TransientError(Exception):
@@ -150,16 +153,13 @@ class Retry:
                 raise
             except Exception as exc:
                 if not (isinstance(exc, TransientError) or self.is_transient(exc)):
-                    raise StoreError(f"{self.url}: {op} {key!r} failed: {self.describe(exc)}") from exc
+                    raise self.error(op, key, f": {self.describe(exc)}", exhausted=False) from exc
                 faulted = True
                 delay = self.policy.backoff(attempt)
                 elapsed = time.monotonic() - start
                 if attempt >= self.policy.tries or elapsed + delay > self.policy.deadline:
-                    raise StoreError(
-                        f"{self.url}: {op} {key!r} failed after {attempt} tries in "
-                        f"{elapsed:.1f}s: {self.describe(exc)}",
-                        hint=f"the store looks unavailable; retries are set by {RETRIES_ENV} and {DEADLINE_ENV}",
-                    ) from exc
+                    detail = f" after {attempt} tries in {elapsed:.1f}s: {self.describe(exc)}"
+                    raise self.error(op, key, detail, exhausted=True) from exc
                 logger.warning(
                     "%s: %s %r failed (try %d of %d), retrying in %.2fs: %s",
                     self.url,
@@ -171,6 +171,12 @@ class Retry:
                     self.describe(exc),
                 )
                 self.sleep(delay)
+
+    def error(self, op: str, key: str, detail: str, *, exhausted: bool) -> PipelineError:
+        """The error ending ``op`` on ``key``: ``detail`` says why (``exhausted``: every try was
+        transient). A ``StoreError``; a subclass retrying something else raises its own kind."""
+        hint = f"the store looks unavailable; {RETRY_SETTINGS}" if exhausted else None
+        return StoreError(f"{self.url}: {op} {key!r} failed{detail}", hint=hint)
 
     def _hook(self, op: str, key: str, phase: str) -> None:
         if self.fault_hook is not None:

@@ -12,8 +12,9 @@ honoured by botocore, and the URL may carry ``?endpoint_url=``, ``&region=`` and
 Credentials never go in the URL.
 
 The store talks to S3 through s3fs's aiobotocore client with botocore's and s3fs's own retries
-turned off, so the shared :class:`~pipeline.stores._retry.Retry` is the only retry layer and
-its bounds hold.
+turned off (:func:`open_client`), so the shared :class:`~pipeline.stores._retry.Retry` is the
+only retry layer and its bounds hold. The S3 sink opens its client the same way and shares the
+retry policy, :func:`is_transient`, :func:`is_missing` and :func:`describe`.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ _TRANSIENT_CODES = {
     "ServiceUnavailable",
 }
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
-_MISSING_CODES = {"NoSuchKey", "NotFound", "404"}
+_MISSING_CODES = {"NoSuchKey", "NoSuchUpload", "NotFound", "404"}  # "404": a HEAD has no error body
 
 _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
     botocore.exceptions.HTTPClientError,  # connection closed, read/connect timeouts
@@ -59,12 +60,21 @@ _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
 )
 
 
+def _client_error(exc: BaseException) -> botocore.exceptions.ClientError | None:
+    """S3's answer behind ``exc``: itself, or the one s3fs translated into an ``OSError``."""
+    for error in (exc, exc.__cause__):
+        if isinstance(error, botocore.exceptions.ClientError):
+            return error
+    return None
+
+
 def _error_code(exc: BaseException) -> tuple[str, int]:
-    if isinstance(exc, botocore.exceptions.ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-        return code, status
-    return "", 0
+    error = _client_error(exc)
+    if error is None:
+        return "", 0
+    code = str(error.response.get("Error", {}).get("Code", ""))
+    status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+    return code, status
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -75,11 +85,16 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSIENT_TYPES)
 
 
+def is_missing(exc: BaseException) -> bool:
+    """Whether S3 answered that the key, or the multipart upload, does not exist (not the bucket)."""
+    return _error_code(exc)[0] in _MISSING_CODES
+
+
 def describe(exc: BaseException) -> str:
     """A one-line account of an S3 failure for the final error message."""
     code, status = _error_code(exc)
     if code or status:
-        message = exc.response.get("Error", {}).get("Message", "")  # type: ignore[attr-defined]
+        message = _client_error(exc).response.get("Error", {}).get("Message", "")  # type: ignore[union-attr]
         return f"{code or status}: {message}".rstrip(": ")
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return "no AWS credentials found (set AWS_PROFILE or AWS_ACCESS_KEY_ID)"
@@ -105,17 +120,10 @@ class S3Store(BaseStore):
         if self.prefix:
             validate_key(self.prefix, url)
         client_kwargs = {"region_name": options["region"]} if options.get("region") else {}
-        self._fs = s3fs.S3FileSystem(
-            skip_instance_cache=True,  # our own client, so close() cannot break another user's
+        self._fs = open_client(
             endpoint_url=options.get("endpoint_url") or None,
             profile=options.get("profile") or None,
             client_kwargs=client_kwargs,
-            # One try per request in botocore: Retry alone decides, within its bounds.
-            config_kwargs={
-                "retries": {"total_max_attempts": 1},
-                "connect_timeout": 10,
-                "read_timeout": 60,
-            },
         )
 
     def _object(self, key: str) -> str:
@@ -134,10 +142,10 @@ class S3Store(BaseStore):
         code, status = _error_code(exc)
         if code == "NoSuchBucket":
             raise StoreError(f"{self.url}: bucket {self.bucket!r} does not exist (at {key!r})") from exc
-        if code in _CONFLICT_CODES or (writing and code in _MISSING_CODES):
+        if code in _CONFLICT_CODES or (writing and is_missing(exc)):
             # IfMatch on a key deleted underneath answers 404: that version is gone too.
             raise Conflict(f"{self.url}: {key!r} changed underneath (compare-and-swap lost)") from exc
-        if code in _MISSING_CODES or status == 404:
+        if is_missing(exc) or status == 404:
             raise KeyNotFound(f"{self.url}: no object at {key!r}") from None
 
     async def _request(self, method: str, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -186,6 +194,21 @@ class S3Store(BaseStore):
 
     def _close(self) -> None:
         close_client(self._fs)
+
+
+def open_client(**options: Any) -> s3fs.S3FileSystem:
+    """An s3fs instance of our own (closing it breaks nobody else's) that tries each request once.
+
+    ``options`` are s3fs's (``endpoint_url``, ``profile``, ``s3_additional_kwargs``...). botocore's
+    and s3fs's own retries are turned off, so a :class:`~pipeline.stores._retry.Retry` around the
+    requests is the only retry layer and its bounds hold (left on, they multiply: a throttled
+    request went out up to 5 x 5 times).
+    """
+    config = {"connect_timeout": 10, "read_timeout": 60, **(options.pop("config_kwargs", None) or {})}
+    config["retries"] = {"total_max_attempts": 1}
+    fs = s3fs.S3FileSystem(**options, skip_instance_cache=True, config_kwargs=config)
+    fs.retries = 1  # s3fs's loop around call_s3
+    return fs
 
 
 def close_client(fs: s3fs.S3FileSystem) -> None:

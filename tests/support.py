@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -19,6 +20,28 @@ stages:
 sink: {url: out/echo.bin}
 checkpoint: {every: 256KiB}
 """
+
+
+class DictStash:
+    """A sink's stash in a dict, for driving a sink by hand."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+
+    def put(self, data: bytes) -> tuple[str, int]:
+        blob_id = hashlib.sha256(data).hexdigest()
+        self.blobs[blob_id] = bytes(data)
+        return blob_id, len(data)
+
+    def get(self, blob_id: str) -> bytes:
+        return self.blobs[blob_id]
+
+
+def persist(sink: Any) -> dict[str, Any]:
+    """A checkpoint's two halves on one thread: the sink's ``flush()``, then the handle ``sync()`` returns."""
+    sink.flush()
+    handle: dict[str, Any] = sink.sync()
+    return handle
 
 
 class Interrupt(Exception):

@@ -1,4 +1,4 @@
-"""The exactly-once file sink: persist, recover by truncation, atomic idempotent commit, fencing."""
+"""The exactly-once file sink: flush + sync, recover by truncation, atomic idempotent commit, fencing."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import persist
 
 from pipeline.connectors import FileSink
 from pipeline.errors import SinkError
@@ -18,7 +19,7 @@ def test_target_appears_only_on_commit_and_recover_drops_unpersisted_bytes(tmp_p
     sink.acquire()
     sink.start()
     sink.write(b"hello ")
-    handle = sink.persist()
+    handle = persist(sink)
     sink.write(memoryview(b"lost after crash"))
     sink.close()  # the "crash": these bytes were never checkpointed
     assert not target.exists()
@@ -39,7 +40,7 @@ def test_commit_already_published_before_a_crash_is_a_no_op(tmp_path: Path) -> N
     sink.acquire()
     sink.start()
     sink.write(b"done")
-    handle = sink.persist()
+    handle = persist(sink)
     sink.commit()
     sink.close()
 
@@ -68,7 +69,7 @@ def test_in_progress_file_shorter_than_the_checkpoint_is_refused(tmp_path: Path)
     sink.acquire()
     sink.start()
     sink.write(b"0123456789")
-    handle = sink.persist()
+    handle = persist(sink)
     sink.close()
     sink.part.write_bytes(b"0123")
     again = FileSink(str(tmp_path / "x.csv"), "s1")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import S3_TEST_BUCKET, Bucket
-from support import Interrupt, interrupt_at, run_cli, write_job
+from support import Interrupt, interrupt_at, persist, run_cli, write_job
 
 from pipeline import _faults
 from pipeline.admin import collect_garbage, remove_session
@@ -310,7 +310,7 @@ def _stale_target_and_a_checkpoint(tmp_path: Path) -> tuple[OutputSpec, dict[str
     first.acquire()
     first.start()
     first.write(b"id,amount\n1,200\n")
-    handle = first.persist()
+    handle = persist(first)
     first.close()
     (tmp_path / "m.parquet").write_bytes(b"yesterday's file")
     return spec, handle

@@ -7,7 +7,6 @@ The S3 tests talk to the moto server on 127.0.0.1 (tests/conftest.py); crash tes
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import os
 import signal
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import S3_TEST_BUCKET, Bucket, S3Server
-from support import Interrupt, interrupt_at, run_cli, write_job
+from support import DictStash, Interrupt, interrupt_at, persist, run_cli, write_job
 
 from pipeline._faults import ENV as KILL_ENV
 from pipeline.admin import remove_session
@@ -31,21 +30,6 @@ from pipeline.testing.data import write_orders_csv
 MiB = 1024 * 1024
 
 # -- S3 ---------------------------------------------------------------------------------------
-
-
-class DictStash:
-    """A stash in a dict, for driving an S3Sink by hand."""
-
-    def __init__(self) -> None:
-        self.blobs: dict[str, bytes] = {}
-
-    def put(self, data: bytes) -> tuple[str, int]:
-        blob_id = hashlib.sha256(data).hexdigest()
-        self.blobs[blob_id] = data
-        return blob_id, len(data)
-
-    def get(self, blob_id: str) -> bytes:
-        return self.blobs[blob_id]
 
 
 @pytest.mark.s3
@@ -110,10 +94,10 @@ def test_s3_commit_is_idempotent_and_recover_finds_it_published(bucket: Bucket) 
     sink = S3Sink(bucket.spec("x.bin"), "s", stash=stash)
     sink.start()
     sink.write(data[: 5 * MiB + 7])
-    first = sink.persist()  # 5 MiB or more: uploaded as a part at the checkpoint
+    first = persist(sink)  # 5 MiB or more: uploaded as a part at the checkpoint
     assert len(first["parts"]) == 1 and first["tail"] is None
     sink.write(data[5 * MiB + 7 :])
-    handle = sink.persist()  # under 5 MiB: kept as a tail in the stash
+    handle = persist(sink)  # under 5 MiB: kept as a tail in the stash
     assert len(handle["parts"]) == 1 and handle["tail"] in stash.blobs
     sink.commit()
     sink.commit()
@@ -134,7 +118,7 @@ def test_s3_recover_checks_parts_beyond_the_first_listing_page(bucket: Bucket) -
     # (Tiny parts: S3 enforces the 5 MiB minimum only when an upload completes.)
     sink = S3Sink(bucket.spec("many.bin"), "s", stash=DictStash())
     sink.start()
-    handle = sink.persist()
+    handle = persist(sink)
     sink.close()
     key = f"{bucket.prefix}/many.bin"
     for number in range(1, 1003):
@@ -156,7 +140,7 @@ def test_s3_part_upload_failing_on_the_uploader_thread_is_one_sink_error(bucket:
     bucket.server.middleware.fail_next(1, status=403, code="AccessDenied")
     sink.write(os.urandom(5 * MiB))  # a full part: it goes up on the uploader thread
     with pytest.raises(SinkError) as caught:
-        sink.persist()  # the checkpoint waits for the part and meets its error
+        persist(sink)  # the checkpoint waits for the part and meets its error
     sink.close()
     assert caught.value.message.startswith(f"sink {bucket.url('denied.bin')}: cannot upload part 1: AccessDenied")
     assert "\n" not in caught.value.message
@@ -166,7 +150,7 @@ def test_s3_part_upload_failing_on_the_uploader_thread_is_one_sink_error(bucket:
 def test_s3_empty_output_is_published_as_an_empty_object(bucket: Bucket) -> None:
     sink = S3Sink(bucket.spec("empty.csv"), "s", stash=DictStash())
     sink.start()
-    sink.persist()
+    persist(sink)
     sink.commit()
     sink.close()
     assert bucket.read("empty.csv") == b""
@@ -179,7 +163,7 @@ def test_s3_recover_refuses_a_part_another_run_overwrote(bucket: Bucket) -> None
     sink = S3Sink(bucket.spec("y.bin", part_size=5 * MiB), "s", stash=stash)
     sink.start()
     sink.write(os.urandom(5 * MiB))
-    handle = sink.persist()
+    handle = persist(sink)
     sink.close()
     bucket.client.upload_part(
         Bucket=S3_TEST_BUCKET, Key=f"{bucket.prefix}/y.bin", UploadId=handle["upload_id"], PartNumber=1, Body=b"x"

@@ -43,6 +43,13 @@ def test_unknown_scheme_lists_the_known_ones() -> None:
         assert scheme in message
 
 
+def test_store_schemes_are_read_as_job_urls_are() -> None:
+    # One url_scheme for jobs and stores: urlsplit dropped a scheme with "_" (not RFC 3986),
+    # so an entry-point store "my_store" was looked up as "://".
+    with pytest.raises(SpecError, match=r"no snapshot store is registered for my_store://"):
+        open_store("my_store://host/path")
+
+
 @pytest.mark.parametrize(
     ("url", "module", "extra"),
     [
