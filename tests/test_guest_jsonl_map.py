@@ -589,7 +589,9 @@ SHAPE_CONFIG: dict[str, Any] = {
 def shaped_lines(*variants: str, repeat: int = 3) -> bytes:
     """SHAPED a few times (its shape recorded, then matched), each variant, and SHAPED again."""
     base = json.dumps(SHAPED)
-    return "".join(line + "\n" for line in [base] * repeat + [v for v in variants for _ in (0, 1)] + [base] * 2).encode()
+    return "".join(
+        line + "\n" for line in [base] * repeat + [v for v in variants for _ in (0, 1)] + [base] * 2
+    ).encode()
 
 
 SHAPE_MISSES = [
@@ -629,7 +631,12 @@ def test_shapes_taking_turns_in_one_slot() -> None:
     # must not be mistaken for each other (nor replace each other on every line).
     lines = ['{"a": "x", "b": 1}', '{"a": 2, "b": "y"}', '{"a": [], "b": 3}', '{"a": {}, "b": 4}', '{"b": 5, "a": 6}']
     # The same names and numbers at the same places, in an object or in an array.
-    lines += ['{"a": {"c": 1}, "b": 2}', '{"a": ["c", 1], "b": 2}', '{"a": {"c": 1}, "b": 2}', '{"a": {"c": 1}, "b": 2}']
+    lines += [
+        '{"a": {"c": 1}, "b": 2}',
+        '{"a": ["c", 1], "b": 2}',
+        '{"a": {"c": 1}, "b": 2}',
+        '{"a": {"c": 1}, "b": 2}',
+    ]
     data = "".join(lines[i % len(lines)] + "\n" for i in range(80)).encode()
     check({"select": ["a", "b", "a.c"]}, data, [None, 3])
     check({"filter": {"field": "a", "op": "<", "value": 3}, "select": ["b"]}, data, [None])
@@ -658,7 +665,9 @@ def test_repeated_deep_lines() -> None:
     # Lines of one shape at the deepest nesting the fast path walks, then one level deeper.
     for depth in (62, 63, 64):
         line = b'{"a": ' * depth + b'{"b": [1, {"c": 2}]}' + b"}" * depth
-        check({"select": ["a", "a.a.a", "a.b"]}, (line + b"\n") * 4 + line.replace(b"[1", b"[1,,") + b"\n" + line + b"\n")
+        check(
+            {"select": ["a", "a.a.a", "a.b"]}, (line + b"\n") * 4 + line.replace(b"[1", b"[1,,") + b"\n" + line + b"\n"
+        )
 
 
 def test_a_repeated_shape_across_chunks_and_blocks() -> None:
