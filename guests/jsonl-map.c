@@ -105,7 +105,7 @@ static struct {
     selected *select; /* per select entry */
     bool select_nested; /* a select path goes on from another ("a" and "a.b"): their values overlap */
     /* The fast path: the paths' names as a tree of nodes, one per object looked in (node 0 is the
-     * line's object), each a 64-slot hash table of its entries; the line's tokens (index_line). */
+     * line's object), each a 64-slot hash table of its entries; the lines' tokens (index_blocks). */
     entry *entries;
     uint32_t nentries;
     int32_t (*slots)[64];
@@ -449,7 +449,7 @@ static void resolve(span obj) {
 /* Filter                                                                                    */
 /* ---------------------------------------------------------------------------------------- */
 
-/* index_line reads whole 64-byte blocks, up to this many bytes past the end of the line. */
+/* index_blocks reads whole 64-byte blocks, up to this many bytes past the end of its bytes. */
 #define FAST_OVERREAD 64u
 
 /* True if the fast path may read FAST_OVERREAD bytes past `end`. */
@@ -671,11 +671,12 @@ static inline bool is_ws(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' 
 /*
  * The fast path checks a line and finds the paths' values in two passes, as simdjson does, so
  * that no loop goes byte by byte (wasmtime adds an interruption check to every loop iteration).
- * index_line classifies the line 64 bytes at a time into bit masks, works out which bytes are
- * inside strings (backslash runs, then a prefix XOR of the unescaped quotes) and lists the line's
- * tokens: each structural character , : [ ] { } outside strings, each quote that opens a string,
- * and the first byte of each run of other bytes outside strings (a number or a literal).
- * Control characters, escapes and UTF-8 are checked there, in bulk, and the line's '\n' found.
+ * index_blocks classifies a window of lines 64 bytes at a time into bit masks (the blocks run on
+ * across the lines: a line needs no block of its own), works out which bytes are inside strings
+ * (backslash runs, then a prefix XOR of the unescaped quotes) and lists each line's tokens: each
+ * structural character , : [ ] { } outside strings, each quote that opens a string, and the
+ * first byte of each run of other bytes outside strings (a number or a literal). Control
+ * characters, escapes and UTF-8 are checked there, in bulk, and the lines' '\n's found.
  * walk_line then walks the tokens through the JSON grammar, one step per member, checks numbers
  * and literals, and matches member names against the tree of the paths' names. A line it turns
  * down goes to slow_line, which finds the error to report.
@@ -735,7 +736,7 @@ static bool escapes_valid(const uint8_t *b, uint64_t escaped) {
 /* Appends the position of each set bit of `bits` (byte i of the block at b) to out; returns the
  * new end. It writes up to 8 further (garbage) entries past the end: whole groups of 8, the
  * first two without a loop (the usual block has fewer than 16 tokens). */
-static inline const uint8_t **put_tokens(const uint8_t **out, const uint8_t *b, uint64_t bits) {
+static inline __attribute__((always_inline)) const uint8_t **put_tokens(const uint8_t **out, const uint8_t *b, uint64_t bits) {
     const uint32_t n = (uint32_t)__builtin_popcountll(bits);
 #define PUT_8(o)                                                                                                     \
     for (int k = 0; k < 8; k++) {                                                                                    \
@@ -796,8 +797,9 @@ static inline uint64_t bytes_below_space(const uint8_t *b, bool high) {
     return m;
 }
 
-/* index_line's state from one block to the next, in memory rather than in locals: wasmtime's
- * register allocator spills much less that way. */
+/* index_window's state from one block to the next, in memory rather than in locals: wasmtime's
+ * register allocator spills much less that way. The carries and flags are the current line's:
+ * each '\n' starts them afresh. */
 static struct {
     uint64_t in_string;    /* all ones if the block starts inside a string */
     uint64_t escape_carry; /* 1 if the block's first byte is escaped */
@@ -806,8 +808,12 @@ static struct {
     uint64_t escaped;      /* the escaped bytes of the block (rare_block) */
     uint64_t high;         /* the bytes >= 0x80 of the block (rare_block) */
     uint32_t utf8_carry;   /* continuation bytes at the block's start that rare_block checked */
-    const uint8_t *line_end; /* the '\n' that ends the line, once found */
     bool escapes;          /* a backslash so far */
+    bool bad;              /* the line is invalid: its remaining bytes are only searched for its '\n' */
+    const uint8_t *line;   /* where the line starts */
+    uint32_t line_tok;     /* where its tokens start in g.tokens (an index: the buffer may move) */
+    uint32_t nlines;       /* the window's lines so far (g.lines_ix) */
+    block bl;              /* the classes of a block for index_rare */
 } scan;
 
 /* True if the bytes >= 0x80 of the block at b (bit i for byte i) are whole valid UTF-8
@@ -853,36 +859,62 @@ PL_COLD bool controls_valid(const uint8_t *b, uint64_t ctrl, uint64_t inside) {
     return !(ctrl & ~((bytes_eq(b, '\t') | bytes_eq(b, '\r')) & ~inside));
 }
 
-/* Indexes the `left` bytes at b (64 at most) up to a '\n' (then setting scan.line_end): appends
- * their tokens to tok; returns the new end, or NULL if the block makes the line invalid. */
-static __attribute__((noinline)) const uint8_t **index_block(const uint8_t *b, size_t left, const uint8_t **tok) {
-    uint64_t valid = left >= 64 ? ~0ull : (1ull << left) - 1;
-    /* 16 bytes at a time, only as many as there are. */
-    block bl = {0};
-    classify16(&bl, b, 0);
-    if (left > 16) classify16(&bl, b + 16, 16);
-    if (left > 32) classify16(&bl, b + 32, 32);
-    if (left > 48) classify16(&bl, b + 48, 48);
-    uint64_t rare = bl.rare & valid;
-    if (rare) {
-        /* A '\n' is a control character: only a block with one may hold the line's end. */
-        const uint64_t newlines = bytes_eq(b, '\n') & valid;
-        if (newlines) {
-            scan.line_end = b + __builtin_ctzll(newlines);
-            valid = (newlines & -newlines) - 1;
-            rare &= valid;
-        }
-    }
+/* A line of a window (index_window). */
+typedef struct line_ix {
+    const uint8_t *nl;    /* its '\n' */
+    uint32_t tok, ntok;   /* its tokens: ntok from g.tokens' tok-th on, then its '\n''s */
+    bool ok;              /* none of its bytes made it invalid */
+    bool spaced, escapes; /* for g.spaced and g.escapes */
+} line_ix;
+
+/* A window ends at the first block that starts with more than WINDOW_TOKENS tokens listed, or
+ * more lines than WINDOW_LINES less the 64 a block may end, once a line has ended in it (till
+ * then its first line has the token list grow for it). */
+#define WINDOW_TOKENS 4096u
+#define WINDOW_LINES 512u
+/* The most one block adds to the token list: a token per byte, and the 8 further entries
+ * put_tokens may write. */
+#define BLOCK_ROOM (64u + 8)
+
+static line_ix lines_ix[WINDOW_LINES];
+
+static inline const uint8_t **token_at(uint32_t i) { return (const uint8_t **)(void *)g.tokens.data + i; }
+
+/* Starts the state of the line at p, whose tokens start at the i-th of g.tokens. */
+static inline void start_line(const uint8_t *p, uint32_t i) {
+    scan.in_string = scan.escape_carry = scan.scalar_carry = scan.spaced = 0;
+    scan.utf8_carry = 0;
+    scan.escapes = scan.bad = false;
+    scan.line = p;
+    scan.line_tok = i;
+}
+
+/* Lists the line that ends at the '\n' at nl, whose token is the i-th of g.tokens, in lines_ix,
+ * and starts the next line. */
+static inline void end_of_line(const uint8_t *nl, uint32_t i, bool ok, bool spaced) {
+    lines_ix[scan.nlines++] = (line_ix){nl, scan.line_tok, i - scan.line_tok, ok, spaced, scan.escapes};
+    start_line(nl + 1, i + 1);
+}
+
+/* The line is invalid: its tokens so far are dropped (returns where they started). */
+PL_COLD const uint8_t **line_bad(void) {
+    scan.bad = true;
+    return token_at(scan.line_tok);
+}
+
+/* Appends the tokens of the bytes `valid` of the block at b (classes bl) to tok, all of them of
+ * one line and before its '\n'; returns the new end. */
+static inline __attribute__((always_inline)) const uint8_t **segment(const uint8_t *b, uint64_t valid, block bl,
+                                                                    const uint8_t **tok) {
     uint64_t ctrl = 0;
     scan.escaped = scan.high = 0;
-    if ((rare || scan.escape_carry || scan.utf8_carry) &&
-        (ctrl = rare_block(b, valid)) == UINT64_MAX)
-        return NULL;
+    if (((bl.rare & valid) || scan.escape_carry || scan.utf8_carry) && (ctrl = rare_block(b, valid)) == UINT64_MAX)
+        return line_bad();
     const uint64_t all_quotes = bl.quotes & valid, quotes = all_quotes & ~scan.escaped;
     /* From each opening quote up to (not including) its closing quote. */
     const uint64_t inside = prefix_xor(quotes) ^ scan.in_string;
     scan.in_string = (uint64_t)((int64_t)inside >> 63);
-    if (ctrl && !controls_valid(b, ctrl, inside)) return NULL;
+    if (ctrl && !controls_valid(b, ctrl, inside)) return line_bad();
     const uint64_t ws = bl.ws & ~scan.high & valid, structural = bl.structural & valid;
     scan.spaced |= ws & ~inside;
     /* Bytes of numbers and literals (or of anything invalid) outside strings: a token where a
@@ -894,42 +926,146 @@ static __attribute__((noinline)) const uint8_t **index_block(const uint8_t *b, s
     return put_tokens(tok, b, tokens);
 }
 
-/*
- * Pass 1 over a line from start up to its '\n' or `end` (FAST_OVERREAD readable bytes after
- * it), setting scan.line_end to the '\n' if there is one: lists its tokens in g.tokens,
- * NO_TOKEN-terminated (eight times, for the look-ahead of walk_line and match_shape), and sets g.spaced (whitespace
- * outside strings, the line's leading and trailing whitespace included) and g.escapes. The
- * tokens are each structural character outside strings, each quote that opens a string and the
- * first byte of each run of other bytes outside strings (a number or a literal, or something
- * invalid). False if it finds the line invalid: a control character other than tab or CR
- * outside strings, an invalid escape, an unterminated string or invalid UTF-8 (bytes >= 0x80
- * outside strings are invalid too, and the walk finds those: they are not a number or a
- * literal).
- */
-static bool index_line(const uint8_t *const start, const uint8_t *const end) {
-    const size_t n = (size_t)(end - start);
-    pl_buf *tb = &g.tokens;
-    const uint8_t **tok = (const uint8_t **)(void *)tb->data;
-    /* Bytes from start whose tokens g.tokens has room for: the first 4 KiB once it has grown,
-     * without a call per line. */
-    size_t room = tb->cap >= (4096 + 16) * sizeof *tok ? 4096 : 0;
-    scan.in_string = scan.escape_carry = scan.scalar_carry = scan.spaced = 0;
-    scan.utf8_carry = 0;
-    scan.escapes = false;
-    scan.line_end = NULL;
-    for (size_t at = 0; at < n && !scan.line_end; at += 64) {
-        if (at + 64 > room) {
-            /* At most a token per byte, and put_tokens may write 8 past the end, as many as the sentinels. */
-            tb->len = (size_t)((const uint8_t *)tok - tb->data);
-            if (!pl_buf_reserve(tb, (4096 + 16) * sizeof *tok)) return false;
-            tok = (const uint8_t **)(void *)(tb->data + tb->len);
-            room = at + 4096;
-        }
-        if (!(tok = index_block(start + at, n - at, tok))) return false;
+/* index_block for a block with a byte to check (a backslash, a control character other than
+ * '\n', a byte >= 0x80), after an escape or a UTF-8 sequence that goes on into it, in an invalid
+ * line or with a '\n' inside a string: line by line, each line's part of it (the bits of
+ * `valid` before each '\n' of `newlines`, and after the last) on its own, the classes in
+ * scan.bl. */
+static __attribute__((noinline)) const uint8_t **index_rare(const uint8_t *b, uint64_t valid, uint64_t newlines,
+                                                            const uint8_t **tok) {
+    for (;;) {
+        const uint64_t nl = newlines & -newlines; /* 0 for the part after the last '\n' */
+        if (!scan.bad) tok = segment(b, nl ? valid & (nl - 1) : valid, scan.bl, tok);
+        if (!nl) return tok;
+        const uint8_t *const at = b + __builtin_ctzll(newlines);
+        *tok = at;
+        /* An unterminated string (or a '\n' in one) makes the line invalid. */
+        end_of_line(at, (uint32_t)(tok - token_at(0)), !scan.bad && !scan.in_string, scan.spaced != 0);
+        tok++;
+        valid &= ~(nl | (nl - 1));
+        newlines &= newlines - 1;
     }
-    if (scan.in_string) return false;
+}
+
+/* Lists the lines that end at the '\n's `newlines` of a block that index_block took whole: its
+ * `tokens`, the '\n's among them, are listed from tok on, and `spaced` is its whitespace outside
+ * strings but the '\n's. */
+static __attribute__((noinline)) void end_lines(const uint8_t *b, uint64_t newlines, uint64_t tokens, uint64_t spaced,
+                                                const uint8_t **tok) {
+    const uint32_t first = (uint32_t)(tok - token_at(0));
+    do {
+        const uint64_t nl = newlines & -newlines, before = nl - 1;
+        end_of_line(b + __builtin_ctzll(newlines), first + (uint32_t)__builtin_popcountll(tokens & before), true,
+                    (scan.spaced | (spaced & before)) != 0);
+        spaced &= ~(nl | before);
+        newlines &= newlines - 1;
+    } while (newlines);
+    scan.spaced = spaced; /* the next line's part */
+}
+
+/* Indexes the `left` bytes at b (64 at most): appends their tokens to tok, listing the lines
+ * that end in them; returns the new end. */
+static __attribute__((noinline)) const uint8_t **index_block(const uint8_t *b, size_t left, const uint8_t **tok) {
+    const uint64_t valid = left >= 64 ? ~0ull : (1ull << left) - 1;
+    /* 16 bytes at a time, only as many as there are. */
+    block bl = {0};
+    classify16(&bl, b, 0);
+    if (left > 16) classify16(&bl, b + 16, 16);
+    if (left > 32) classify16(&bl, b + 32, 32);
+    if (left > 48) classify16(&bl, b + 48, 48);
+    const uint64_t rare = bl.rare & valid;
+    /* A '\n' is a control character: only a block with one may end a line. */
+    const uint64_t newlines = rare ? bytes_eq(b, '\n') & valid : 0;
+    const uint64_t quotes = bl.quotes & valid;
+    /* From each opening quote up to (not including) its closing quote. */
+    const uint64_t inside = prefix_xor(quotes) ^ scan.in_string;
+    /* The usual block has no byte to check, and its '\n's are outside strings: the lines they
+     * end have no string open, and the next starts outside one, as the running state has it. */
+    if ((rare & ~newlines) | (inside & newlines) | scan.escape_carry | scan.utf8_carry | scan.bad) {
+        scan.bl = bl;
+        return index_rare(b, valid, newlines, tok);
+    }
+    const uint64_t ws = bl.ws & valid, structural = bl.structural & valid;
+    /* Bytes of numbers and literals (or of anything invalid) outside strings: a token where a
+     * run of them starts. A '\n' is a token too: the one after its line's, which stops a walk
+     * as NO_TOKEN does. */
+    const uint64_t scalar = valid & ~(inside | quotes | structural | ws);
+    const uint64_t tokens = (structural & ~inside) | (quotes & inside) |
+                            (scalar & ~(scalar << 1 | scan.scalar_carry)) | newlines;
+    const uint8_t **const end = put_tokens(tok, b, tokens);
+    const uint64_t spaced = ws & ~inside & ~newlines;
+    if (newlines)
+        end_lines(b, newlines, tokens, spaced, tok);
+    else
+        scan.spaced |= spaced;
+    scan.in_string = (uint64_t)((int64_t)inside >> 63);
+    scan.scalar_carry = scalar >> 63;
+    return end;
+}
+
+/*
+ * Pass 1 over the bytes from start to end (FAST_OVERREAD readable bytes after them), 64 at a
+ * time whatever the lines: lists each line's tokens in g.tokens from its first-th entry on, each
+ * line's followed by its '\n''s, and lists the lines that end in the bytes in lines_ix
+ * (scan.nlines of them). Each '\n' starts the line state afresh: a '\n' cannot be inside a valid
+ * string, so a line whose string it would be in is invalid, and the next line is indexed as if
+ * alone. The tokens are each structural character outside strings, each quote that opens a
+ * string and the first byte of each run of other bytes outside strings (a number or a literal,
+ * or something invalid). A line is invalid (`ok` false) for a control character other than tab
+ * or CR outside strings, an invalid escape, an unterminated string or invalid UTF-8 (bytes >=
+ * 0x80 outside strings are invalid too, and the walk finds those: they are not a number or a
+ * literal). It stops early, at a block's start, where the window ends (WINDOW_TOKENS), or if no
+ * line has ended and the first has FAST_MAX_LINE bytes or the token list cannot grow for it
+ * (then marked bad). Returns the end of the tokens, the unfinished line's from scan.line_tok on.
+ */
+static const uint8_t **index_blocks(const uint8_t *const start, const uint8_t *const end, uint32_t first) {
+    pl_buf *tb = &g.tokens;
+    /* Room for a window and the 8 NO_TOKEN of index_line. */
+    const size_t room = (WINDOW_TOKENS + BLOCK_ROOM + 8) * sizeof(const uint8_t *);
+    scan.nlines = 0;
+    start_line(start, first);
+    tb->len = first * sizeof(const uint8_t *);
+    if (!pl_buf_reserve(tb, room)) {
+        scan.bad = true;
+        return NULL;
+    }
+    const uint8_t **tok = token_at(first), **limit = tok + WINDOW_TOKENS;
+    for (const uint8_t *b = start; b < end; b += 64) {
+        if (tok > limit || scan.nlines > WINDOW_LINES - 64) {
+            if (scan.nlines) break;
+            /* A line of more than WINDOW_TOKENS tokens: the list grows for it. */
+            tb->len = (size_t)((const uint8_t *)tok - tb->data);
+            if ((size_t)(b - scan.line) >= FAST_MAX_LINE || !pl_buf_reserve(tb, room)) {
+                scan.bad = true;
+                break;
+            }
+            tok = (const uint8_t **)(void *)(tb->data + tb->len);
+            limit = tok + WINDOW_TOKENS;
+        }
+        tok = index_block(b, (size_t)(end - b), tok);
+    }
+    return tok;
+}
+
+/* index_blocks over a window of whole lines from start (the chunk's bytes up to end): returns
+ * how many of its lines lines_ix lists. g.tokens.len is set past their tokens. */
+static uint32_t index_window(const uint8_t *start, const uint8_t *end) {
+    index_blocks(start, end, 0);
+    g.tokens.len = scan.line_tok * sizeof(const uint8_t *);
+    return scan.nlines;
+}
+
+/* index_blocks over the one line [start, end) (no '\n' in it, at most FAST_MAX_LINE bytes),
+ * its tokens listed after g.tokens.len (those of the window it is handled amid stay) and
+ * NO_TOKEN-terminated, eight times, for the look-ahead of walk_line and match_shape: sets *t and
+ * *n to them, and g.spaced and g.escapes; false if the line is invalid. */
+static bool index_line(const uint8_t *start, const uint8_t *end, const uint8_t *const **t, uint32_t *n) {
+    const uint32_t first = (uint32_t)(g.tokens.len / sizeof(const uint8_t *));
+    const uint8_t **tok = index_blocks(start, end, first);
+    if (scan.bad || scan.in_string) return false;
     for (int k = 0; k < 8; k++) tok[k] = &NO_TOKEN;
-    tb->len = (size_t)((const uint8_t *)tok - tb->data);
+    *t = token_at(first);
+    *n = (uint32_t)(tok - token_at(first));
     g.spaced = scan.spaced != 0;
     g.escapes = scan.escapes;
     return true;
@@ -1101,20 +1237,18 @@ static inline __attribute__((always_inline)) bool member(walk *w, uint32_t depth
 }
 
 /*
- * Pass 2 of the fast path, over the tokens index_line listed: checks that they are one JSON
+ * Pass 2 of the fast path, over the tokens index_blocks listed for a line (NO_TOKEN after them): checks that they are one JSON
  * object and sets g.found as resolve would (the values' text as written, whitespace included).
  * It accepts only what pl_json_compact accepts, so a line it turns down (returning false) goes to
  * slow_line, which finds the error to report; it also turns down valid lines nested deeper than
  * FAST_MAX_DEPTH.
  */
-static __attribute__((noinline)) bool walk_line(void) {
+static __attribute__((noinline)) bool walk_line(const uint8_t *const *const tokens, const uint8_t *const *const t_end) {
     /* Per open container, the walk's state in the member it is the value of. */
     static struct {
         int32_t node, pending;
         const uint8_t *value;
     } saved[FAST_MAX_DEPTH + 1];
-    const uint8_t *const *const tokens = (const uint8_t *const *)(const void *)g.tokens.data;
-    const uint8_t *const *const t_end = (const uint8_t *const *)(const void *)(g.tokens.data + g.tokens.len);
     walk w = {tokens, -1, -1, g.nnodes ? 0 : -1, NULL};
     uint64_t objects = 0; /* bit per open container (1 << depth): 1 object, 0 array */
     uint32_t depth = 0;
@@ -1258,7 +1392,7 @@ static inline bool long_name_is(const shape *s, uint32_t k, const uint8_t *p) {
 
 /* Whether the line's n tokens at t have the shape s; if so, sets g.found as walk_line would. */
 static __attribute__((noinline)) bool match_shape(const shape *s, const uint8_t *const *t, uint32_t n) {
-    /* Groups of 8 read at most 7 tokens past the line: its sentinels. */
+    /* Groups of 8 read at most 7 tokens past the line: its '\n''s and the next line's, or NO_TOKEN. */
     for (uint32_t i = 0; i < n; i += 8)
         if (!kinds8(t + i, s->kinds + i, s->kind_mask + i)) return false;
     for (uint32_t k = 0; k < s->nshort; k++) {
@@ -1334,16 +1468,14 @@ PL_COLD void record_shape(shape *s, const uint8_t *const *t, uint32_t n) {
 
 /* Pass 2 of the fast path: match_shape if the line has the shape of its slot, else walk_line
  * (recording the line's shape if the slot's one has lost its trust). */
-static bool walk_tokens(void) {
-    const uint8_t *const *const t = (const uint8_t *const *)(const void *)g.tokens.data;
-    const uint32_t n = (uint32_t)(g.tokens.len / sizeof *t);
+static bool walk_tokens(const uint8_t *const *const t, const uint32_t n) {
     shape *s = &shapes[n % SHAPE_SLOTS];
     if (s->ntokens == n && match_shape(s, t, n)) {
         s->trust += s->trust < SHAPE_TRUST_MAX;
         return true;
     }
     s->trust -= s->trust > 0;
-    if (!walk_line()) return false;
+    if (!walk_line(t, t + n)) return false;
     if (!s->trust && n <= SHAPE_MAX_TOKENS) record_shape(s, t, n);
     return true;
 }
@@ -1398,7 +1530,7 @@ static int end_line(span obj) {
 }
 
 /* A line from the SDK's framer (pl_lines): one that began in an earlier chunk, or at the start
- * of the stream. */
+ * of the stream; or one index_window did not take. */
 static int on_line(void *ctx, const uint8_t *line, size_t len, uint64_t line_no) {
     (void)ctx;
     size_t i = 0;
@@ -1407,34 +1539,51 @@ static int on_line(void *ctx, const uint8_t *line, size_t len, uint64_t line_no)
     size_t n = len;
     while (is_ws(line[n - 1])) n--;
     begin_line(line_no);
+    const uint8_t *const *t;
+    uint32_t nt;
     if (line[i] != '{' || line[n - 1] != '}' || n - i > FAST_MAX_LINE || !overread_ok(line + n) ||
-        !index_line(line + i, line + n) || !walk_tokens())
+        !index_line(line + i, line + n, &t, &nt) || !walk_tokens(t, nt))
         return other_line(line, len, line_no);
     return end_line((span){line + i, line + n});
 }
 
-/* A line that index_line indexed, up to its '\n' (less a '\r' before it: len bytes). */
-static int indexed_line(const uint8_t *line, size_t len, uint64_t line_no) {
-    const uint8_t *const *tokens = (const uint8_t *const *)(const void *)g.tokens.data;
-    const uint8_t *const *t_end = (const uint8_t *const *)(const void *)(g.tokens.data + g.tokens.len);
-    /* No token: nothing but spaces, tabs and CRs (any other byte is a token or failed the index). */
-    if (tokens == t_end) return 0;
+/* A line that index_window took, up to its '\n' (less a '\r' before it: len bytes). */
+static int indexed_line(const uint8_t *line, size_t len, uint64_t line_no, const line_ix *x) {
+    /* No token: nothing but spaces, tabs and CRs (any other byte is a token or made it invalid). */
+    if (!x->ntok) return 0;
     begin_line(line_no);
-    if (!walk_tokens()) return other_line(line, len, line_no);
-    return end_line((span){tokens[0], t_end[-1] + 1});
+    g.spaced = x->spaced;
+    g.escapes = x->escapes;
+    const uint8_t *const *const t = token_at(x->tok);
+    if (!walk_tokens(t, x->ntok)) return other_line(line, len, line_no);
+    return end_line((span){t[0], t[x->ntok - 1] + 1});
+}
+
+/* Hands the line [p, nl) over, as the SDK's framer does (pl__lines_deliver): a '\r' before the
+ * '\n' dropped, max_line_bytes checked, numbered in g.lines. x is its index, or NULL. */
+static inline int deliver(const uint8_t *p, const uint8_t *nl, const line_ix *x) {
+    pl_lines *l = &g.lines;
+    size_t n = (size_t)(nl - p);
+    /* As fast as a line gets past the index: one of FAST_MAX_LINE bytes or more is not taken. */
+    const bool indexed = x && x->ok && n < FAST_MAX_LINE;
+    if (n && p[n - 1] == '\r') n--;
+    if (n > l->max_line_bytes) return pl__lines_too_long(l);
+    const int rc = indexed ? indexed_line(p, n, l->line_no, x) : on_line(NULL, p, n, l->line_no);
+    l->line_no++;
+    return rc;
 }
 
 /*
- * The lines that end in the chunk are framed here, by the fast path's index (the '\n' is found
- * by the same 64-byte blocks that classify the line's bytes) rather than by the SDK's framer,
- * which would first search every line for its '\n'; as that framer does (pl__lines_deliver), a
- * '\r' before the '\n' is dropped, max_line_bytes is checked and lines are numbered in g.lines.
- * The framer still takes what it must hold: the stream's first bytes (a BOM), a line begun in an
- * earlier chunk, and the chunk's last line if it does not end in it.
+ * The lines that end in the chunk are framed here, by the fast path's index (the '\n's are
+ * found by the same 64-byte blocks that classify the lines' bytes, a window of lines at a time)
+ * rather than by the SDK's framer, which would first search every line for its '\n'. The framer
+ * still takes what it must hold: the stream's first bytes (a BOM), a line begun in an earlier
+ * chunk, and the chunk's last line if it does not end in it.
  */
 static int pl_guest_process(const uint8_t *data, size_t len) {
     pl_lines *l = &g.lines;
     const uint8_t *p = data, *const end = data + len;
+    g.tokens.len = 0; /* no window's tokens to keep */
     if (l->bom < 3 || l->partial.len) {
         const uint8_t *nl = pl_memchr(p, '\n', len);
         if (!nl) return pl_lines_feed(l, p, len);
@@ -1442,23 +1591,27 @@ static int pl_guest_process(const uint8_t *data, size_t len) {
         p = nl + 1;
     }
     while (p < end) {
-        const size_t room = (size_t)(end - p) < FAST_MAX_LINE ? (size_t)(end - p) : FAST_MAX_LINE;
-        bool indexed = overread_ok(p + room) && index_line(p, p + room);
-        const uint8_t *nl = indexed ? scan.line_end : NULL;
-        if (!nl) {
-            /* Invalid (the index stopped early), too long for the fast path, or unfinished. */
-            indexed = false;
-            if (!(nl = pl_memchr(p, '\n', (size_t)(end - p)))) break;
+        const uint32_t nlines = overread_ok(end) ? index_window(p, end) : 0;
+        if (!nlines) {
+            /* No line ends in what the index took: one of FAST_MAX_LINE bytes or more (or one the
+             * token list could not grow for), or the chunk's unfinished last line. */
+            const uint8_t *const nl = pl_memchr(p, '\n', (size_t)(end - p));
+            if (!nl) break;
+            const int rc = deliver(p, nl, NULL);
+            if (rc) return rc;
+            p = nl + 1;
+            continue;
         }
-        size_t n = (size_t)(nl - p);
-        if (n && p[n - 1] == '\r') n--;
-        if (n > l->max_line_bytes) return pl__lines_too_long(l);
-        const int rc = indexed ? indexed_line(p, n, l->line_no) : on_line(NULL, p, n, l->line_no);
-        l->line_no++;
-        if (rc) return rc;
-        p = nl + 1;
+        for (const line_ix *x = lines_ix, *const x_end = x + nlines; x < x_end; x++) {
+            const int rc = deliver(p, x->nl, x);
+            if (rc) return rc;
+            p = x->nl + 1;
+        }
     }
     return p < end ? pl_lines_feed(l, p, (size_t)(end - p)) : 0;
 }
 
-static int pl_guest_finish(void) { return pl_lines_finish(&g.lines); }
+static int pl_guest_finish(void) {
+    g.tokens.len = 0;
+    return pl_lines_finish(&g.lines);
+}

@@ -678,6 +678,100 @@ def test_a_repeated_shape_across_chunks_and_blocks() -> None:
 
 
 # -------------------------------------------------------------------------------------------------
+# Windows: the lines that end in a chunk are indexed many at a time, in 64-byte blocks that run on
+# across them (each '\n' starting the line state afresh)
+# -------------------------------------------------------------------------------------------------
+
+WINDOW_CONFIG: dict[str, Any] = {
+    "filter": {"field": "n", "op": ">=", "value": 0},
+    "select": ["n", "s", "u.c"],
+}
+
+
+def same_rejects_at_every_chunk_size(config: dict[str, Any], data: bytes) -> None:
+    """The reject rows (reasons included) of the windows (one chunk) are those of lines handed
+    over one at a time (chunks of 1 and 7 bytes: each line crosses a chunk edge)."""
+    want = run(config, data, 1)
+    for size in (None, 7, 61, 64, 4093):
+        assert run(config, data, size) == want, f"chunk size {size}"
+
+
+def test_lines_ending_at_every_block_offset() -> None:
+    # Line lengths 1..150 put each '\n' (and the '\r' of a CRLF before it) at every offset of
+    # the 64-byte blocks, and a line's start too; blank lines and lines of whitespace between.
+    lines = []
+    for n in range(150):
+        body = json.dumps({"n": n, "s": "x" * max(0, n - 30), "u": {"c": "é" * (n % 3)}}, ensure_ascii=False)
+        lines.append(body.encode()[: max(1, n)] if n < 20 else body.encode())
+        lines.append(b" " * (n % 5) + b"\t" * (n % 2))
+    data = b"".join(line + (b"\r\n" if i % 3 == 0 else b"\n") for i, line in enumerate(lines))
+    check(WINDOW_CONFIG, data, [None, 61, 64, 4093])
+    check({}, data, [None, 64])
+    same_rejects_at_every_chunk_size(WINDOW_CONFIG, data)
+
+
+def test_a_bom_and_lines_after_it() -> None:
+    data = b"\xef\xbb\xbf" + b"".join(b'{"n": %d, "s": "%s"}\n' % (n, b"y" * n) for n in range(100))
+    check(WINDOW_CONFIG, data, [None, 2, 3, 64, 4093])
+
+
+# A line that is invalid in a way the index finds, followed by valid lines with strings: the index
+# must start each line outside a string, with no escape or UTF-8 sequence going on into it.
+BROKEN_ENDS = [
+    b'{"s": "open',  # an unterminated string
+    b'{"s": "a", "t": "open\\',  # ... ending in a backslash, which would escape the '\n'
+    b'{"s": "\\\\", "t": "\\',  # an escaped backslash, then one that would escape the '\n'
+    b'{"s": "\xc3',  # a UTF-8 sequence cut short by the '\n'
+    b'{"s": "\xe2\x82',
+    b'{"s": "\x01"}',  # a control character in a string (its object complete)
+    b'{"s": "\\u12"}',  # an invalid escape
+    b'{"s": 1}\\',  # a backslash outside strings
+    b'"',
+    b'{"s": "a\rb"}',  # a CR inside a string
+]
+
+
+@pytest.mark.parametrize("broken", BROKEN_ENDS, ids=[repr(b) for b in BROKEN_ENDS])
+def test_invalid_lines_amid_a_window(broken: bytes) -> None:
+    good = [b'{"n": %d, "s": "q\\"uote\\"d", "u": {"c": "%s"}}' % (n, b"z" * n) for n in range(8)]
+    lines = []
+    for pad in range(0, 70, 3):  # the broken line's '\n' at many offsets of its block
+        lines += [good[pad % 8], b" " * pad + broken, *good, b'"' + b"x" * pad + b'"', good[0]]
+    data = b"\n".join(lines) + b"\n"
+    check(WINDOW_CONFIG, data, [None, 64, 4093])
+    same_rejects_at_every_chunk_size(WINDOW_CONFIG, data)
+
+
+def test_windows_ending_on_tokens_and_lines() -> None:
+    # Lines of many tokens (a window holds about 4096), of a few, and blank lines (a window holds
+    # about 450 lines), in turns, then a line of more tokens than a window, amid them.
+    many = [json.dumps({"n": n, "a": list(range(n % 97)), "s": "w"}) for n in range(300)]
+    few = ["{}", '{"n": 1}', "", " ", "[]"]
+    long = json.dumps({"n": 5, "a": [0] * 5000})
+    lines = many + few * 400 + many[:50] + [long] + many[:50] + [long, long] + few * 10
+    data = "\n".join(lines).encode() + b"\n"
+    check(WINDOW_CONFIG, data, [None, 4093, 100_000])
+    check({"select": ["a"]}, data, [None])
+
+
+def test_max_line_bytes_amid_a_window() -> None:
+    # A line of exactly max_line_bytes (its '\r' not counted) is taken; the first longer one
+    # fails the stream, as the line handed over alone would.
+    config = {"max_line_bytes": 30, "select": ["n"]}
+    ok = b'{"n": 1, "s": "' + b"x" * 13 + b'"}'
+    assert len(ok) == 30
+    data = (ok + b"\r\n") * 20 + ok + b"\n" + b'{"n": 2, "s": "' + b"x" * 14 + b'"}\n' + ok + b"\n"
+    for size in (None, 1, 7, 64):
+        with pytest.raises(PipelineError) as info:
+            run(config, data, size)
+        assert message(info.value) == (
+            "line 22: line exceeds max_line_bytes (30); raise max_line_bytes in the stage config"
+        )
+    out, _, counters = run(config, data[: 20 * 32 + 31])
+    assert (out, counters) == (b'{"n":1}\n' * 21, (21, 21, 0))
+
+
+# -------------------------------------------------------------------------------------------------
 # Resume
 # -------------------------------------------------------------------------------------------------
 
