@@ -71,7 +71,9 @@ def open_store(
     from pipeline.stores.encrypted import load_key, wrap
 
     store_key = load_key(key)  # before connecting: a bad key fails fast, with no side effects
-    scheme = url_scheme(url)
+    scheme = url_scheme(url).lower()  # URL schemes are case-insensitive (RFC 3986): S3:// is s3://
+    if "://" in url:
+        url = scheme + url[url.index("://") :]
     if scheme == "file":
         path = Path(url.removeprefix("file://")).expanduser()
         if not path.is_absolute() and base_dir is not None:

@@ -83,6 +83,12 @@ def test_directory_is_the_default_relative_to_base_dir(tmp_path: Path) -> None:
     store.close()
 
 
+def test_store_schemes_are_case_insensitive() -> None:
+    lower, upper = open_store("memory://registry-case"), open_store("Memory://registry-case")
+    lower.put("k", b"v")
+    assert upper.get("k") == b"v"
+
+
 def test_memory_urls_share_contents_within_a_process() -> None:
     one = open_store("memory://registry-shared")
     two = open_store("memory://registry-shared")
