@@ -32,6 +32,8 @@ for _power, _letter in enumerate("kmgt", start=1):  # k/kb = 1000, ki/kib = 1024
     _UNITS |= {_letter: 1000**_power, f"{_letter}b": 1000**_power}
     _UNITS |= {f"{_letter}i": 1024**_power, f"{_letter}ib": 1024**_power}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_BARE_M = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[mM]\s*$")
+_MINUTES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*min\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 GLOB_CHARS = re.compile(r"[*?\[]")
 TEMPLATE_FIELDS = ("stem", "name")
@@ -165,14 +167,24 @@ class CheckpointInterval:
 
     @classmethod
     def parse(cls, value: Any, where: str) -> CheckpointInterval:
-        """``1s`` / ``500ms`` / ``2m`` -> a time; ``8MiB`` / ``4096`` -> input bytes."""
+        """``1s`` / ``500ms`` / ``2min`` / ``1h`` -> a time; ``8MiB`` / ``4096`` -> input bytes.
+
+        A bare ``m`` is refused: it meant megabytes here before the interval could be a time.
+        """
+        if isinstance(value, str) and (match := _BARE_M.match(value)):
+            number = match.group(1)
+            raise SpecError(
+                f"{where}: {value!r} could be minutes or megabytes: write {number}min, or {number}MB / {number}MiB"
+            )
+        if isinstance(value, str) and (match := _MINUTES.match(value)):
+            return cls(seconds=parse_duration(f"{match.group(1)}s", where) * 60)
         if isinstance(value, str) and (match := _DURATION.match(value)) and match.group(2):
             return cls(seconds=parse_duration(value, where))
         try:
             return cls(bytes=parse_size(value, where))
         except SpecError:
             raise SpecError(
-                f"{where}: expected a time like 1s, 500ms or 2m, or an input size like 8MiB, got {value!r}"
+                f"{where}: expected a time like 1s, 500ms or 2min, or an input size like 8MiB, got {value!r}"
             ) from None
 
 

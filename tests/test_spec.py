@@ -49,8 +49,9 @@ def test_good_job_resolves_relative_paths_against_the_job_folder(tmp_path: Path)
         (4096, CheckpointInterval(bytes=4096)),
         ("1s", CheckpointInterval(seconds=1.0)),
         ("250ms", CheckpointInterval(seconds=0.25)),
-        ("2m", CheckpointInterval(seconds=120.0)),  # a lower-case m is minutes, as in every duration here
-        ("2M", CheckpointInterval(bytes=2_000_000)),
+        ("2min", CheckpointInterval(seconds=120.0)),
+        ("1h", CheckpointInterval(seconds=3600.0)),
+        ("2MB", CheckpointInterval(bytes=2_000_000)),
     ],
 )
 def test_checkpoint_interval_is_a_time_or_an_input_size(tmp_path: Path, every: object, expected: object) -> None:
@@ -76,8 +77,13 @@ def test_spec_hash_ignores_checkpoint_interval_but_not_config(tmp_path: Path) ->
         (GOOD.replace("name: csv-map\n", ""), "top level: missing required key 'name'"),
         (
             GOOD.replace("every: 8MiB", "every: lots"),
-            "checkpoint.every: expected a time like 1s, 500ms or 2m, or an input size like 8MiB, got 'lots'",
+            "checkpoint.every: expected a time like 1s, 500ms or 2min, or an input size like 8MiB, got 'lots'",
         ),
+        (
+            GOOD.replace("every: 8MiB", "every: 5m"),
+            "checkpoint.every: '5m' could be minutes or megabytes: write 5min, or 5MB / 5MiB",
+        ),
+        (GOOD.replace("every: 8MiB", "every: 5M"), "checkpoint.every: '5M' could be minutes or megabytes"),
         (GOOD.replace("every: 8MiB", "every: 0s"), "checkpoint.every: expected a finite duration like 5s"),
         (
             GOOD.replace("memory: 64MiB", "memroy: 64MiB"),
