@@ -17,16 +17,54 @@ pins the wasmtime release the tests ran against, so an upgrade is a deliberate, 
 from __future__ import annotations
 
 import ctypes
+import signal
+import threading
 from collections.abc import Callable
+from types import FrameType
 
 import wasmtime
 from wasmtime import _bindings as ffi
 
 HostHandler = Callable[..., int | None]
-"""A host import: ``handler(context, *i32 args) -> i32 result or None``; it must not raise."""
+"""A host import: ``handler(context, *i32 args) -> i32 result or None``; one that raises traps the guest."""
 
 _I32_KIND = 0  # WASMTIME_I32 (wasmtime/val.h)
 _NO_FINALIZER = ffi._wasmtime_func_new.argtypes[4]()  # a NULL finalizer: the callback has no env to free
+
+
+class _HeldInterrupts:
+    """Ctrl-C while a guest runs on the main thread, raised once the call has returned.
+
+    Python's own SIGINT handler raises KeyboardInterrupt at the next bytecode, which during a
+    guest call is inside a host import's ctypes callback: ctypes can only print such an exception
+    and hand wasmtime an undefined result, which crashed the process (or, when it happened to be
+    0, dropped the block being emitted). This handler behaves as Python's everywhere else.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0  # guest calls in progress on the main thread
+        self.pending = False
+
+    def install(self) -> None:
+        """Take SIGINT over from Python's default handler (from the main thread; once)."""
+        on_main = threading.current_thread() is threading.main_thread()
+        if on_main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if self.depth:
+            self.pending = True
+        else:
+            signal.default_int_handler(signum, frame)
+
+    def raise_pending(self) -> None:
+        if self.pending and not self.depth:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+HELD_INTERRUPTS = _HeldInterrupts()
+_MAIN_THREAD = threading.main_thread().ident
 
 
 class Export:
@@ -54,9 +92,17 @@ class Export:
         """Call the export (with ``arg`` if it takes one); a trap raises ``wasmtime.Trap``."""
         self._args[0].of.i32 = arg
         trap = ctypes.POINTER(ffi.wasm_trap_t)()
-        error = ffi._wasmtime_func_call(
-            self._context, self._func, self._args, self._nargs, self._results, self._nresults, ctypes.byref(trap)
-        )
+        on_main = threading.get_ident() == _MAIN_THREAD
+        if on_main:
+            HELD_INTERRUPTS.depth += 1
+        try:
+            error = ffi._wasmtime_func_call(
+                self._context, self._func, self._args, self._nargs, self._results, self._nresults, ctypes.byref(trap)
+            )
+        finally:
+            if on_main:
+                HELD_INTERRUPTS.depth -= 1
+                HELD_INTERRUPTS.raise_pending()
         if error:
             raise wasmtime.WasmtimeError._from_ptr(error)
         if trap:
@@ -74,11 +120,15 @@ class HostFunction:
         ty = wasmtime.FuncType([i32] * nargs, [i32] * nresults)
 
         def callback(env: int, caller: object, args: ctypes.Array, n: int, results: ctypes.Array, m: int) -> int:
-            value = handler(ffi._wasmtime_caller_context(caller), *(args[i].of.i32 for i in range(nargs)))
-            if nresults:
-                results[0].kind = _I32_KIND
-                results[0].of.i32 = value
-            return 0  # no trap: handlers report errors through their result, never by raising
+            try:
+                value = handler(ffi._wasmtime_caller_context(caller), *(args[i].of.i32 for i in range(nargs)))
+                if nresults:
+                    results[0].kind = _I32_KIND
+                    results[0].of.i32 = value
+                return 0  # no trap
+            except BaseException as exc:  # never back into C: a handler is not meant to raise
+                message = f"host import raised {exc!r}".encode()
+                return ctypes.cast(ffi.wasmtime_trap_new(message, len(message)), ctypes.c_void_p).value or 0
 
         self._callback = ffi.wasmtime_func_callback_t(callback)  # ctypes frees it with this object
         self._func = ffi.wasmtime_func_t()

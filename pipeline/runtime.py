@@ -32,7 +32,7 @@ from typing import Any
 
 import wasmtime
 
-from pipeline._wasm_call import Export, HostFunction, memory_size, memory_view
+from pipeline._wasm_call import HELD_INTERRUPTS, Export, HostFunction, memory_size, memory_view
 from pipeline.errors import (
     GuestABIError,
     GuestError,
@@ -281,6 +281,7 @@ class Guest:
         self._host_error: BaseException | None = None
         self._closed = False
 
+        HELD_INTERRUPTS.install()  # Ctrl-C must not land inside a host import's ctypes callback
         self._store = wasmtime.Store(_engine(module.fuel))
         self._store.set_limits(
             memory_size=self.limits.memory,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import wasmtime
@@ -76,3 +79,57 @@ def test_memory_views_are_bounds_checked(instance: Instance) -> None:
     assert memory_view(context, memory, 65535, 2) is None
     assert memory_view(context, memory, -1, 1) is None
     assert memory_view(context, memory, 0, 0) == b""
+
+
+def test_a_host_function_that_raises_traps_the_guest(instance: Instance) -> None:
+    def fails(context: object, a: int, b: int, c: int) -> int:
+        raise RuntimeError("no")
+
+    host = HostFunction(instance.store, 3, 1, fails)
+    exports = wasmtime.Instance(instance.store, wasmtime.Module(instance.store.engine, WAT), [host.func]).exports(
+        instance.store
+    )
+    via_host = exports["via_host"]
+    assert isinstance(via_host, wasmtime.Func)
+    with pytest.raises((wasmtime.Trap, wasmtime.WasmtimeError), match=r"host import raised RuntimeError\(.no.\)"):
+        Export(instance.store, via_host, 1, 1)(1)
+
+
+# A guest that emits N times in one call; the host sends itself SIGINT from inside the 100th
+# emit, i.e. inside a host import's ctypes callback. Run in a child: the bug this guards
+# against crashed the process.
+CTRL_C_CHILD = """
+import os, signal, sys
+from pipeline.runtime import Guest, GuestModule
+from pipeline.testing import wat
+sys.path.insert(0, {bench!r})
+from test_micro import EMIT_N
+
+emitted = []
+def on_emit(port, view):
+    emitted.append(len(view))
+    if len(emitted) == 100:
+        os.kill(os.getpid(), signal.SIGINT)
+
+with Guest(GuestModule.load(wat.build(EMIT_N), name="emit-n"), stage="emit-n", on_emit=on_emit) as guest:
+    guest.start(b"{{}}")
+    try:
+        guest.process(5000)
+    except KeyboardInterrupt:
+        print("interrupted after", len(emitted))
+    try:
+        guest.process(10)  # and the next Ctrl-C-free call works
+    except KeyboardInterrupt:
+        print("a second interrupt")
+print("emitted", len(emitted))
+"""
+
+
+def test_ctrl_c_during_a_guest_call_is_raised_when_the_call_returns() -> None:
+    bench = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    child = subprocess.run(
+        [sys.executable, "-c", CTRL_C_CHILD.format(bench=bench)], capture_output=True, text=True, timeout=60
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split("\n")[:2] == ["interrupted after 5000", "emitted 5010"], child.stdout + child.stderr
+    assert "Exception ignored" not in child.stderr
