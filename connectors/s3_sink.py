@@ -152,7 +152,8 @@ class S3Sink:
         if number > MAX_PARTS:
             raise SinkError(
                 f"sink {self.url}: the output outgrew S3's {MAX_PARTS:,} parts",
-                hint="raise part_size on this output",
+                hint="raise part_size on this output, and checkpoint less often (checkpoint.every): "
+                "each checkpoint sends what is buffered as a part once it holds 5 MiB",
             )
         self._seal()
         pieces, self._sealed, self._sealed_size = self._sealed, [], 0

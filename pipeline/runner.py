@@ -406,8 +406,7 @@ class _Run:
         self._await_checkpoint()
         manifest = self.manifest
         assert manifest is not None
-        for sink in self.sinks.values():
-            sink.flush()
+        self._flush_sinks()
         new_pages: dict[str, bytes] = {}
         if state == "running":
             manifest.stages = []
@@ -440,10 +439,13 @@ class _Run:
             for name, sink in self.sinks.items()
         ]
 
-    def _flushed_sink_entries(self) -> list[dict[str, Any]]:
-        """:meth:`_sink_entries` after a flush, here on the run's thread (starting manifests)."""
+    def _flush_sinks(self) -> None:
         for sink in self.sinks.values():
             sink.flush()
+
+    def _flushed_sink_entries(self) -> list[dict[str, Any]]:
+        """:meth:`_sink_entries` after a flush, here on the run's thread (starting manifests)."""
+        self._flush_sinks()
         return self._sink_entries()
 
     def _commit(self, manifest: Manifest, new_pages: dict[str, bytes]) -> None:
