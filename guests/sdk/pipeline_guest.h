@@ -1024,33 +1024,33 @@ PL_API uint64_t pl__prefix_xor(uint64_t x) {
 }
 
 /* The block's separators (the commas and line breaks outside quotes) the slow, exact way: its
- * special bytes one by one through the reader's state machine, from p->state on. */
-PL_COLD uint64_t pl__csv_walk_block(pl_csv *p, const pl__csv_masks *m, uint64_t valid) {
+ * special bytes one by one through the reader's state machine, from p->state on. `seps` has the
+ * block's commas and line breaks, wherever they are. */
+PL_COLD uint64_t pl__csv_walk_block(pl_csv *p, uint64_t quotes, uint64_t seps, uint64_t valid) {
     unsigned state = p->state;
-    uint64_t special = (m->commas | m->quotes | m->breaks) & valid, seps = 0;
+    uint64_t special = (seps | quotes) & valid, out = 0;
     int next = 0; /* the first byte not yet read */
     for (; special; special &= special - 1) {
         const int at = __builtin_ctzll(special);
         if (at > next && state != PL__CSV_QUOTED) state = PL__CSV_FIELD; /* ordinary bytes */
-        if (m->quotes >> at & 1) {
+        if (quotes >> at & 1) {
             state = state == PL__CSV_START || state == PL__CSV_QUOTE ? PL__CSV_QUOTED
                     : state == PL__CSV_QUOTED                        ? PL__CSV_QUOTE
                                                                      : PL__CSV_FIELD;
         } else if (state != PL__CSV_QUOTED) {
-            seps |= 1ull << at;
+            out |= 1ull << at;
             state = PL__CSV_START;
         }
         next = at + 1;
     }
     if (64 - __builtin_clzll(valid) > next && state != PL__CSV_QUOTED) state = PL__CSV_FIELD;
     p->state = (uint8_t)state;
-    return seps;
+    return out;
 }
 
 /* The separators of a block that holds quotes, or starts inside or right after them. */
-__attribute__((noinline)) static uint64_t pl__csv_quoted_block(pl_csv *p, const pl__csv_masks *m, uint64_t valid) {
+__attribute__((noinline)) static uint64_t pl__csv_quoted_block(pl_csv *p, uint64_t q, uint64_t seps, uint64_t valid) {
     const unsigned state = p->state;
-    const uint64_t q = m->quotes, seps = m->commas | m->breaks;
     const uint64_t in = pl__prefix_xor(q) ^ (state == PL__CSV_QUOTED ? ~0ull : 0); /* inside quotes */
     const uint64_t opens = q & in, closes = q & ~in;
     /* Exact only if each opening quote starts a field (or reopens after a closing one: '""'),
@@ -1058,32 +1058,46 @@ __attribute__((noinline)) static uint64_t pl__csv_quoted_block(pl_csv *p, const 
     const uint64_t may_open = (seps | closes) << 1 | (state == PL__CSV_START || state == PL__CSV_QUOTE);
     const uint64_t may_close = (seps | opens) >> 1 | ~valid >> 1 | 1ull << 63;
     const bool resumed_ok = state != PL__CSV_QUOTE || ((seps | q) & 1);
-    if ((opens & ~may_open) || (closes & ~may_close) || !resumed_ok) return pl__csv_walk_block(p, m, valid);
+    if ((opens & ~may_open) || (closes & ~may_close) || !resumed_ok) return pl__csv_walk_block(p, q, seps, valid);
     const unsigned last = 63u - (unsigned)__builtin_clzll(valid);
-    p->state = in >> last & 1   ? PL__CSV_QUOTED
-               : q >> last & 1  ? PL__CSV_QUOTE
+    p->state = in >> last & 1     ? PL__CSV_QUOTED
+               : q >> last & 1    ? PL__CSV_QUOTE
                : seps >> last & 1 ? PL__CSV_START
                                   : PL__CSV_FIELD;
-    return seps & ~in;
+    return seps & ~in & valid;
 }
 
-/* Scans one block: appends its separators to ends and the records it ends to rows. */
-PL_API int pl__csv_block(pl_csv *p, const uint8_t *data, uint32_t base, const pl__csv_masks *m, uint64_t valid) {
+/* Opens the record whose first byte is bit b of the block at `base`. */
+__attribute__((always_inline)) static inline void pl__csv_open(pl_csv *p, uint32_t base, unsigned b, uint64_t quotes,
+                                                               uint64_t lines) {
+    const uint64_t below = (1ull << b) - 1, q = quotes & ~below;
+    p->in_record = true;
+    p->rec_start = base + b;
+    p->rec_quote = q ? (int64_t)(base + (uint32_t)__builtin_ctzll(q)) : INT64_MAX;
+    p->rec_line = p->line + (uint64_t)__builtin_popcountll(lines & below) + 1;
+}
+
+/* Scans the block at data + base (its special bytes in m; `valid` marks the bytes that are
+ * data): appends its separators to ends and the records it ends to rows. Inlined twice, for
+ * whole blocks (valid all ones, which folds away) and the chunk's tail. */
+__attribute__((always_inline)) static inline int pl__csv_block(pl_csv *p, const uint8_t *data, uint32_t base,
+                                                               pl__csv_masks m, uint64_t valid) {
+    const uint64_t all = m.commas | m.breaks;
     uint64_t seps;
-    if (m->quotes || p->state >= PL__CSV_QUOTED) {
-        seps = pl__csv_quoted_block(p, m, valid);
+    if (m.quotes || p->state >= PL__CSV_QUOTED) {
+        seps = pl__csv_quoted_block(p, m.quotes, all, valid);
     } else {
-        seps = (m->commas | m->breaks) & valid;
+        seps = all & valid;
         p->state = seps >> (63 - __builtin_clzll(valid)) & 1 ? PL__CSV_START : PL__CSV_FIELD;
     }
     /* A line break outside quotes ends a record, unless it comes right after another one (or at
      * the stream start): then it is a blank line, or the LF of a CRLF. */
-    const uint64_t breaks = m->breaks & seps;
+    const uint64_t breaks = m.breaks & seps;
     const uint64_t after_break = breaks << 1 | p->after_break;
     const uint64_t ends = breaks & ~after_break, starts = valid & ~breaks & after_break;
     seps = (seps & ~breaks) | ends;
     /* Physical lines: CR, and LF but after a CR, wherever they are. */
-    const uint64_t lines = m->crs | (m->breaks & ~m->crs & ~(m->crs << 1 | p->after_cr));
+    const uint64_t lines = m.crs | (m.breaks & ~m.crs & ~(m.crs << 1 | p->after_cr));
 
     uint32_t *out = p->ends + p->nends;
     for (uint64_t s = seps; s; out += 4) { /* may write 3 entries past the last: see make_room */
@@ -1096,20 +1110,17 @@ PL_API int pl__csv_block(pl_csv *p, const uint8_t *data, uint32_t base, const pl
         out[3] = base + (uint32_t)__builtin_ctzll(s);
         s &= s - 1;
     }
-    if (p->in_record && m->quotes && p->rec_quote == INT64_MAX) p->rec_quote = base + __builtin_ctzll(m->quotes);
-    for (uint64_t ev = starts | ends; ev; ev &= ev - 1) {
-        const uint64_t bit = ev & (0 - ev), below = bit - 1;
-        const uint32_t at = base + (uint32_t)__builtin_ctzll(bit);
-        if (starts & bit) {
-            const uint64_t q = m->quotes & ~below;
-            p->in_record = true;
-            p->rec_start = at;
-            p->rec_quote = q ? base + __builtin_ctzll(q) : INT64_MAX;
-            p->rec_line = p->line + (uint64_t)__builtin_popcountll(lines & below) + 1;
-            continue;
-        }
+    /* Records alternate with runs of line breaks: the record open at the block's start (or its
+     * first start), then after each record end the next start. */
+    if (p->in_record) {
+        if (m.quotes && p->rec_quote == INT64_MAX) p->rec_quote = base + (uint32_t)__builtin_ctzll(m.quotes);
+    } else if (starts) {
+        pl__csv_open(p, base, (unsigned)__builtin_ctzll(starts), m.quotes, lines);
+    }
+    for (uint64_t e = ends; e; e &= e - 1) {
+        const uint64_t below = (e & (0 - e)) - 1;
+        const uint32_t at = base + (uint32_t)__builtin_ctzll(e);
         const uint32_t idx = p->nends + (uint32_t)__builtin_popcountll(seps & below);
-        p->in_record = false;
         if (p->rec_start < 0) {
             if (pl__csv_end_carried(p, data, idx)) return -1;
         } else {
@@ -1118,13 +1129,21 @@ PL_API int pl__csv_block(pl_csv *p, const uint8_t *data, uint32_t base, const pl
             p->rows[p->nrows++] = (pl_csv_row){(uint32_t)p->rec_start, p->rec_first, idx + 1 - p->rec_first, quote, p->rec_line};
         }
         p->rec_first = idx + 1;
+        p->in_record = false;
+        const uint64_t next = starts & ~below;
+        if (next) pl__csv_open(p, base, (unsigned)__builtin_ctzll(next), m.quotes, lines);
     }
     p->nends += (uint32_t)__builtin_popcountll(seps);
     p->line += (uint64_t)__builtin_popcountll(lines);
     const unsigned last = 63u - (unsigned)__builtin_clzll(valid);
     p->after_break = breaks >> last & 1;
-    p->after_cr = m->crs >> last & 1;
+    p->after_cr = m.crs >> last & 1;
     return 0;
+}
+
+/* The last n < 64 bytes of a chunk. */
+PL_COLD int pl__csv_tail(pl_csv *p, const uint8_t *data, size_t at, size_t n) {
+    return pl__csv_block(p, data, (uint32_t)at, pl__csv_mask_tail(data + at, n), (1ull << n) - 1);
 }
 
 /* The chunk ended inside a record: its bytes and field ends in the chunk go to the carry buffer,
@@ -1151,14 +1170,16 @@ PL_COLD void pl__csv_settle(pl_csv *p) {
     p->rec_first = 0;
 }
 
+/* Room in ends and rows for a block's separators and records. */
+PL_API bool pl__csv_full(const pl_csv *p) { return p->ends_cap - p->nends < 64 + 4 || p->nrows > PL__CSV_ROWS - 32; }
+
 PL_API int pl__csv_scan(pl_csv *p, const uint8_t *data, size_t n) {
-    for (size_t at = 0; at < n; at += 64) {
-        if ((p->ends_cap - p->nends < 64 + 4 || p->nrows > PL__CSV_ROWS - 32) && pl__csv_make_room(p, data)) return -1;
-        const size_t left = n - at;
-        const pl__csv_masks m = left >= 64 ? pl__csv_mask64(data + at) : pl__csv_mask_tail(data + at, left);
-        const uint64_t valid = left >= 64 ? ~0ull : (1ull << left) - 1;
-        if (pl__csv_block(p, data, (uint32_t)at, &m, valid)) return -1;
+    size_t at = 0;
+    for (; n - at >= 64; at += 64) {
+        if (pl__csv_full(p) && pl__csv_make_room(p, data)) return -1;
+        if (pl__csv_block(p, data, (uint32_t)at, pl__csv_mask64(data + at), ~0ull)) return -1;
     }
+    if (at < n && ((pl__csv_full(p) && pl__csv_make_room(p, data)) || pl__csv_tail(p, data, at, n - at))) return -1;
     int rc = pl__csv_deliver_rows(p, data);
     if (!rc && p->in_record) rc = pl__csv_carry(p, data, n);
     pl__csv_settle(p);
@@ -1468,12 +1489,16 @@ PL_API bool pl_parse_number(const uint8_t *s, size_t n, double *out) {
     return pl__parse_number_full(s, n, out);
 }
 
+/* pl_parse_number, out of line: the slow path of pl_parse_number_padded. */
+PL_COLD bool pl__parse_number_cold(const uint8_t *s, size_t n, double *out) { return pl_parse_number(s, n, out); }
+
 /*
  * pl_parse_number for text followed by at least 8 readable bytes (as every pl_csv value is). A
  * plain decimal of up to 8 characters after an optional '-' ("123.45", "-7", ".5") is parsed
  * without a loop, 8 bytes at once in a 64-bit word; anything else goes to pl_parse_number.
+ * Inlined: small, and a call would cost a good part of it.
  */
-PL_API bool pl_parse_number_padded(const uint8_t *s, size_t n, double *out) {
+__attribute__((always_inline, unused)) static inline bool pl_parse_number_padded(const uint8_t *s, size_t n, double *out) {
     const bool neg = n && s[0] == '-';
     const size_t len = n - neg;
     if (len - 1 < 8) {
@@ -1495,7 +1520,7 @@ PL_API bool pl_parse_number_padded(const uint8_t *s, size_t n, double *out) {
         if (digits) {
             /* Right-align the digits behind '0's: byte 0 is the most significant one. */
             const unsigned pad = 8 * (unsigned)(8 - digits);
-            x = pad ? x << pad | ('0' * ones) >> (64 - pad) : x;
+            x = x << pad | ('0' * ones) >> (63 - pad) >> 1;
             /* All eight bytes '0'..'9' (a second '.' or any other byte fails here). */
             if ((x & 0xF0F0F0F0F0F0F0F0ull) == 0x3030303030303030ull &&
                 ((x + 0x0606060606060606ull) & 0xF0F0F0F0F0F0F0F0ull) == 0x3030303030303030ull) {
@@ -1508,7 +1533,7 @@ PL_API bool pl_parse_number_padded(const uint8_t *s, size_t n, double *out) {
             }
         }
     }
-    return pl_parse_number(s, n, out);
+    return pl__parse_number_cold(s, n, out);
 }
 
 /* ------------------------------------------------------------------------------------------ */
