@@ -153,7 +153,8 @@ static struct {
 } g;
 
 /* A data row on its way through the steps: where its fields are in the batch, and its fields
- * after trim and default when those steps apply (NULL: the batch's fields as they are). */
+ * after trim and default when those steps apply (NULL: the batch's fields as they are). Out-of-line
+ * functions take it by value: a pointer to it would keep the hot path's copy in memory. */
 typedef struct row {
     const pl_csv_batch *b;
     const pl_csv_row *r;
@@ -620,20 +621,20 @@ __attribute__((noinline)) static int on_header(const pl_csv_record *h) {
 /* ---------------------------------------------------------------------------------------- */
 
 /* Writes the reject row for the row (its original fields) with the reason in g.reason. */
-static int reject(const row *w) { return pl_reject_csv_row(w->b, w->r, &g.reason, &g.scratch); }
+__attribute__((noinline)) static int reject(row w) { return pl_reject_csv_row(w.b, w.r, &g.reason, &g.scratch); }
 
-/* Sets the reject reason "column '<name>' <what>", then ": \"<value>\"" if `f` is not NULL,
- * showing at most ~64 bytes of the value. */
-__attribute__((noinline)) static void bad_field(const pl_str *name, const char *what, const pl_field *f) {
+/* Sets the reject reason "column '<name>' <what>", then ": \"<value>\"" if `show`, showing at
+ * most ~64 bytes of the value. */
+__attribute__((noinline)) static void bad_field(const pl_str *name, const char *what, pl_field f, bool show) {
     pl_buf *m = &g.reason;
     m->len = 0;
     pl_buf_puts(m, "column '");
     pl_buf_put(m, name->ptr, name->len);
     pl_buf_puts(m, "' ");
     pl_buf_puts(m, what);
-    if (!f) return;
+    if (!show) return;
     pl_buf_puts(m, ": ");
-    pl_reject_put_value(m, f->ptr, f->len);
+    pl_reject_put_value(m, f.ptr, f.len);
 }
 
 /* Steps 1 and 2: the row's fields trimmed and defaulted, in g.work (the batch is unchanged, for
@@ -658,10 +659,10 @@ __attribute__((noinline)) static const pl_field *trim_and_fill(const pl_csv_batc
 }
 
 /* Steps 3 and 4: 0 if the row passes required and types, else -1 (reason in g.reason). */
-__attribute__((noinline)) static int check_row(const row *w) {
+__attribute__((noinline)) static int check_row(row w) {
     for (uint32_t i = 0; i < g.ncheck; i++) {
         const check *c = &g.check[i];
-        const pl_field f = col_value(w, c->src);
+        const pl_field f = col_value(&w, c->src);
         double number;
         int64_t integer;
         pl_date date;
@@ -672,7 +673,7 @@ __attribute__((noinline)) static int check_row(const row *w) {
         else if (c->kind == CHECK_DATE) ok = pl_parse_date(f.ptr, f.len, &date);
         else ok = true; /* required, and not empty */
         if (!ok) {
-            bad_field(c->name, CHECK_WHAT[c->kind], c->kind == CHECK_REQUIRED ? NULL : &f);
+            bad_field(c->name, CHECK_WHAT[c->kind], f, c->kind != CHECK_REQUIRED);
             return -1;
         }
     }
@@ -686,7 +687,7 @@ __attribute__((always_inline)) static inline int test_cond(const node *c, const 
     if (c->numeric) {
         double v;
         if (!pl_parse_number_padded(f.ptr, f.len, &v)) {
-            bad_field(&c->column, "is not a number", &f);
+            bad_field(&c->column, "is not a number", f, true);
             return -1;
         }
         cmp = (v > c->number) - (v < c->number);
@@ -700,20 +701,20 @@ __attribute__((always_inline)) static inline int test_cond(const node *c, const 
     return ACCEPT[c->op] >> (cmp + 1) & 1;
 }
 
-static int filter_group(const node *c, const row *w);
+static int filter_group(const node *c, row w);
 
 /* 1: the row passes the filter node; 0: it does not; -1: reject it (reason in g.reason). */
 __attribute__((always_inline)) static inline int filter_row(const node *c, const row *w) {
     /* A condition is tested here so that a single-condition filter inlines into on_row. */
-    return c->kind == NODE_COND ? test_cond(c, w) : filter_group(c, w);
+    return c->kind == NODE_COND ? test_cond(c, w) : filter_group(c, *w);
 }
 
-__attribute__((noinline)) static int filter_group(const node *c, const row *w) {
+__attribute__((noinline)) static int filter_group(const node *c, row w) {
     /* No short cut once the outcome is known: a non-number in any condition rejects the row. */
     const bool all = c->kind == NODE_ALL;
     int keep = all;
     for (uint32_t i = 0; i < c->n; i++) {
-        int r = filter_row(&c->members[i], w);
+        int r = filter_row(&c->members[i], &w);
         if (r < 0) return -1;
         keep = all ? keep & r : keep | r;
     }
@@ -734,11 +735,11 @@ __attribute__((noinline)) static int write_big_field(pl_out *o, const pl_field *
 }
 
 /* Writes the row field by field, checking for room before each one (any field size). */
-__attribute__((noinline)) static int write_row_checked(const row *w) {
+__attribute__((noinline)) static int write_row_checked(row w) {
     pl_out *o = pl_port(0);
     const uint32_t nout = g.nout;
     for (uint32_t i = 0; i < nout; i++) {
-        const pl_field f = col_field(w, g.src[i]);
+        const pl_field f = col_field(&w, g.src[i]);
         const size_t n = f.len;
         const bool quote = (f.flags & PL_FIELD_NEEDS_QUOTING) || (nout == 1 && n == 0);
         const uint8_t sep = i + 1 < nout ? ',' : '\n';
@@ -766,9 +767,9 @@ __attribute__((noinline)) static int write_row_checked(const row *w) {
 }
 
 /* Writes output columns [from, to) at d, each followed by ','; returns the end. Room enough. */
-__attribute__((noinline)) static uint8_t *write_fields(uint8_t *d, const row *w, uint32_t from, uint32_t to) {
+__attribute__((noinline)) static uint8_t *write_fields(uint8_t *d, row w, uint32_t from, uint32_t to) {
     for (uint32_t i = from; i < to; i++) {
-        const pl_field f = col_field(w, g.src[i]);
+        const pl_field f = col_field(&w, g.src[i]);
         uint8_t *start = d;
         if ((f.flags & PL_FIELD_NEEDS_QUOTING) || (g.nout == 1 && f.len == 0)) {
             d = pl_csv_quote_into_padded(d, f.ptr, f.len);
@@ -782,23 +783,38 @@ __attribute__((noinline)) static uint8_t *write_fields(uint8_t *d, const row *w,
     return d;
 }
 
-/* Writes the run's columns at d, each followed by ','; returns the end. Room enough. */
-static uint8_t *write_run(uint8_t *d, const row *w, const run *u) {
+/* Writes the first k (>= 1) columns of run u at d as the row's raw bytes, case-mapped, then ',';
+ * returns the end. Only for columns without a '"': then no field needs quoting (a ',' or line
+ * break would have ended it), so the output is the raw bytes, separators included. */
+__attribute__((always_inline)) static inline uint8_t *copy_raw(uint8_t *d, const row *w, const run *u, uint32_t k) {
     const pl_csv_batch *b = w->b;
     const pl_csv_row *r = w->r;
-    const uint32_t begin = pl_csv_field_begin(b, r, u->src), end = pl_csv_field_end(b, r, u->src + u->n - 1);
-    /* Without quotes no field needs any (a ',' or line break would have ended it): the output is
-     * the raw bytes, separators included. A lone empty column is the exception: it is "". */
-    if (r->quote < end || (begin == end && g.nout == 1)) return write_fields(d, w, u->out, u->out + u->n);
+    const uint32_t begin = pl_csv_field_begin(b, r, u->src), end = pl_csv_field_end(b, r, u->src + k - 1);
     pl_copy_over(d, b->data + begin, end - begin);
-    for (uint32_t k = 0; k < u->ncased; k++) {
-        const uint32_t i = u->cased[k], src = g.src[i];
+    for (uint32_t c = 0; c < u->ncased && u->cased[c] < u->out + k; c++) {
+        const uint32_t i = u->cased[c], src = g.src[i];
         const uint32_t fb = pl_csv_field_begin(b, r, src), fe = pl_csv_field_end(b, r, src);
         pl_case_map_padded(d + (fb - begin), fe - fb, g.casing[i] == CASE_UPPER);
     }
     d += end - begin;
     *d++ = ',';
     return d;
+}
+
+/* write_run for a run whose raw bytes hold a '"' (or a lone output column, which is "" when
+ * empty): the columns before the quote's go raw, the others field by field. */
+__attribute__((noinline)) static uint8_t *write_run_quoted(uint8_t *d, row w, const run *u) {
+    uint32_t k = 0;
+    while (g.nout > 1 && k < u->n && pl_csv_field_end(w.b, w.r, u->src + k) <= w.r->quote) k++;
+    if (k) d = copy_raw(d, &w, u, k);
+    return write_fields(d, w, u->out + k, u->out + u->n);
+}
+
+/* Writes the run's columns at d, each followed by ','; returns the end. Room enough. */
+static uint8_t *write_run(uint8_t *d, const row *w, const run *u) {
+    if (w->r->quote < pl_csv_field_end(w->b, w->r, u->src + u->n - 1) || g.nout == 1)
+        return write_run_quoted(d, *w, u);
+    return copy_raw(d, w, u, u->n);
 }
 
 static int write_row(const row *w) {
@@ -808,12 +824,12 @@ static int write_row(const row *w) {
      * separator per field). Reserve that once, then write without checks. */
     const pl_csv_row *r = w->r;
     const size_t raw = pl_csv_field_end(w->b, r, r->count - 1) - r->start;
-    if (g.rows_checked || raw > g.fast_raw_max) return write_row_checked(w);
+    if (g.rows_checked || raw > g.fast_raw_max) return write_row_checked(*w);
     pl_out *o = pl_port(0);
     uint8_t *d = pl_out_reserve(o, 2 * raw + 3 * (size_t)g.nout + g.fill_room);
     if (!d) return -1;
     if (w->fixed) {
-        d = write_fields(d, w, 0, g.nout);
+        d = write_fields(d, *w, 0, g.nout);
     } else {
         for (uint32_t k = 0; k < g.nruns; k++) d = write_run(d, w, &g.runs[k]);
     }
@@ -826,10 +842,10 @@ static int on_row(const pl_csv_batch *b, const pl_csv_row *r) {
     pl_stats.records_in++;
     if (r->count != g.ncols) return pl_reject_field_count(b, r, g.ncols, &g.reason, &g.scratch);
     const row w = {b, r, g.ntrim || g.nfill ? trim_and_fill(b, r) : NULL};
-    if (g.ncheck && check_row(&w)) return reject(&w);
+    if (g.ncheck && check_row(w)) return reject(w);
     if (cfg.has_filter) {
         int keep = filter_row(&cfg.filter, &w);
-        if (keep < 0) return reject(&w);
+        if (keep < 0) return reject(w);
         if (!keep) return 0;
     }
     pl_stats.records_out++;

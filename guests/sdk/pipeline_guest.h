@@ -980,7 +980,7 @@ typedef struct pl__csv_masks {
     uint64_t commas, quotes, breaks, crs; /* breaks: CR and LF */
 } pl__csv_masks;
 
-PL_API pl__csv_masks pl__csv_mask64(const uint8_t *s) {
+__attribute__((noinline)) static void pl__csv_mask64(const uint8_t *s, pl__csv_masks *out) {
     pl__csv_masks m = {0, 0, 0, 0};
 #ifdef __wasm_simd128__
     for (int i = 0; i < 4; i++) {
@@ -1001,14 +1001,14 @@ PL_API pl__csv_masks pl__csv_mask64(const uint8_t *s) {
         m.crs |= (uint64_t)(c == '\r') << i;
     }
 #endif
-    return m;
+    *out = m;
 }
 
 /* pl__csv_mask64 for the last n < 64 bytes of a chunk (never reads past them). */
-PL_COLD pl__csv_masks pl__csv_mask_tail(const uint8_t *s, size_t n) {
+PL_COLD void pl__csv_mask_tail(const uint8_t *s, size_t n, pl__csv_masks *out) {
     uint8_t tmp[64] __attribute__((aligned(16))) = {0};
     memcpy(tmp, s, n);
-    return pl__csv_mask64(tmp);
+    pl__csv_mask64(tmp, out);
 }
 
 /* Bit i of the result is the XOR of bits 0..i of x: with x the quotes of a block, whether an odd
@@ -1143,7 +1143,9 @@ __attribute__((always_inline)) static inline int pl__csv_block(pl_csv *p, const 
 
 /* The last n < 64 bytes of a chunk. */
 PL_COLD int pl__csv_tail(pl_csv *p, const uint8_t *data, size_t at, size_t n) {
-    return pl__csv_block(p, data, (uint32_t)at, pl__csv_mask_tail(data + at, n), (1ull << n) - 1);
+    pl__csv_masks m;
+    pl__csv_mask_tail(data + at, n, &m);
+    return pl__csv_block(p, data, (uint32_t)at, m, (1ull << n) - 1);
 }
 
 /* The chunk ended inside a record: its bytes and field ends in the chunk go to the carry buffer,
@@ -1177,7 +1179,9 @@ PL_API int pl__csv_scan(pl_csv *p, const uint8_t *data, size_t n) {
     size_t at = 0;
     for (; n - at >= 64; at += 64) {
         if (pl__csv_full(p) && pl__csv_make_room(p, data)) return -1;
-        if (pl__csv_block(p, data, (uint32_t)at, pl__csv_mask64(data + at), ~0ull)) return -1;
+        pl__csv_masks m;
+        pl__csv_mask64(data + at, &m);
+        if (pl__csv_block(p, data, (uint32_t)at, m, ~0ull)) return -1;
     }
     if (at < n && ((pl__csv_full(p) && pl__csv_make_room(p, data)) || pl__csv_tail(p, data, at, n - at))) return -1;
     int rc = pl__csv_deliver_rows(p, data);
@@ -1333,6 +1337,8 @@ PL_API void pl_lower(uint8_t *p, size_t n) { pl__case_map(p, n, false); }
 /* pl_upper (upper) or pl_lower that may read and rewrite (unchanged) the 15 bytes after p+n:
  * faster on short spans, for text just written into an output buffer (PL_OUT_SLACK). Only the n
  * bytes change, so a field inside a row already written can be mapped in place. */
+PL_COLD void pl__case_map_short(uint8_t *p, size_t n, bool upper);
+
 PL_API void pl_case_map_padded(uint8_t *p, size_t n, bool upper) {
     if (n <= 8) {
         /* Up to 8 bytes of ASCII in one 64-bit word, with no vector constants to load (the JIT
@@ -1349,8 +1355,14 @@ PL_API void pl_case_map_padded(uint8_t *p, size_t n, bool upper) {
             return;
         }
     }
+    pl__case_map_short(p, n, upper);
+}
+
+/* pl_case_map_padded past its first case, out of line: its vector constants would cost the
+ * inlined common case stack slots. */
+PL_COLD void pl__case_map_short(uint8_t *p, size_t n, bool upper) {
 #ifdef __wasm_simd128__
-    if (n <= 16) { /* one block, inline */
+    if (n <= 16) { /* one block */
         const v128_t v = wasm_v128_load(p);
         /* Lead bytes C3 within the n bytes (the rest may be anything), and the bytes after them. */
         const v128_t within = wasm_u8x16_lt(wasm_i8x16_const(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
