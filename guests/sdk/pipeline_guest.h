@@ -667,6 +667,8 @@ typedef int (*pl_csv_batch_fn)(void *ctx, const pl_csv_batch *batch);
 /* Rows per batch: the batch arrays stay small (~24 KiB of rows, ~32 KiB of ends). */
 #define PL__CSV_ROWS 1024u
 #define PL__CSV_ENDS 8192u
+/* Blocks of 64 bytes per group: the scanner's first pass runs over a group, then its second. */
+#define PL__CSV_GROUP 16u
 
 /* The reader's state between two bytes. */
 enum {
@@ -945,7 +947,13 @@ PL_COLD int pl__csv_end_carried(pl_csv *p, const uint8_t *data, uint32_t idx) {
     return pl__csv_deliver(p, p->carry, p->carry_ends, &row, 1);
 }
 
-/* At least a block's worth of room in ends and rows: delivers the rows so far, moves the open
+/* Not enough room in ends and rows for a group's separators (3 more may be written past them) and
+ * records (a record takes 2 bytes at least). */
+PL_API bool pl__csv_full(const pl_csv *p) {
+    return p->ends_cap - p->nends < 64 * PL__CSV_GROUP + 4 || p->nrows > PL__CSV_ROWS - 32 * PL__CSV_GROUP;
+}
+
+/* At least a group's worth of room in ends and rows: delivers the rows so far, moves the open
  * record's field ends to the front, and grows ends if that record alone fills them. */
 PL_COLD int pl__csv_make_room(pl_csv *p, const uint8_t *data) {
     if (p->nends > p->ends_used) p->ends_used = p->nends;
@@ -961,8 +969,8 @@ PL_COLD int pl__csv_make_room(pl_csv *p, const uint8_t *data) {
     memmove(p->ends, p->ends + p->nends - open, open * sizeof *p->ends);
     p->nends = open;
     p->rec_first = 0;
-    if (p->ends_cap - p->nends < 64 + 4 &&
-        !pl__csv_grow((void **)&p->ends, &p->ends_cap, sizeof *p->ends, (size_t)p->nends + 64 + 4))
+    if (pl__csv_full(p) &&
+        !pl__csv_grow((void **)&p->ends, &p->ends_cap, sizeof *p->ends, (size_t)p->nends + 64 * PL__CSV_GROUP + 4))
         return pl__csv_oom(p->rec_line);
     return 0;
 }
@@ -980,7 +988,7 @@ typedef struct pl__csv_masks {
     uint64_t commas, quotes, breaks, crs; /* breaks: CR and LF */
 } pl__csv_masks;
 
-__attribute__((noinline)) static void pl__csv_mask64(const uint8_t *s, pl__csv_masks *out) {
+__attribute__((always_inline)) static inline pl__csv_masks pl__csv_mask64(const uint8_t *s) {
     pl__csv_masks m = {0, 0, 0, 0};
 #ifdef __wasm_simd128__
     for (int i = 0; i < 4; i++) {
@@ -1001,14 +1009,14 @@ __attribute__((noinline)) static void pl__csv_mask64(const uint8_t *s, pl__csv_m
         m.crs |= (uint64_t)(c == '\r') << i;
     }
 #endif
-    *out = m;
+    return m;
 }
 
 /* pl__csv_mask64 for the last n < 64 bytes of a chunk (never reads past them). */
-PL_COLD void pl__csv_mask_tail(const uint8_t *s, size_t n, pl__csv_masks *out) {
+PL_COLD pl__csv_masks pl__csv_mask_tail(const uint8_t *s, size_t n) {
     uint8_t tmp[64] __attribute__((aligned(16))) = {0};
     memcpy(tmp, s, n);
-    pl__csv_mask64(tmp, out);
+    return pl__csv_mask64(tmp);
 }
 
 /* Bit i of the result is the XOR of bits 0..i of x: with x the quotes of a block, whether an odd
@@ -1048,8 +1056,9 @@ PL_COLD uint64_t pl__csv_walk_block(pl_csv *p, uint64_t quotes, uint64_t seps, u
     return out;
 }
 
-/* The separators of a block that holds quotes, or starts inside or right after them. */
-__attribute__((noinline)) static uint64_t pl__csv_quoted_block(pl_csv *p, uint64_t q, uint64_t seps, uint64_t valid) {
+/* The separators of a block that holds quotes, or starts inside or right after them. Inlined: a
+ * call in the scanner's loop would make the JIT spill the block's vectors around it. */
+__attribute__((always_inline)) static inline uint64_t pl__csv_quoted_block(pl_csv *p, uint64_t q, uint64_t seps, uint64_t valid) {
     const unsigned state = p->state;
     const uint64_t in = pl__prefix_xor(q) ^ (state == PL__CSV_QUOTED ? ~0ull : 0); /* inside quotes */
     const uint64_t opens = q & in, closes = q & ~in;
@@ -1067,21 +1076,28 @@ __attribute__((noinline)) static uint64_t pl__csv_quoted_block(pl_csv *p, uint64
     return seps & ~in & valid;
 }
 
-/* Opens the record whose first byte is bit b of the block at `base`. */
-__attribute__((always_inline)) static inline void pl__csv_open(pl_csv *p, uint32_t base, unsigned b, uint64_t quotes,
-                                                               uint64_t lines) {
-    const uint64_t below = (1ull << b) - 1, q = quotes & ~below;
-    p->in_record = true;
-    p->rec_start = base + b;
-    p->rec_quote = q ? (int64_t)(base + (uint32_t)__builtin_ctzll(q)) : INT64_MAX;
-    p->rec_line = p->line + (uint64_t)__builtin_popcountll(lines & below) + 1;
-}
+/* What the first pass finds in a block for the second (see pl__csv_scan); bit i is byte i. */
+typedef struct pl__csv_block {
+    uint64_t seps;   /* the separators: commas outside quotes and record ends */
+    uint64_t ends;   /* the line breaks that end a record */
+    uint64_t starts; /* the first bytes of records */
+    uint64_t quotes; /* every '"' */
+    uint64_t lines;  /* the bytes that end a physical line */
+    uint64_t line;   /* physical lines ended before the block */
+    uint32_t first;  /* index in ends of the block's first separator */
+} pl__csv_block;
 
-/* Scans the block at data + base (its special bytes in m; `valid` marks the bytes that are
- * data): appends its separators to ends and the records it ends to rows. Inlined twice, for
- * whole blocks (valid all ones, which folds away) and the chunk's tail. */
-__attribute__((always_inline)) static inline int pl__csv_block(pl_csv *p, const uint8_t *data, uint32_t base,
-                                                               pl__csv_masks m, uint64_t valid) {
+
+/* First pass over one block (special bytes in m, data bytes in `valid`): its separators go to
+ * ends, the rest to *b. */
+__attribute__((always_inline)) static inline void pl__csv_index(pl_csv *p, uint32_t base, pl__csv_masks masks,
+                                                                uint64_t valid, pl__csv_block *b) {
+    /* The masks go through memory: left to itself the compiler computes some of them only where
+     * they are used, which keeps the block's vectors alive across branches, and the JIT then
+     * spills them on every block. */
+    b->seps = masks.commas, b->ends = masks.breaks, b->lines = masks.crs, b->quotes = masks.quotes;
+    __asm__ volatile("" : : "r"(b) : "memory");
+    const pl__csv_masks m = {b->seps, b->quotes, b->ends, b->lines};
     const uint64_t all = m.commas | m.breaks;
     uint64_t seps;
     if (m.quotes || p->state >= PL__CSV_QUOTED) {
@@ -1094,11 +1110,11 @@ __attribute__((always_inline)) static inline int pl__csv_block(pl_csv *p, const 
      * the stream start): then it is a blank line, or the LF of a CRLF. */
     const uint64_t breaks = m.breaks & seps;
     const uint64_t after_break = breaks << 1 | p->after_break;
-    const uint64_t ends = breaks & ~after_break, starts = valid & ~breaks & after_break;
+    const uint64_t ends = breaks & ~after_break;
     seps = (seps & ~breaks) | ends;
     /* Physical lines: CR, and LF but after a CR, wherever they are. */
     const uint64_t lines = m.crs | (m.breaks & ~m.crs & ~(m.crs << 1 | p->after_cr));
-
+    *b = (pl__csv_block){seps, ends, valid & ~breaks & after_break, m.quotes, lines, p->line, p->nends};
     uint32_t *out = p->ends + p->nends;
     for (uint64_t s = seps; s; out += 4) { /* may write 3 entries past the last: see make_room */
         out[0] = base + (uint32_t)__builtin_ctzll(s);
@@ -1110,17 +1126,36 @@ __attribute__((always_inline)) static inline int pl__csv_block(pl_csv *p, const 
         out[3] = base + (uint32_t)__builtin_ctzll(s);
         s &= s - 1;
     }
+    p->nends += (uint32_t)__builtin_popcountll(seps);
+    p->line += (uint64_t)__builtin_popcountll(lines);
+    const unsigned last = 63u - (unsigned)__builtin_clzll(valid);
+    p->after_break = breaks >> last & 1;
+    p->after_cr = m.crs >> last & 1;
+}
+
+/* Opens the record whose first byte is bit `at` of block b, at `base`. */
+__attribute__((always_inline)) static inline void pl__csv_open(pl_csv *p, const pl__csv_block *b, uint32_t base, unsigned at) {
+    const uint64_t below = (1ull << at) - 1, q = b->quotes & ~below;
+    p->in_record = true;
+    p->rec_start = base + at;
+    p->rec_quote = q ? (int64_t)(base + (uint32_t)__builtin_ctzll(q)) : INT64_MAX;
+    p->rec_line = b->line + (uint64_t)__builtin_popcountll(b->lines & below) + 1;
+}
+
+/* Second pass over one block at data + base: the records it ends go to rows. */
+__attribute__((always_inline)) static inline int pl__csv_records(pl_csv *p, const uint8_t *data, uint32_t base,
+                                                                 const pl__csv_block *b) {
     /* Records alternate with runs of line breaks: the record open at the block's start (or its
      * first start), then after each record end the next start. */
     if (p->in_record) {
-        if (m.quotes && p->rec_quote == INT64_MAX) p->rec_quote = base + (uint32_t)__builtin_ctzll(m.quotes);
-    } else if (starts) {
-        pl__csv_open(p, base, (unsigned)__builtin_ctzll(starts), m.quotes, lines);
+        if (b->quotes && p->rec_quote == INT64_MAX) p->rec_quote = base + (uint32_t)__builtin_ctzll(b->quotes);
+    } else if (b->starts) {
+        pl__csv_open(p, b, base, (unsigned)__builtin_ctzll(b->starts));
     }
-    for (uint64_t e = ends; e; e &= e - 1) {
+    for (uint64_t e = b->ends; e; e &= e - 1) {
         const uint64_t below = (e & (0 - e)) - 1;
         const uint32_t at = base + (uint32_t)__builtin_ctzll(e);
-        const uint32_t idx = p->nends + (uint32_t)__builtin_popcountll(seps & below);
+        const uint32_t idx = b->first + (uint32_t)__builtin_popcountll(b->seps & below);
         if (p->rec_start < 0) {
             if (pl__csv_end_carried(p, data, idx)) return -1;
         } else {
@@ -1130,22 +1165,29 @@ __attribute__((always_inline)) static inline int pl__csv_block(pl_csv *p, const 
         }
         p->rec_first = idx + 1;
         p->in_record = false;
-        const uint64_t next = starts & ~below;
-        if (next) pl__csv_open(p, base, (unsigned)__builtin_ctzll(next), m.quotes, lines);
+        const uint64_t next = b->starts & ~below;
+        if (next) pl__csv_open(p, b, base, (unsigned)__builtin_ctzll(next));
     }
-    p->nends += (uint32_t)__builtin_popcountll(seps);
-    p->line += (uint64_t)__builtin_popcountll(lines);
-    const unsigned last = 63u - (unsigned)__builtin_clzll(valid);
-    p->after_break = breaks >> last & 1;
-    p->after_cr = m.crs >> last & 1;
     return 0;
 }
 
-/* The last n < 64 bytes of a chunk. */
-PL_COLD int pl__csv_tail(pl_csv *p, const uint8_t *data, size_t at, size_t n) {
-    pl__csv_masks m;
-    pl__csv_mask_tail(data + at, n, &m);
-    return pl__csv_block(p, data, (uint32_t)at, m, (1ull << n) - 1);
+/* Both passes over up to PL__CSV_GROUP whole blocks from data + at. The first finds the
+ * separators 64 bytes at a time, the second turns them into records: two small loops keep the
+ * JIT's registers for what each needs (one loop doing both spilled its masks on every block). */
+__attribute__((noinline)) static int pl__csv_group(pl_csv *p, const uint8_t *data, uint32_t at, uint32_t nblocks) {
+    pl__csv_block blocks[PL__CSV_GROUP];
+    for (uint32_t k = 0; k < nblocks; k++)
+        pl__csv_index(p, at + 64 * k, pl__csv_mask64(data + at + 64 * k), ~0ull, &blocks[k]);
+    for (uint32_t k = 0; k < nblocks; k++)
+        if (pl__csv_records(p, data, at + 64 * k, &blocks[k])) return -1;
+    return 0;
+}
+
+/* Both passes over the last n < 64 bytes of a chunk, at data + at. */
+PL_COLD int pl__csv_tail(pl_csv *p, const uint8_t *data, uint32_t at, size_t n) {
+    pl__csv_block b;
+    pl__csv_index(p, at, pl__csv_mask_tail(data + at, n), (1ull << n) - 1, &b);
+    return pl__csv_records(p, data, at, &b);
 }
 
 /* The chunk ended inside a record: its bytes and field ends in the chunk go to the carry buffer,
@@ -1172,18 +1214,15 @@ PL_COLD void pl__csv_settle(pl_csv *p) {
     p->rec_first = 0;
 }
 
-/* Room in ends and rows for a block's separators and records. */
-PL_API bool pl__csv_full(const pl_csv *p) { return p->ends_cap - p->nends < 64 + 4 || p->nrows > PL__CSV_ROWS - 32; }
-
 PL_API int pl__csv_scan(pl_csv *p, const uint8_t *data, size_t n) {
-    size_t at = 0;
-    for (; n - at >= 64; at += 64) {
-        if (pl__csv_full(p) && pl__csv_make_room(p, data)) return -1;
-        pl__csv_masks m;
-        pl__csv_mask64(data + at, &m);
-        if (pl__csv_block(p, data, (uint32_t)at, m, ~0ull)) return -1;
+    const size_t whole = n / 64;
+    for (size_t k = 0; k < whole; k += PL__CSV_GROUP) {
+        const uint32_t blocks = whole - k < PL__CSV_GROUP ? (uint32_t)(whole - k) : PL__CSV_GROUP;
+        if ((pl__csv_full(p) && pl__csv_make_room(p, data)) || pl__csv_group(p, data, (uint32_t)(64 * k), blocks))
+            return -1;
     }
-    if (at < n && ((pl__csv_full(p) && pl__csv_make_room(p, data)) || pl__csv_tail(p, data, at, n - at))) return -1;
+    const size_t at = 64 * whole;
+    if (at < n && ((pl__csv_full(p) && pl__csv_make_room(p, data)) || pl__csv_tail(p, data, (uint32_t)at, n - at))) return -1;
     int rc = pl__csv_deliver_rows(p, data);
     if (!rc && p->in_record) rc = pl__csv_carry(p, data, n);
     pl__csv_settle(p);
