@@ -154,12 +154,15 @@ static struct {
 
 /* A data row on its way through the steps: where its fields are in the batch, and its fields
  * after trim and default when those steps apply (NULL: the batch's fields as they are). Out-of-line
- * functions take it by value: a pointer to it would keep the hot path's copy in memory. */
+ * functions take its three members (ROW_ARGS): a pointer to it, or a copy, would keep the hot
+ * path's row in memory. */
 typedef struct row {
     const pl_csv_batch *b;
     const pl_csv_row *r;
     const pl_field *fixed;
 } row;
+#define ROW_PARAMS const pl_csv_batch *b, const pl_csv_row *r, const pl_field *fixed
+#define ROW_ARGS(w) (w)->b, (w)->r, (w)->fixed
 
 /* The value of header column i of the row, for reading (see pl_csv_value). */
 static inline pl_field col_value(const row *w, uint32_t i) {
@@ -621,20 +624,22 @@ __attribute__((noinline)) static int on_header(const pl_csv_record *h) {
 /* ---------------------------------------------------------------------------------------- */
 
 /* Writes the reject row for the row (its original fields) with the reason in g.reason. */
-__attribute__((noinline)) static int reject(row w) { return pl_reject_csv_row(w.b, w.r, &g.reason, &g.scratch); }
+__attribute__((noinline)) static int reject(const pl_csv_batch *b, const pl_csv_row *r) {
+    return pl_reject_csv_row(b, r, &g.reason, &g.scratch);
+}
 
-/* Sets the reject reason "column '<name>' <what>", then ": \"<value>\"" if `show`, showing at
- * most ~64 bytes of the value. */
-__attribute__((noinline)) static void bad_field(const pl_str *name, const char *what, pl_field f, bool show) {
+/* Sets the reject reason "column '<name>' <what>", then ": \"<value>\"" if `value` is not NULL,
+ * showing at most ~64 bytes of the len bytes at value. */
+__attribute__((noinline)) static void bad_field(const pl_str *name, const char *what, const uint8_t *value, size_t len) {
     pl_buf *m = &g.reason;
     m->len = 0;
     pl_buf_puts(m, "column '");
     pl_buf_put(m, name->ptr, name->len);
     pl_buf_puts(m, "' ");
     pl_buf_puts(m, what);
-    if (!show) return;
+    if (!value) return;
     pl_buf_puts(m, ": ");
-    pl_reject_put_value(m, f.ptr, f.len);
+    pl_reject_put_value(m, value, len);
 }
 
 /* Steps 1 and 2: the row's fields trimmed and defaulted, in g.work (the batch is unchanged, for
@@ -659,7 +664,8 @@ __attribute__((noinline)) static const pl_field *trim_and_fill(const pl_csv_batc
 }
 
 /* Steps 3 and 4: 0 if the row passes required and types, else -1 (reason in g.reason). */
-__attribute__((noinline)) static int check_row(row w) {
+__attribute__((noinline)) static int check_row(ROW_PARAMS) {
+    const row w = {b, r, fixed};
     for (uint32_t i = 0; i < g.ncheck; i++) {
         const check *c = &g.check[i];
         const pl_field f = col_value(&w, c->src);
@@ -673,7 +679,7 @@ __attribute__((noinline)) static int check_row(row w) {
         else if (c->kind == CHECK_DATE) ok = pl_parse_date(f.ptr, f.len, &date);
         else ok = true; /* required, and not empty */
         if (!ok) {
-            bad_field(c->name, CHECK_WHAT[c->kind], f, c->kind != CHECK_REQUIRED);
+            bad_field(c->name, CHECK_WHAT[c->kind], c->kind == CHECK_REQUIRED ? NULL : f.ptr, f.len);
             return -1;
         }
     }
@@ -687,7 +693,7 @@ __attribute__((always_inline)) static inline int test_cond(const node *c, const 
     if (c->numeric) {
         double v;
         if (!pl_parse_number_padded(f.ptr, f.len, &v)) {
-            bad_field(&c->column, "is not a number", f, true);
+            bad_field(&c->column, "is not a number", f.ptr, f.len);
             return -1;
         }
         cmp = (v > c->number) - (v < c->number);
@@ -701,22 +707,23 @@ __attribute__((always_inline)) static inline int test_cond(const node *c, const 
     return ACCEPT[c->op] >> (cmp + 1) & 1;
 }
 
-static int filter_group(const node *c, row w);
+static int filter_group(const node *c, ROW_PARAMS);
 
 /* 1: the row passes the filter node; 0: it does not; -1: reject it (reason in g.reason). */
 __attribute__((always_inline)) static inline int filter_row(const node *c, const row *w) {
     /* A condition is tested here so that a single-condition filter inlines into on_row. */
-    return c->kind == NODE_COND ? test_cond(c, w) : filter_group(c, *w);
+    return c->kind == NODE_COND ? test_cond(c, w) : filter_group(c, ROW_ARGS(w));
 }
 
-__attribute__((noinline)) static int filter_group(const node *c, row w) {
+__attribute__((noinline)) static int filter_group(const node *c, ROW_PARAMS) {
+    const row w = {b, r, fixed};
     /* No short cut once the outcome is known: a non-number in any condition rejects the row. */
     const bool all = c->kind == NODE_ALL;
     int keep = all;
     for (uint32_t i = 0; i < c->n; i++) {
-        int r = filter_row(&c->members[i], &w);
-        if (r < 0) return -1;
-        keep = all ? keep & r : keep | r;
+        const int k = filter_row(&c->members[i], &w);
+        if (k < 0) return -1;
+        keep = all ? keep & k : keep | k;
     }
     return keep;
 }
@@ -735,7 +742,8 @@ __attribute__((noinline)) static int write_big_field(pl_out *o, const pl_field *
 }
 
 /* Writes the row field by field, checking for room before each one (any field size). */
-__attribute__((noinline)) static int write_row_checked(row w) {
+__attribute__((noinline)) static int write_row_checked(ROW_PARAMS) {
+    const row w = {b, r, fixed};
     pl_out *o = pl_port(0);
     const uint32_t nout = g.nout;
     for (uint32_t i = 0; i < nout; i++) {
@@ -767,7 +775,8 @@ __attribute__((noinline)) static int write_row_checked(row w) {
 }
 
 /* Writes output columns [from, to) at d, each followed by ','; returns the end. Room enough. */
-__attribute__((noinline)) static uint8_t *write_fields(uint8_t *d, row w, uint32_t from, uint32_t to) {
+__attribute__((noinline)) static uint8_t *write_fields(uint8_t *d, ROW_PARAMS, uint32_t from, uint32_t to) {
+    const row w = {b, r, fixed};
     for (uint32_t i = from; i < to; i++) {
         const pl_field f = col_field(&w, g.src[i]);
         uint8_t *start = d;
@@ -803,17 +812,18 @@ __attribute__((always_inline)) static inline uint8_t *copy_raw(uint8_t *d, const
 
 /* write_run for a run whose raw bytes hold a '"' (or a lone output column, which is "" when
  * empty): the columns before the quote's go raw, the others field by field. */
-__attribute__((noinline)) static uint8_t *write_run_quoted(uint8_t *d, row w, const run *u) {
+__attribute__((noinline)) static uint8_t *write_run_quoted(uint8_t *d, ROW_PARAMS, const run *u) {
+    const row w = {b, r, fixed};
     uint32_t k = 0;
-    while (g.nout > 1 && k < u->n && pl_csv_field_end(w.b, w.r, u->src + k) <= w.r->quote) k++;
+    while (g.nout > 1 && k < u->n && pl_csv_field_end(b, r, u->src + k) <= r->quote) k++;
     if (k) d = copy_raw(d, &w, u, k);
-    return write_fields(d, w, u->out + k, u->out + u->n);
+    return write_fields(d, ROW_ARGS(&w), u->out + k, u->out + u->n);
 }
 
 /* Writes the run's columns at d, each followed by ','; returns the end. Room enough. */
 static uint8_t *write_run(uint8_t *d, const row *w, const run *u) {
     if (w->r->quote < pl_csv_field_end(w->b, w->r, u->src + u->n - 1) || g.nout == 1)
-        return write_run_quoted(d, *w, u);
+        return write_run_quoted(d, ROW_ARGS(w), u);
     return copy_raw(d, w, u, u->n);
 }
 
@@ -824,12 +834,12 @@ static int write_row(const row *w) {
      * separator per field). Reserve that once, then write without checks. */
     const pl_csv_row *r = w->r;
     const size_t raw = pl_csv_field_end(w->b, r, r->count - 1) - r->start;
-    if (g.rows_checked || raw > g.fast_raw_max) return write_row_checked(*w);
+    if (g.rows_checked || raw > g.fast_raw_max) return write_row_checked(ROW_ARGS(w));
     pl_out *o = pl_port(0);
     uint8_t *d = pl_out_reserve(o, 2 * raw + 3 * (size_t)g.nout + g.fill_room);
     if (!d) return -1;
     if (w->fixed) {
-        d = write_fields(d, *w, 0, g.nout);
+        d = write_fields(d, ROW_ARGS(w), 0, g.nout);
     } else {
         for (uint32_t k = 0; k < g.nruns; k++) d = write_run(d, w, &g.runs[k]);
     }
@@ -842,10 +852,10 @@ static int on_row(const pl_csv_batch *b, const pl_csv_row *r) {
     pl_stats.records_in++;
     if (r->count != g.ncols) return pl_reject_field_count(b, r, g.ncols, &g.reason, &g.scratch);
     const row w = {b, r, g.ntrim || g.nfill ? trim_and_fill(b, r) : NULL};
-    if (g.ncheck && check_row(w)) return reject(w);
+    if (g.ncheck && check_row(ROW_ARGS(&w))) return reject(b, r);
     if (cfg.has_filter) {
         int keep = filter_row(&cfg.filter, &w);
-        if (keep < 0) return reject(w);
+        if (keep < 0) return reject(b, r);
         if (!keep) return 0;
     }
     pl_stats.records_out++;
