@@ -947,10 +947,10 @@ PL_COLD int pl__csv_end_carried(pl_csv *p, const uint8_t *data, uint32_t idx) {
     return pl__csv_deliver(p, p->carry, p->carry_ends, &row, 1);
 }
 
-/* Not enough room in ends and rows for a group's separators (3 more may be written past them) and
+/* Not enough room in ends and rows for a group's separators (7 more may be written past them) and
  * records (a record takes 2 bytes at least). */
 PL_API bool pl__csv_full(const pl_csv *p) {
-    return p->ends_cap - p->nends < 64 * PL__CSV_GROUP + 4 || p->nrows > PL__CSV_ROWS - 32 * PL__CSV_GROUP;
+    return p->ends_cap - p->nends < 64 * PL__CSV_GROUP + 8 || p->nrows > PL__CSV_ROWS - 32 * PL__CSV_GROUP;
 }
 
 /* At least a group's worth of room in ends and rows: delivers the rows so far, moves the open
@@ -970,7 +970,7 @@ PL_COLD int pl__csv_make_room(pl_csv *p, const uint8_t *data) {
     p->nends = open;
     p->rec_first = 0;
     if (pl__csv_full(p) &&
-        !pl__csv_grow((void **)&p->ends, &p->ends_cap, sizeof *p->ends, (size_t)p->nends + 64 * PL__CSV_GROUP + 4))
+        !pl__csv_grow((void **)&p->ends, &p->ends_cap, sizeof *p->ends, (size_t)p->nends + 64 * PL__CSV_GROUP + 8))
         return pl__csv_oom(p->rec_line);
     return 0;
 }
@@ -1116,15 +1116,12 @@ __attribute__((always_inline)) static inline void pl__csv_index(pl_csv *p, uint3
     const uint64_t lines = m.crs | (m.breaks & ~m.crs & ~(m.crs << 1 | p->after_cr));
     *b = (pl__csv_block){seps, ends, valid & ~breaks & after_break, m.quotes, lines, p->line, p->nends};
     uint32_t *out = p->ends + p->nends;
-    for (uint64_t s = seps; s; out += 4) { /* may write 3 entries past the last: see make_room */
-        out[0] = base + (uint32_t)__builtin_ctzll(s);
-        s &= s - 1;
-        out[1] = base + (uint32_t)__builtin_ctzll(s);
-        s &= s - 1;
-        out[2] = base + (uint32_t)__builtin_ctzll(s);
-        s &= s - 1;
-        out[3] = base + (uint32_t)__builtin_ctzll(s);
-        s &= s - 1;
+    for (uint64_t s = seps; s; out += 8) { /* may write 7 entries past the last: see pl__csv_full */
+#pragma clang loop unroll(full)
+        for (int i = 0; i < 8; i++) {
+            out[i] = base + (uint32_t)__builtin_ctzll(s);
+            s &= s - 1;
+        }
     }
     p->nends += (uint32_t)__builtin_popcountll(seps);
     p->line += (uint64_t)__builtin_popcountll(lines);
@@ -1206,7 +1203,7 @@ PL_COLD int pl__csv_carry(pl_csv *p, const uint8_t *data, size_t n) {
 PL_COLD void pl__csv_settle(pl_csv *p) {
     if (p->nends > p->ends_used) p->ends_used = p->nends;
     if (p->nrows > p->rows_used) p->rows_used = p->nrows;
-    const size_t ends = p->ends_used + 4u < p->ends_cap ? p->ends_used + 4u : p->ends_cap;
+    const size_t ends = p->ends_used + 8u < p->ends_cap ? p->ends_used + 8u : p->ends_cap;
     if (p->ends) memset(p->ends, 0, ends * sizeof *p->ends);
     if (p->rows) memset(p->rows, 0, p->rows_used * sizeof *p->rows);
     p->ends_used = p->rows_used = 0;
