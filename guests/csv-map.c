@@ -119,28 +119,60 @@ static struct {
     node filter;
 } cfg;
 
+/* A run of output columns that are consecutive header columns (src, src + 1, ...): in a row
+ * without quotes their output is the row's raw bytes from the first one's start to the last
+ * one's end, copied at once. */
+typedef struct run {
+    uint32_t out;    /* first output column */
+    uint32_t n;      /* columns */
+    uint32_t src;    /* header index of the first */
+    uint32_t ncased; /* columns of the run that are case-mapped: */
+    uint32_t *cased; /*   their output indexes */
+} run;
+
 /* Stream state. */
 static struct {
     pl_csv csv;
     bool have_header;
-    bool identity;       /* every column, in header order, unchanged */
-    bool any_case;       /* some column is case-mapped */
     bool rows_checked;   /* every row goes through write_row_checked (see on_header) */
     uint32_t ncols;      /* fields in the header */
     uint32_t nout;       /* output columns */
     uint32_t *src;       /* header index of each output column */
     uint8_t *casing;     /* CASE_* of each output column */
+    uint32_t nruns;
+    run *runs;           /* the output columns as runs, in order */
     size_t fast_raw_max; /* write_row's fast path takes records of at most this many raw bytes */
     size_t fill_room;    /* extra output bytes defaults can add to a row, at most */
     uint32_t ntrim, nfill, ncheck;
     uint32_t *trim;      /* header indexes of the trimmed columns */
     fill *fill;          /* defaults */
     check *check;        /* required columns, then typed ones */
-    pl_csv_record row;   /* a row after trim and default (see trim_and_fill) */
-    pl_field *work;      /*   and its fields, ncols of them */
+    pl_field *work;      /* a row's fields after trim and default (see trim_and_fill), ncols */
     pl_buf reason;       /* scratch for reject reasons */
     pl_buf scratch;      /* scratch for encoding rejected records and case-mapping huge fields */
 } g;
+
+/* A data row on its way through the steps: where its fields are in the batch, and its fields
+ * after trim and default when those steps apply (NULL: the batch's fields as they are). Out-of-line
+ * functions take its three members (ROW_ARGS): a pointer to it, or a copy, would keep the hot
+ * path's row in memory. */
+typedef struct row {
+    const pl_csv_batch *b;
+    const pl_csv_row *r;
+    const pl_field *fixed;
+} row;
+#define ROW_PARAMS const pl_csv_batch *b, const pl_csv_row *r, const pl_field *fixed
+#define ROW_ARGS(w) (w)->b, (w)->r, (w)->fixed
+
+/* The value of header column i of the row, for reading (see pl_csv_value). */
+static inline pl_field col_value(const row *w, uint32_t i) {
+    return w->fixed ? w->fixed[i] : pl_csv_value(w->b, w->r, i);
+}
+
+/* The value of header column i of the row, for writing (see pl_csv_field). */
+static inline pl_field col_field(const row *w, uint32_t i) {
+    return w->fixed ? w->fixed[i] : pl_csv_field(w->b, w->r, i);
+}
 
 /* ---------------------------------------------------------------------------------------- */
 /* Config                                                                                    */
@@ -338,10 +370,10 @@ static int read_key(pl_json *j, int k) {
     }
 }
 
-static int on_record(void *ctx, const pl_csv_record *rec);
+static int on_batch(void *ctx, const pl_csv_batch *b);
 
 static int pl_guest_init(const uint8_t *config, size_t len) {
-    pl_csv_init(&g.csv, on_record, NULL);
+    pl_csv_init(&g.csv, on_batch, NULL);
     return pl_config_read(config, len, KEYS, read_key);
 }
 
@@ -483,6 +515,22 @@ static int resolve_row_steps(const pl_csv_record *h, const int32_t *renamed, uin
     return 0;
 }
 
+/* Cuts the output columns into runs (see run). */
+static int make_runs(void) {
+    g.runs = malloc(g.nout * sizeof *g.runs);
+    uint32_t *cased = malloc(g.nout * sizeof *cased);
+    if (!g.runs || !cased) return pl_fail_str("out of memory");
+    for (uint32_t i = 0; i < g.nout; i++) {
+        const run *last = g.nruns ? &g.runs[g.nruns - 1] : NULL;
+        if (!last || g.src[i] != last->src + last->n) g.runs[g.nruns++] = (run){i, 0, g.src[i], 0, cased};
+        run *u = &g.runs[g.nruns - 1];
+        u->n++;
+        if (g.casing[i] != CASE_NONE) u->cased[u->ncased++] = i;
+        cased += g.casing[i] != CASE_NONE;
+    }
+    return 0;
+}
+
 __attribute__((noinline)) static int on_header(const pl_csv_record *h) {
     /* A record has at least one field and select at least one name: nout >= 1. */
     g.have_header = true;
@@ -547,15 +595,11 @@ __attribute__((noinline)) static int on_header(const pl_csv_record *h) {
     if (cfg.has_filter && !rc) rc = resolve_filter(h, renamed, &cfg.filter);
     if (!rc) rc = resolve_row_steps(h, renamed, mark_cols);
 
+    if (!rc) rc = make_runs();
     if (!rc) {
-        /* identity: write_row may copy a record's raw bytes, so no step may change its fields. */
-        g.identity = g.nout == g.ncols && !g.ntrim && !g.nfill;
         bool dup_select = false;
-        for (uint32_t i = 0; i < g.nout; i++) {
-            g.identity &= g.src[i] == i && g.casing[i] == CASE_NONE;
-            g.any_case |= g.casing[i] != CASE_NONE;
+        for (uint32_t i = 0; i < g.nout; i++)
             for (uint32_t k = 0; k < i; k++) dup_select |= g.src[k] == g.src[i];
-        }
         /* write_row's fast path bounds a row's output by its raw size (see there); that bound
          * needs each column output once and room to spare in the output buffer. */
         const size_t fixed = 3 * (size_t)g.nout + g.fill_room;
@@ -579,32 +623,31 @@ __attribute__((noinline)) static int on_header(const pl_csv_record *h) {
 /* Rows                                                                                      */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Writes the reject row for `rec` (its original fields) with the reason in g.reason. */
-static int reject(const pl_csv_record *rec) { return pl_reject_csv_record(rec, &g.reason, &g.scratch); }
+/* Writes the reject row for the row (its original fields) with the reason in g.reason. */
+__attribute__((noinline)) static int reject(const pl_csv_batch *b, const pl_csv_row *r) {
+    return pl_reject_csv_row(b, r, &g.reason, &g.scratch);
+}
 
-/* Sets the reject reason "column '<name>' <what>", then ": \"<value>\"" if `f` is not NULL,
- * showing at most ~64 bytes of the value. */
-__attribute__((noinline)) static void bad_field(const pl_str *name, const char *what, const pl_field *f) {
+/* Sets the reject reason "column '<name>' <what>", then ": \"<value>\"" if `value` is not NULL,
+ * showing at most ~64 bytes of the len bytes at value. */
+__attribute__((noinline)) static void bad_field(const pl_str *name, const char *what, const uint8_t *value, size_t len) {
     pl_buf *m = &g.reason;
     m->len = 0;
     pl_buf_puts(m, "column '");
     pl_buf_put(m, name->ptr, name->len);
     pl_buf_puts(m, "' ");
     pl_buf_puts(m, what);
-    if (!f) return;
+    if (!value) return;
     pl_buf_puts(m, ": ");
-    pl_reject_put_value(m, f->ptr, f->len);
+    pl_reject_put_value(m, value, len);
 }
 
-/* Steps 1 and 2: the row with its fields trimmed and defaulted, in g.row and g.work (rec is
- * unchanged, for the rejects). Trimming drops only spaces and tabs, so a field's flags stay right.
- * Kept out of line (as check_row) so that rows of configs without these steps stay fast. */
-__attribute__((noinline)) static const pl_csv_record *trim_and_fill(const pl_csv_record *rec) {
+/* Steps 1 and 2: the row's fields trimmed and defaulted, in g.work (the batch is unchanged, for
+ * the rejects). Trimming drops only spaces and tabs, so a field's flags stay right. Kept out of
+ * line (as check_row) so that rows of configs without these steps stay fast. */
+__attribute__((noinline)) static const pl_field *trim_and_fill(const pl_csv_batch *b, const pl_csv_row *r) {
     pl_field *f = g.work;
-    memcpy(f, rec->fields, g.ncols * sizeof *f);
-    pl_csv_record *out = &g.row;
-    *out = *rec;
-    out->fields = f;
+    for (uint32_t i = 0; i < g.ncols; i++) f[i] = pl_csv_field(b, r, i);
     for (uint32_t i = 0; i < g.ntrim; i++) {
         pl_field *x = &f[g.trim[i]];
         while (x->len && (x->ptr[0] == ' ' || x->ptr[0] == '\t')) {
@@ -615,30 +658,28 @@ __attribute__((noinline)) static const pl_csv_record *trim_and_fill(const pl_csv
     }
     for (uint32_t i = 0; i < g.nfill; i++) {
         pl_field *x = &f[g.fill[i].src];
-        if (!x->len) {
-            *x = g.fill[i].value;
-            out->flags |= x->flags;
-        }
+        if (!x->len) *x = g.fill[i].value;
     }
-    return out;
+    return f;
 }
 
 /* Steps 3 and 4: 0 if the row passes required and types, else -1 (reason in g.reason). */
-__attribute__((noinline)) static int check_row(const pl_csv_record *row) {
+__attribute__((noinline)) static int check_row(ROW_PARAMS) {
+    const row w = {b, r, fixed};
     for (uint32_t i = 0; i < g.ncheck; i++) {
         const check *c = &g.check[i];
-        const pl_field *f = &row->fields[c->src];
+        const pl_field f = col_value(&w, c->src);
         double number;
         int64_t integer;
         pl_date date;
         bool ok;
-        if (!f->len) ok = c->kind != CHECK_REQUIRED; /* types let empty fields pass */
-        else if (c->kind == CHECK_INT) ok = pl_parse_int64(f->ptr, f->len, &integer);
-        else if (c->kind == CHECK_FLOAT) ok = pl_parse_number(f->ptr, f->len, &number);
-        else if (c->kind == CHECK_DATE) ok = pl_parse_date(f->ptr, f->len, &date);
+        if (!f.len) ok = c->kind != CHECK_REQUIRED; /* types let empty fields pass */
+        else if (c->kind == CHECK_INT) ok = pl_parse_int64(f.ptr, f.len, &integer);
+        else if (c->kind == CHECK_FLOAT) ok = pl_parse_number_padded(f.ptr, f.len, &number);
+        else if (c->kind == CHECK_DATE) ok = pl_parse_date(f.ptr, f.len, &date);
         else ok = true; /* required, and not empty */
         if (!ok) {
-            bad_field(c->name, CHECK_WHAT[c->kind], c->kind == CHECK_REQUIRED ? NULL : f);
+            bad_field(c->name, CHECK_WHAT[c->kind], c->kind == CHECK_REQUIRED ? NULL : f.ptr, f.len);
             return -1;
         }
     }
@@ -646,42 +687,43 @@ __attribute__((noinline)) static int check_row(const pl_csv_record *row) {
 }
 
 /* 1: the condition holds; 0: it does not; -1: its field is not a number (reason in g.reason). */
-static int test_cond(const node *c, const pl_csv_record *row) {
-    const pl_field *f = &row->fields[c->src];
+__attribute__((always_inline)) static inline int test_cond(const node *c, const row *w) {
+    const pl_field f = col_value(w, c->src);
     int cmp;
     if (c->numeric) {
         double v;
-        if (!pl_parse_number(f->ptr, f->len, &v)) {
-            bad_field(&c->column, "is not a number", f);
+        if (!pl_parse_number_padded(f.ptr, f.len, &v)) {
+            bad_field(&c->column, "is not a number", f.ptr, f.len);
             return -1;
         }
         cmp = (v > c->number) - (v < c->number);
     } else {
-        size_t n = f->len < c->string.len ? f->len : c->string.len;
-        cmp = memcmp(f->ptr, c->string.ptr, n);
-        cmp = cmp ? (cmp > 0) - (cmp < 0) : (f->len > c->string.len) - (f->len < c->string.len);
+        size_t n = f.len < c->string.len ? f.len : c->string.len;
+        cmp = memcmp(f.ptr, c->string.ptr, n);
+        cmp = cmp ? (cmp > 0) - (cmp < 0) : (f.len > c->string.len) - (f.len < c->string.len);
     }
     /* The outcomes each op accepts, bit cmp + 1 (less, equal, greater): a shift, not a switch. */
     static const uint8_t ACCEPT[N_OPS] = {2, 5, 4, 6, 1, 3};
     return ACCEPT[c->op] >> (cmp + 1) & 1;
 }
 
-static int filter_group(const node *c, const pl_csv_record *row);
+static int filter_group(const node *c, ROW_PARAMS);
 
 /* 1: the row passes the filter node; 0: it does not; -1: reject it (reason in g.reason). */
-static inline int filter_row(const node *c, const pl_csv_record *row) {
+__attribute__((always_inline)) static inline int filter_row(const node *c, const row *w) {
     /* A condition is tested here so that a single-condition filter inlines into on_row. */
-    return c->kind == NODE_COND ? test_cond(c, row) : filter_group(c, row);
+    return c->kind == NODE_COND ? test_cond(c, w) : filter_group(c, ROW_ARGS(w));
 }
 
-__attribute__((noinline)) static int filter_group(const node *c, const pl_csv_record *row) {
+__attribute__((noinline)) static int filter_group(const node *c, ROW_PARAMS) {
+    const row w = {b, r, fixed};
     /* No short cut once the outcome is known: a non-number in any condition rejects the row. */
     const bool all = c->kind == NODE_ALL;
     int keep = all;
     for (uint32_t i = 0; i < c->n; i++) {
-        int r = filter_row(&c->members[i], row);
-        if (r < 0) return -1;
-        keep = all ? keep & r : keep | r;
+        const int k = filter_row(&c->members[i], &w);
+        if (k < 0) return -1;
+        keep = all ? keep & k : keep | k;
     }
     return keep;
 }
@@ -700,28 +742,29 @@ __attribute__((noinline)) static int write_big_field(pl_out *o, const pl_field *
 }
 
 /* Writes the row field by field, checking for room before each one (any field size). */
-__attribute__((noinline)) static int write_row_checked(const pl_csv_record *rec) {
+__attribute__((noinline)) static int write_row_checked(ROW_PARAMS) {
+    const row w = {b, r, fixed};
     pl_out *o = pl_port(0);
     const uint32_t nout = g.nout;
     for (uint32_t i = 0; i < nout; i++) {
-        const pl_field *f = &rec->fields[g.src[i]];
-        const size_t n = f->len;
-        const bool quote = (f->flags & PL_FIELD_NEEDS_QUOTING) || (nout == 1 && n == 0);
+        const pl_field f = col_field(&w, g.src[i]);
+        const size_t n = f.len;
+        const bool quote = (f.flags & PL_FIELD_NEEDS_QUOTING) || (nout == 1 && n == 0);
         const uint8_t sep = i + 1 < nout ? ',' : '\n';
         /* Room for the field, quoted with every byte doubled at worst, and the separator. */
         const size_t need = quote ? 2 * n + 3 : n + 1;
         if (need > PL_OUT_CAP - o->len) {
             if (need > PL_OUT_CAP) {
-                if (write_big_field(o, f, g.casing[i], quote) || pl_out_putc(o, sep)) return -1;
+                if (write_big_field(o, &f, g.casing[i], quote) || pl_out_putc(o, sep)) return -1;
                 continue;
             }
             if (pl_out_flush(o)) return -1;
         }
         uint8_t *start = o->buf + o->len, *d = start;
         if (quote) {
-            d = pl_csv_quote_into(d, f->ptr, n);
+            d = pl_csv_quote_into(d, f.ptr, n);
         } else {
-            pl_copy(d, f->ptr, n);
+            pl_copy(d, f.ptr, n);
             d += n;
         }
         if (g.casing[i] != CASE_NONE) (g.casing[i] == CASE_UPPER ? pl_upper : pl_lower)(start, (size_t)(d - start));
@@ -731,65 +774,107 @@ __attribute__((noinline)) static int write_row_checked(const pl_csv_record *rec)
     return 0;
 }
 
-static int write_row(const pl_csv_record *rec) {
-    const uint32_t nout = g.nout;
-    /* Fast path for a record that lies in the chunk: its fields are disjoint parts of raw_len
-     * bytes (or defaults), so unless a column is selected twice the row needs at most
-     * 2 * raw_len + 3 * nout + fill_room bytes (every byte a doubled quote, two quotes and a
-     * separator per field). Reserve that once, then write without checks. */
-    if (!rec->raw || g.rows_checked || rec->raw_len > g.fast_raw_max) return write_row_checked(rec);
-    pl_out *o = pl_port(0);
-    uint8_t *d = pl_out_reserve(o, 2 * rec->raw_len + 3 * (size_t)nout + g.fill_room);
-    if (!d) return -1;
-    if (g.identity && !rec->flags) {
-        /* Nothing to select, quote or map: the record's own bytes are the output. */
-        pl_copy_over(d, rec->raw, rec->raw_len);
-        d += rec->raw_len;
-    } else if (!(rec->flags & PL_FIELD_NEEDS_QUOTING) && !g.any_case && nout > 1) {
-        for (uint32_t i = 0; i < nout; i++) {
-            const pl_field *f = &rec->fields[g.src[i]];
-            pl_copy_over(d, f->ptr, f->len);
-            d += f->len;
-            *d++ = ',';
+/* Writes output columns [from, to) at d, each followed by ','; returns the end. Room enough. */
+__attribute__((noinline)) static uint8_t *write_fields(uint8_t *d, ROW_PARAMS, uint32_t from, uint32_t to) {
+    const row w = {b, r, fixed};
+    for (uint32_t i = from; i < to; i++) {
+        const pl_field f = col_field(&w, g.src[i]);
+        uint8_t *start = d;
+        if ((f.flags & PL_FIELD_NEEDS_QUOTING) || (g.nout == 1 && f.len == 0)) {
+            d = pl_csv_quote_into_padded(d, f.ptr, f.len);
+        } else {
+            pl_copy_over(d, f.ptr, f.len);
+            d += f.len;
         }
-        d--;
-    } else {
-        for (uint32_t i = 0; i < nout; i++) {
-            const pl_field *f = &rec->fields[g.src[i]];
-            uint8_t *start = d;
-            if ((f->flags & PL_FIELD_NEEDS_QUOTING) || (nout == 1 && f->len == 0)) {
-                d = pl_csv_quote_into_padded(d, f->ptr, f->len);
-            } else {
-                pl_copy_over(d, f->ptr, f->len);
-                d += f->len;
-            }
-            if (g.casing[i] != CASE_NONE) pl_case_map_padded(start, (size_t)(d - start), g.casing[i] == CASE_UPPER);
-            *d++ = ',';
-        }
-        d--;
+        if (g.casing[i] != CASE_NONE) pl_case_map_padded(start, (size_t)(d - start), g.casing[i] == CASE_UPPER);
+        *d++ = ',';
     }
-    *d++ = '\n';
+    return d;
+}
+
+/* Writes the first k (>= 1) columns of run u at d as the row's raw bytes, case-mapped, then ',';
+ * returns the end. Only for columns without a '"': then no field needs quoting (a ',' or line
+ * break would have ended it), so the output is the raw bytes, separators included. */
+__attribute__((always_inline)) static inline uint8_t *copy_raw(uint8_t *d, const row *w, const run *u, uint32_t k) {
+    const pl_csv_batch *b = w->b;
+    const pl_csv_row *r = w->r;
+    const uint32_t begin = pl_csv_field_begin(b, r, u->src), end = pl_csv_field_end(b, r, u->src + k - 1);
+    pl_copy_over(d, b->data + begin, end - begin);
+    for (uint32_t c = 0; c < u->ncased && u->cased[c] < u->out + k; c++) {
+        const uint32_t i = u->cased[c], src = g.src[i];
+        const uint32_t fb = pl_csv_field_begin(b, r, src), fe = pl_csv_field_end(b, r, src);
+        pl_case_map_padded(d + (fb - begin), fe - fb, g.casing[i] == CASE_UPPER);
+    }
+    d += end - begin;
+    *d++ = ',';
+    return d;
+}
+
+/* write_run for a run whose raw bytes hold a '"' (or a lone output column, which is "" when
+ * empty): the columns before the quote's go raw, the others field by field. */
+__attribute__((noinline)) static uint8_t *write_run_quoted(uint8_t *d, ROW_PARAMS, const run *u) {
+    const row w = {b, r, fixed};
+    uint32_t k = 0;
+    while (g.nout > 1 && k < u->n && pl_csv_field_end(b, r, u->src + k) <= r->quote) k++;
+    if (k) d = copy_raw(d, &w, u, k);
+    return write_fields(d, ROW_ARGS(&w), u->out + k, u->out + u->n);
+}
+
+/* Writes the run's columns at d, each followed by ','; returns the end. Room enough. */
+static uint8_t *write_run(uint8_t *d, const row *w, const run *u) {
+    if (w->r->quote < pl_csv_field_end(w->b, w->r, u->src + u->n - 1) || g.nout == 1)
+        return write_run_quoted(d, ROW_ARGS(w), u);
+    return copy_raw(d, w, u, u->n);
+}
+
+static int write_row(const row *w) {
+    /* Fast path for a row of at most fast_raw_max raw bytes: its fields are disjoint parts of
+     * them (or defaults), so unless a column is selected twice the row needs at most
+     * 2 * raw + 3 * nout + fill_room bytes (every byte a doubled quote, two quotes and a
+     * separator per field). Reserve that once, then write without checks. */
+    const pl_csv_row *r = w->r;
+    const size_t raw = pl_csv_field_end(w->b, r, r->count - 1) - r->start;
+    if (g.rows_checked || raw > g.fast_raw_max) return write_row_checked(ROW_ARGS(w));
+    pl_out *o = pl_port(0);
+    uint8_t *d = pl_out_reserve(o, 2 * raw + 3 * (size_t)g.nout + g.fill_room);
+    if (!d) return -1;
+    if (w->fixed) {
+        d = write_fields(d, ROW_ARGS(w), 0, g.nout);
+    } else {
+        for (uint32_t k = 0; k < g.nruns; k++) d = write_run(d, w, &g.runs[k]);
+    }
+    d[-1] = '\n';
     o->len = (uint32_t)(d - o->buf);
     return 0;
 }
 
-static int on_row(const pl_csv_record *rec) {
+static int on_row(const pl_csv_batch *b, const pl_csv_row *r) {
     pl_stats.records_in++;
-    if (rec->count != g.ncols) return pl_reject_field_count(rec, g.ncols, &g.reason, &g.scratch);
-    const pl_csv_record *row = g.ntrim || g.nfill ? trim_and_fill(rec) : rec;
-    if (g.ncheck && check_row(row)) return reject(rec);
+    if (r->count != g.ncols) return pl_reject_field_count(b, r, g.ncols, &g.reason, &g.scratch);
+    const row w = {b, r, g.ntrim || g.nfill ? trim_and_fill(b, r) : NULL};
+    if (g.ncheck && check_row(ROW_ARGS(&w))) return reject(b, r);
     if (cfg.has_filter) {
-        int keep = filter_row(&cfg.filter, row);
-        if (keep < 0) return reject(rec);
+        int keep = filter_row(&cfg.filter, &w);
+        if (keep < 0) return reject(b, r);
         if (!keep) return 0;
     }
     pl_stats.records_out++;
-    return write_row(row);
+    return write_row(&w);
 }
 
-static int on_record(void *ctx, const pl_csv_record *rec) {
+/* The first record is the header: cut it whole, once. */
+__attribute__((noinline)) static int read_header(const pl_csv_batch *b, const pl_csv_row *r) {
+    pl_csv_record h;
+    return pl_csv_record_of(b, r, &h) || on_header(&h);
+}
+
+static int on_batch(void *ctx, const pl_csv_batch *b) {
     (void)ctx;
-    return g.have_header ? on_row(rec) : on_header(rec);
+    uint32_t k = 0;
+    if (!g.have_header && read_header(b, &b->rows[k++])) return -1;
+    for (; k < b->count; k++)
+        if (on_row(b, &b->rows[k])) return -1;
+    return 0;
 }
 
 static int pl_guest_process(const uint8_t *data, size_t len) { return pl_csv_feed(&g.csv, data, len); }

@@ -128,11 +128,11 @@ static int put_prologue(const pl_csv_record *header) {
 /* Config                                                                                    */
 /* ---------------------------------------------------------------------------------------- */
 
-static int on_record(void *ctx, const pl_csv_record *rec);
+static int on_batch(void *ctx, const pl_csv_batch *b);
 
 static int pl_guest_init(const uint8_t *config, size_t len) {
     static const char known[] = "title, columns, max_rows";
-    pl_csv_init(&g.csv, on_record, NULL);
+    pl_csv_init(&g.csv, on_batch, NULL);
     pl_json j;
     int rc = pl_config_open(&j, config, len);
     if (rc) return rc < 0 ? -1 : 0;
@@ -193,9 +193,9 @@ static int on_header(const pl_csv_record *h) {
     return put_prologue(h);
 }
 
-static int on_row(const pl_csv_record *rec) {
+static int on_row(const pl_csv_batch *b, const pl_csv_row *r) {
     pl_stats.records_in++;
-    if (rec->count != g.ncols) return pl_reject_field_count(rec, g.ncols, &g.reason, &g.scratch);
+    if (r->count != g.ncols) return pl_reject_field_count(b, r, g.ncols, &g.reason, &g.scratch);
     if (cfg.has_max_rows && pl_stats.records_out >= cfg.max_rows) {
         g.hidden++;
         return 0;
@@ -204,25 +204,35 @@ static int on_row(const pl_csv_record *rec) {
     pl_out *o = pl_port(0);
     if (put("<tr>")) return -1;
     for (uint32_t i = 0; i < g.nout; i++) {
-        const pl_field *f = &rec->fields[g.src[i]];
-        if (f->len > PIECE) {
-            if (put("<td>") || put_escaped(o, f->ptr, f->len) || put("</td>")) return -1;
+        const pl_field f = pl_csv_value(b, r, g.src[i]);
+        if (f.len > PIECE) {
+            if (put("<td>") || put_escaped(o, f.ptr, f.len) || put("</td>")) return -1;
             continue;
         }
         /* The common case: the whole cell in one reservation. */
-        uint8_t *d = pl_out_reserve(o, f->len * ESC_MAX + 9);
+        uint8_t *d = pl_out_reserve(o, f.len * ESC_MAX + 9);
         if (!d) return -1;
         memcpy(d, "<td>", 4);
-        d = escape_into(d + 4, f->ptr, f->len);
+        d = escape_into(d + 4, f.ptr, f.len);
         memcpy(d, "</td>", 5);
         o->len = (uint32_t)(d + 5 - o->buf);
     }
     return put("</tr>\n");
 }
 
-static int on_record(void *ctx, const pl_csv_record *rec) {
+/* The first record is the header: cut it whole, once. */
+__attribute__((noinline)) static int read_header(const pl_csv_batch *b, const pl_csv_row *r) {
+    pl_csv_record h;
+    return pl_csv_record_of(b, r, &h) || on_header(&h);
+}
+
+static int on_batch(void *ctx, const pl_csv_batch *b) {
     (void)ctx;
-    return g.have_header ? on_row(rec) : on_header(rec);
+    uint32_t k = 0;
+    if (!g.have_header && read_header(b, &b->rows[k++])) return -1;
+    for (; k < b->count; k++)
+        if (on_row(b, &b->rows[k])) return -1;
+    return 0;
 }
 
 static int pl_guest_process(const uint8_t *data, size_t len) { return pl_csv_feed(&g.csv, data, len); }

@@ -97,7 +97,7 @@ static int read_types(pl_json *j) {
     return more < 0 ? pl_json_fail(j, "config") : 0;
 }
 
-static int on_record(void *ctx, const pl_csv_record *rec);
+static int on_batch(void *ctx, const pl_csv_batch *b);
 
 enum { KEY_TYPES, KEY_NULLS, KEY_MAX_RECORD_BYTES };
 
@@ -111,7 +111,7 @@ static int read_config(pl_json *j, int key) {
 
 static int pl_guest_init(const uint8_t *config, size_t len) {
     static const char *const keys[] = {"types", "nulls", "max_record_bytes", NULL};
-    pl_csv_init(&g.csv, on_record, NULL);
+    pl_csv_init(&g.csv, on_batch, NULL);
     return pl_config_read(config, len, keys, read_config);
 }
 
@@ -196,20 +196,21 @@ static int parse_bool(const uint8_t *p, size_t n) {
     return n == 5 && i == 5 ? 0 : -1;
 }
 
-/* Checks the record's values against the column types; fills g.reason for the first bad one. */
-static bool typed_ok(const pl_csv_record *rec) {
-    for (uint32_t i = 0; i < rec->count; i++) {
-        const pl_field *f = &rec->fields[i];
+/* Checks the row's values against the column types; fills g.reason for the first bad one. */
+static bool typed_ok(const pl_csv_batch *b, const pl_csv_row *r) {
+    for (uint32_t i = 0; i < r->count; i++) {
         const uint8_t t = g.type[i];
-        if (t == T_STRING || (f->len == 0 && g.null_empty[i])) continue;
-        if (t == T_BOOL ? parse_bool(f->ptr, f->len) >= 0 : is_number(f->ptr, f->len, t == T_INT)) continue;
+        if (t == T_STRING) continue;
+        const pl_field f = pl_csv_value(b, r, i);
+        if (f.len == 0 && g.null_empty[i]) continue;
+        if (t == T_BOOL ? parse_bool(f.ptr, f.len) >= 0 : is_number(f.ptr, f.len, t == T_INT)) continue;
         pl_buf *m = &g.reason;
         m->len = 0;
         pl_buf_puts(m, "column '");
         const size_t name = i ? g.name_end[i - 1] : 0;
         pl_buf_put(m, g.names.data + name, g.name_end[i] - name);
         pl_buf_puts(m, t == T_INT ? "' is not an int: " : t == T_FLOAT ? "' is not a float: " : "' is not a bool: ");
-        pl_reject_put_value(m, f->ptr, f->len);
+        pl_reject_put_value(m, f.ptr, f.len);
         return false;
     }
     return true;
@@ -235,22 +236,22 @@ static uint8_t *value_into(uint8_t *d, const pl_field *f, uint32_t i) {
     }
 }
 
-static int write_object(const pl_csv_record *rec) {
+static int write_object(const pl_csv_batch *b, const pl_csv_row *r) {
     pl_out *o = pl_port(0);
     size_t key = 0;
-    for (uint32_t i = 0; i < rec->count; i++) {
-        const pl_field *f = &rec->fields[i];
+    for (uint32_t i = 0; i < r->count; i++) {
+        const pl_field f = pl_csv_value(b, r, i);
         const size_t key_len = g.key_end[i] - key;
         /* Room for the '{' or ',', the key and the value with every byte escaped to six. */
-        const size_t need = 1 + key_len + 6 * (uint64_t)f->len + 5;
+        const size_t need = 1 + key_len + 6 * (uint64_t)f.len + 5;
         if (need <= PL_OUT_CAP) {
             uint8_t *d = pl_out_reserve(o, need);
             if (!d) return -1;
             *d++ = i ? ',' : '{';
             pl_copy(d, g.keys.data + key, key_len);
-            o->len = (uint32_t)(value_into(d + key_len, f, i) - o->buf);
+            o->len = (uint32_t)(value_into(d + key_len, &f, i) - o->buf);
         } else if (pl_out_putc(o, i ? ',' : '{') || pl_out_write(o, g.keys.data + key, key_len) ||
-                   (g.type[i] == T_STRING ? pl_json_put_string(o, f->ptr, f->len) : pl_out_write(o, f->ptr, f->len))) {
+                   (g.type[i] == T_STRING ? pl_json_put_string(o, f.ptr, f.len) : pl_out_write(o, f.ptr, f.len))) {
             return -1; /* a huge string or number */
         }
         key = g.key_end[i];
@@ -258,27 +259,45 @@ static int write_object(const pl_csv_record *rec) {
     return pl_out_write(o, "}\n", 2); /* a record has at least one field */
 }
 
-static int on_row(const pl_csv_record *rec) {
-    pl_stats.records_in++;
-    pl_buf *m = &g.reason;
-    if (rec->count != g.ncols) return pl_reject_field_count(rec, g.ncols, m, &g.record);
+/* True if every field of the row is UTF-8. */
+static bool row_utf8(const pl_csv_batch *b, const pl_csv_row *r) {
     /* Fields are the record's bytes without some ASCII quotes: if those are valid UTF-8, so is
      * every field (the converse does not hold: "ab\xc3"\xa9 is the field abé). */
-    const bool raw_valid = rec->raw && pl_utf8_valid(rec->raw, rec->raw_len);
-    for (uint32_t i = 0; i < rec->count && !raw_valid; i++)
-        if (!pl_utf8_valid(rec->fields[i].ptr, rec->fields[i].len)) {
-            m->len = 0;
-            pl_buf_puts(m, "invalid UTF-8");
-            return pl_reject_csv_record(rec, m, &g.record);
-        }
-    if (g.any_typed && !typed_ok(rec)) return pl_reject_csv_record(rec, m, &g.record);
-    pl_stats.records_out++;
-    return write_object(rec);
+    if (pl_utf8_valid(b->data + r->start, pl_csv_field_end(b, r, r->count - 1) - r->start)) return true;
+    for (uint32_t i = 0; i < r->count; i++) {
+        const pl_field f = pl_csv_value(b, r, i);
+        if (!pl_utf8_valid(f.ptr, f.len)) return false;
+    }
+    return true;
 }
 
-static int on_record(void *ctx, const pl_csv_record *rec) {
+static int on_row(const pl_csv_batch *b, const pl_csv_row *r) {
+    pl_stats.records_in++;
+    pl_buf *m = &g.reason;
+    if (r->count != g.ncols) return pl_reject_field_count(b, r, g.ncols, m, &g.record);
+    if (!row_utf8(b, r)) {
+        m->len = 0;
+        pl_buf_puts(m, "invalid UTF-8");
+        return pl_reject_csv_row(b, r, m, &g.record);
+    }
+    if (g.any_typed && !typed_ok(b, r)) return pl_reject_csv_row(b, r, m, &g.record);
+    pl_stats.records_out++;
+    return write_object(b, r);
+}
+
+/* The first record is the header: cut it whole, once. */
+__attribute__((noinline)) static int read_header(const pl_csv_batch *b, const pl_csv_row *r) {
+    pl_csv_record h;
+    return pl_csv_record_of(b, r, &h) || on_header(&h);
+}
+
+static int on_batch(void *ctx, const pl_csv_batch *b) {
     (void)ctx;
-    return g.have_header ? on_row(rec) : on_header(rec);
+    uint32_t k = 0;
+    if (!g.have_header && read_header(b, &b->rows[k++])) return -1;
+    for (; k < b->count; k++)
+        if (on_row(b, &b->rows[k])) return -1;
+    return 0;
 }
 
 static int pl_guest_process(const uint8_t *data, size_t len) { return pl_csv_feed(&g.csv, data, len); }

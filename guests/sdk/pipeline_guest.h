@@ -592,230 +592,421 @@ PL_API int pl_lines_finish(pl_lines *l) {
  *   - a blank line (a line break at the start of a record) is not a record: it is skipped;
  *   - a UTF-8 BOM at the start of the stream is stripped.
  *
- * Each complete record is handed to the callback as an array of fields. A field is a byte span
- * holding its decoded value (quotes removed, doubled quotes undoubled). Spans point into the
- * chunk being fed when possible and into the framer's own arena otherwise (records split across
- * chunks, fields with doubled quotes or bytes after the closing quote): either way they are valid
- * only during the callback. A record still open when a feed returns is copied into the arena,
- * so the caller may overwrite its input between feeds.
+ * Records reach the guest in batches, not one by one: a callback per record cost more than
+ * finding the record did. A batch (pl_csv_batch) is an array of rows (pl_csv_row) and the array
+ * of field ends they index: the raw bytes of field i of row r are [begin, end) of the batch's
+ * data, with end = ends[r->first + i] (the offset of the ',' or line break after the field) and
+ * begin = r->start for i = 0, else the end of field i - 1 plus one. Nothing is cut or copied
+ * until the guest reads a field: pl_csv_field gives its value (quotes removed, '""' undoubled),
+ * so the columns a guest never reads cost almost nothing. pl_csv_record_of cuts every field of
+ * a row at once (for headers and rejects).
+ *
+ * A batch holds the records completed by one feed, or part of them (a batch has at most
+ * PL__CSV_ROWS rows); everything in it (data, ends, rows, decoded values) is valid only during
+ * the callback. Its data is the chunk being fed, or, for a record that began in an earlier
+ * chunk, the framer's carry buffer, where the open record's raw bytes are copied when a feed
+ * returns: the caller may overwrite its input between feeds.
  *
  * `line` is the 1-based physical line where the record starts: CRLF, LF and a lone CR each end a
  * line, including those inside quoted fields and blank lines.
  *
  * A record whose raw bytes (terminator excluded) exceed max_record_bytes (default 64 MiB) fails
- * the feed; so does running out of memory.
+ * the feed, after the records before it were delivered; so does running out of memory.
+ *
+ * How it scans: 64 bytes at a time, SIMD compares give bitmasks of the commas, quotes and line
+ * breaks. In a block without quotes every comma and line break separates. Otherwise a prefix XOR
+ * of the quote mask says which bytes lie inside quotes, which is exact as long as every quoted
+ * part opens at a field's start and closes before a separator (or a '"' of a '""' pair); a
+ * block where that does not hold (x"y, "ab"c) is walked special byte by special byte with the
+ * reader's state machine instead. The separators' offsets then go to `ends` with a few
+ * instructions each, and the record starts and ends are found from the line break mask.
  */
 
-/* The field was quoted in the input. */
+/* The value was quoted in the input. */
 #define PL_FIELD_QUOTED 1u
 /* The value contains ',', '"', CR or LF: written back as CSV it must be quoted. */
 #define PL_FIELD_NEEDS_QUOTING 2u
-/* Internal: the field's bytes are in the framer's arena; `ptr` holds an arena offset. */
-#define PL__FIELD_ARENA 0x80000000u
 
-/* A field's value: `len` bytes at `ptr`, followed by at least PL_PAD readable bytes (provided
- * the chunks fed to the framer are, as the input area is). */
+/* A value: `len` bytes at `ptr`, followed by at least PL_PAD readable bytes (provided the chunks
+ * fed to the framer are, as the input area is). */
 typedef struct pl_field {
     const uint8_t *ptr;
     size_t len;
     uint32_t flags; /* PL_FIELD_* */
 } pl_field;
 
+/* A record of a batch: where its fields are (see above). */
+typedef struct pl_csv_row {
+    uint32_t start; /* offset in the batch's data of the record's first byte */
+    uint32_t first; /* index in the batch's ends of the end of its first field */
+    uint32_t count; /* fields, at least 1 */
+    /* Offset of the record's first '"', or of its end if it has none. Raw bytes before it are
+     * values as they are: no field among them is quoted or holds a '"' to double. */
+    uint32_t quote;
+    uint64_t line; /* physical line where the record starts (1-based) */
+} pl_csv_row;
+
+typedef struct pl_csv_batch {
+    const uint8_t *data;    /* the rows' raw bytes */
+    const uint32_t *ends;   /* field ends, offsets in data */
+    const pl_csv_row *rows; /* in stream order */
+    uint32_t count;         /* rows, at least 1 */
+    struct pl_csv *csv;     /* the framer (holds the values pl_csv_field decodes) */
+} pl_csv_batch;
+
+/* A record with its fields cut (pl_csv_record_of). */
 typedef struct pl_csv_record {
     const pl_field *fields;
     uint32_t count;
-    uint32_t flags;     /* OR of the fields' flags */
-    uint64_t line;      /* physical line where the record starts (1-based) */
-    const uint8_t *raw; /* the record as it appears in the input, terminator excluded, if it */
-    size_t raw_len;     /*   lies in the chunk being fed; NULL if it was split across chunks */
+    uint64_t line;
 } pl_csv_record;
 
-/* Called once per record; non-zero stops the framer, which returns that status. */
-typedef int (*pl_csv_record_fn)(void *ctx, const pl_csv_record *rec);
+/* Called once per batch; non-zero stops the framer, which returns that status. */
+typedef int (*pl_csv_batch_fn)(void *ctx, const pl_csv_batch *batch);
 
+/* Rows per batch: the batch arrays stay small (~24 KiB of rows, ~32 KiB of ends). */
+#define PL__CSV_ROWS 1024u
+#define PL__CSV_ENDS 8192u
+/* Blocks of 64 bytes per group: the scanner's first pass runs over a group, then its second. */
+#define PL__CSV_GROUP 16u
+
+/* The reader's state between two bytes. */
 enum {
-    PL__CSV_RECORD,   /* between records (a lone CR just seen is tracked through `after_cr`) */
-    PL__CSV_FIELD,    /* right after a ',' */
-    PL__CSV_UNQUOTED, /* in an unquoted field, or after the closing quote of a quoted one */
-    PL__CSV_QUOTED,   /* inside quotes */
-    PL__CSV_QUOTE,    /* right after a '"' inside quotes: closing quote or first of '""' */
+    PL__CSV_START,  /* at a field's start: after ',' or a line break, or at the stream start */
+    PL__CSV_FIELD,  /* in an unquoted field, or in bytes after a closing quote: '"' is data */
+    PL__CSV_QUOTED, /* inside quotes */
+    PL__CSV_QUOTE,  /* right after a '"' that left the quotes: closing, or the first of '""' */
 };
 
 typedef struct pl_csv {
-    pl_csv_record_fn on_record;
+    pl_csv_batch_fn on_batch;
     void *ctx;
     uint64_t max_record_bytes;
-    /* Position. */
-    uint64_t line;        /* current physical line */
-    uint64_t record_line; /* line where the open record started */
-    uint64_t carried;     /* raw bytes of the open record in earlier chunks */
-    /* The open record: fields so far, and the arena holding bytes that outlive a chunk. */
-    pl_field *fields;
-    uint32_t nfields, fields_cap;
-    uint8_t *arena;
-    size_t arena_len, arena_cap;
-    size_t field_start;   /* arena offset of the open field's bytes (with PL__FIELD_ARENA) */
-    uint32_t field_flags; /* flags of the open field */
-    uint32_t record_flags;
-    uint8_t state;
+    /* Scanner state at the end of what was read. Offsets are relative to the chunk being fed. */
+    uint64_t line;       /* line breaks so far */
+    uint64_t rec_line;   /* line where the open record started */
+    int64_t rec_start;   /* offset of the open record's first byte (< 0: in an earlier chunk) */
+    int64_t rec_quote;   /* offset of its first '"' (INT64_MAX: none yet) */
+    uint32_t rec_first;  /* index in ends of the open record's first field end */
+    uint8_t state;       /* PL__CSV_* */
+    bool in_record;      /* a record is open */
+    bool after_break;    /* the last byte was a line break outside quotes, or none was read */
+    bool after_cr;       /* the last byte was '\r' */
     uint8_t bom;
-    bool prev_cr; /* the last chunk ended with '\r' */
+    bool oom;            /* pl_csv_field ran out of memory during the current batch */
+    /* The batch under way (scratch: zeroed when a feed returns, so it costs no snapshot pages). */
+    uint32_t *ends;
+    uint32_t nends, ends_cap, ends_used;
+    pl_csv_row *rows;
+    uint32_t nrows, rows_used;
+    /* The open record's raw bytes from earlier chunks and its field ends among them. */
+    uint8_t *carry;
+    size_t carried, carry_cap;
+    uint32_t *carry_ends;
+    uint32_t ncarry_ends, carry_ends_cap;
+    /* Values pl_csv_field built for the current batch ('""' pairs, bytes after the closing
+     * quote), and blocks it outgrew (freed after the batch). */
+    uint8_t *values;
+    size_t values_len, values_cap;
+    pl_buf retired;
+    /* Fields cut by pl_csv_record_of. */
+    pl_field *cut;
+    uint32_t cut_cap;
 } pl_csv;
 
-PL_API void pl_csv_init(pl_csv *p, pl_csv_record_fn fn, void *ctx) {
-    *p = (pl_csv){.on_record = fn, .ctx = ctx, .max_record_bytes = 64u << 20, .line = 1};
+PL_API void pl_csv_init(pl_csv *p, pl_csv_batch_fn fn, void *ctx) {
+    *p = (pl_csv){.on_batch = fn, .ctx = ctx, .max_record_bytes = 64u << 20, .after_break = true};
 }
 
-PL_COLD int pl__csv_oom(pl_csv *p) {
+PL_COLD int pl__csv_oom(uint64_t line) {
     pl_buf m = {0};
     pl_buf_puts(&m, "out of memory at line ");
-    pl_buf_put_u64(&m, p->record_line);
+    pl_buf_put_u64(&m, line);
     return pl_fail_buf(&m);
 }
 
 PL_COLD int pl__csv_too_big(pl_csv *p) {
     pl_buf m = {0};
     pl_buf_puts(&m, "line ");
-    pl_buf_put_u64(&m, p->record_line);
+    pl_buf_put_u64(&m, p->rec_line);
     pl_buf_puts(&m, ": record exceeds max_record_bytes (");
     pl_buf_put_u64(&m, p->max_record_bytes);
     pl_buf_puts(&m, "); raise max_record_bytes in the stage config");
     return pl_fail_buf(&m);
 }
 
-PL_COLD int pl__csv_arena_grow(pl_csv *p, size_t n) {
-    /* PL_PAD spare bytes past the capacity: see pl_field. */
-    size_t size = n > SIZE_MAX / 2 - p->arena_len ? 0 : pl_grow_size(p->arena_cap + PL_PAD, p->arena_len + n + PL_PAD);
-    uint8_t *a = size ? (uint8_t *)realloc(p->arena, size) : NULL;
-    if (!a) return pl__csv_oom(p);
-    p->arena = a;
-    p->arena_cap = size - PL_PAD;
-    return 0;
+/* Grows the array *a of *cap elements of `size` bytes to hold `need`; false if out of memory. */
+PL_COLD bool pl__csv_grow(void **a, uint32_t *cap, size_t size, size_t need) {
+    size_t bytes = need > SIZE_MAX / 2 / size ? 0 : pl_grow_size((size_t)*cap * size, need * size);
+    void *n = bytes && bytes / size <= UINT32_MAX ? realloc(*a, bytes) : NULL;
+    if (!n) return false;
+    *a = n;
+    *cap = (uint32_t)(bytes / size);
+    return true;
 }
 
-/* Appends [from, to) of the chunk, part of the record that starts at `rec` in it, to the arena.
- * The record's size is checked first: the arena never holds more than max_record_bytes. */
-PL_COLD int pl__csv_arena_add(pl_csv *p, const uint8_t *rec, const uint8_t *from, const uint8_t *to) {
-    if (p->carried + (uint64_t)(to - rec) > p->max_record_bytes) return pl__csv_too_big(p);
-    size_t n = (size_t)(to - from);
-    if (n > p->arena_cap - p->arena_len && pl__csv_arena_grow(p, n)) return -1;
-    pl_copy(p->arena + p->arena_len, from, n);
-    p->arena_len += n;
-    return 0;
+/* ---- Reading fields ---- */
+
+/* Offset in the batch's data of the first raw byte of field i of row r. */
+PL_API uint32_t pl_csv_field_begin(const pl_csv_batch *b, const pl_csv_row *r, uint32_t i) {
+    return i ? b->ends[r->first + i - 1] + 1 : r->start;
 }
 
-/* Makes room for at least `need` fields. */
-PL_COLD int pl__csv_grow_fields(pl_csv *p, uint32_t need) {
-    size_t size = need > SIZE_MAX / 2 / sizeof(pl_field)
-                      ? 0
-                      : pl_grow_size((size_t)p->fields_cap * sizeof(pl_field), (size_t)need * sizeof(pl_field));
-    pl_field *f = size && size / sizeof(pl_field) <= UINT32_MAX ? (pl_field *)realloc(p->fields, size) : NULL;
-    if (!f) return pl__csv_oom(p);
-    p->fields = f;
-    p->fields_cap = (uint32_t)(size / sizeof(pl_field));
-    return 0;
+/* Offset in the batch's data just past the raw bytes of field i of row r. */
+PL_API uint32_t pl_csv_field_end(const pl_csv_batch *b, const pl_csv_row *r, uint32_t i) {
+    return b->ends[r->first + i];
 }
 
-/* Arena offsets become pointers in fields[0..nf), now that the arena will not move any more (a
- * record of empty fields may have no arena at all). */
-PL_COLD void pl__csv_arena_pointers(pl_csv *p, uint32_t nf) {
-    const uint8_t *base = p->arena ? p->arena : pl__empty;
-    for (uint32_t i = 0; i < nf; i++) {
-        pl_field *f = &p->fields[i];
-        if (f->flags & PL__FIELD_ARENA) {
-            f->ptr = base + (uintptr_t)f->ptr;
-            f->flags &= ~PL__FIELD_ARENA;
+/* True if any of the n bytes at s is ',', '"', CR or LF. Reads up to 15 bytes past s + n. */
+PL_API bool pl__csv_special(const uint8_t *s, size_t n) {
+#ifdef __wasm_simd128__
+    for (size_t i = 0; i < n; i += 16) {
+        const v128_t v = wasm_v128_load(s + i);
+        const v128_t m = wasm_v128_or(wasm_v128_or(wasm_i8x16_eq(v, wasm_i8x16_splat(',')), wasm_i8x16_eq(v, wasm_i8x16_splat('"'))),
+                                      wasm_v128_or(wasm_i8x16_eq(v, wasm_i8x16_splat('\r')), wasm_i8x16_eq(v, wasm_i8x16_splat('\n'))));
+        uint32_t bits = (uint32_t)wasm_i8x16_bitmask(m);
+        if (n - i < 16) bits &= (1u << (n - i)) - 1;
+        if (bits) return true;
+    }
+    return false;
+#else
+    for (size_t i = 0; i < n; i++)
+        if (s[i] == ',' || s[i] == '"' || s[i] == '\r' || s[i] == '\n') return true;
+    return false;
+#endif
+}
+
+/* True if the n bytes at s hold a '"'. Reads up to 15 bytes past s + n. */
+PL_API bool pl_csv_has_quote(const uint8_t *s, size_t n) {
+#ifdef __wasm_simd128__
+    for (size_t i = 0; i < n; i += 16) {
+        uint32_t bits = (uint32_t)wasm_i8x16_bitmask(wasm_i8x16_eq(wasm_v128_load(s + i), wasm_i8x16_splat('"')));
+        if (n - i < 16) bits &= (1u << (n - i)) - 1;
+        if (bits) return true;
+    }
+    return false;
+#else
+    return pl_memchr(s, '"', n) != NULL;
+#endif
+}
+
+/* Room for n bytes (and PL_PAD more) of decoded values, valid until the batch ends; NULL (and
+ * p->oom set) if memory ran out. A full buffer is replaced, not grown: values already handed out
+ * point into it, so it is kept until the batch ends. */
+PL_COLD uint8_t *pl__csv_values_room(pl_csv *p, size_t n) {
+    if (p->oom) return NULL;
+    if (n + PL_PAD <= p->values_cap - p->values_len) return p->values + p->values_len;
+    const size_t size = pl_grow_size(p->values_cap, n + PL_PAD);
+    uint8_t *fresh = size ? (uint8_t *)malloc(size) : NULL;
+    if (fresh && p->values) pl_buf_put(&p->retired, &p->values, sizeof p->values);
+    if (!fresh || p->retired.oom) {
+        free(fresh);
+        p->oom = true;
+        return NULL;
+    }
+    p->values = fresh;
+    p->values_len = 0;
+    p->values_cap = size;
+    return fresh;
+}
+
+/* The value of a field whose raw bytes [s, s + n) start with '"'. */
+PL_COLD pl_field pl__csv_unquote(pl_csv *p, const uint8_t *s, size_t n) {
+    const uint8_t *const end = s + n, *from = s + 1;
+    const uint8_t *q = pl_memchr(from, '"', (size_t)(end - from));
+    if (!q || q + 1 == end) { /* "abc" or "abc<EOF>: the value is in place */
+        const size_t len = (size_t)((q ? q : end) - from);
+        return (pl_field){from, len, PL_FIELD_QUOTED | (pl__csv_special(from, len) ? PL_FIELD_NEEDS_QUOTING : 0)};
+    }
+    /* '""' pairs, or bytes after the closing quote: the value is built in p->values. */
+    uint8_t *const start = pl__csv_values_room(p, n), *d = start;
+    if (!start) return (pl_field){pl__empty, 0, 0};
+    while (q) {
+        pl_copy(d, from, (size_t)(q - from));
+        d += q - from;
+        if (q + 1 < end && q[1] == '"') { /* '""' is one '"' */
+            *d++ = '"';
+            from = q + 2;
+            q = pl_memchr(from, '"', (size_t)(end - from));
+        } else { /* the closing quote: what follows up to the separator is data, quotes too */
+            from = q + 1;
+            q = NULL;
         }
     }
-}
-
-/* Hands the record made of fields[0..nf) to the callback and resets the record state. */
-PL_API int pl__csv_deliver(pl_csv *p, uint32_t nf, const uint8_t *raw, size_t raw_len) {
-    uint64_t size = p->carried + raw_len;
-    if (size > p->max_record_bytes) return pl__csv_too_big(p);
-    if (p->carried || p->arena_len) pl__csv_arena_pointers(p, nf);
-    pl_csv_record rec = {
-        .fields = p->fields,
-        .count = nf,
-        .flags = p->record_flags & ~PL__FIELD_ARENA,
-        .line = p->record_line,
-        .raw = p->carried ? NULL : raw,
-        .raw_len = p->carried ? 0 : raw_len,
-    };
-    p->carried = 0;
-    p->arena_len = 0;
-    p->record_flags = 0;
-    return p->on_record(p->ctx, &rec);
+    pl_copy(d, from, (size_t)(end - from));
+    d += end - from;
+    p->values_len += (size_t)(d - start);
+    return (pl_field){start, (size_t)(d - start),
+                      PL_FIELD_QUOTED | (pl__csv_special(start, (size_t)(d - start)) ? PL_FIELD_NEEDS_QUOTING : 0)};
 }
 
 /*
- * End of a chunk inside a record: moves everything the record holds in the chunk into the arena,
- * so the caller may reuse its buffer. `open` says whether a field is open; its pending bytes are
- * [pending, pending + pending_len). `raw` is the record's byte count in this chunk.
+ * The value of field i (< r->count) of row r, quotes removed and '""' undoubled, for reading:
+ * its flags say whether it was quoted, but PL_FIELD_NEEDS_QUOTING only if it was (pl_csv_field
+ * works that out for every field). Valid until the batch callback returns. Running out of memory
+ * gives an empty value and fails the feed once the callback returns.
  */
-PL_COLD int pl__csv_carry(pl_csv *p, bool open, const uint8_t *pending, size_t pending_len, uint64_t raw) {
-    if (p->carried + raw > p->max_record_bytes) return pl__csv_too_big(p);
-    /* The fields finished in this chunk go into the arena. The open field's bytes must stay
-     * contiguous at the end of the arena, so if part of it is there already, the finished fields
-     * go in before that part, which moves up to make room. */
-    size_t moved = 0;
-    for (uint32_t i = 0; i < p->nfields; i++)
-        if (!(p->fields[i].flags & PL__FIELD_ARENA)) moved += p->fields[i].len;
-    if (moved + pending_len > p->arena_cap - p->arena_len && pl__csv_arena_grow(p, moved + pending_len)) return -1;
-    const bool open_in_arena = open && (p->field_flags & PL__FIELD_ARENA);
-    size_t at = p->arena_len;
-    if (open_in_arena) {
-        at = p->field_start;
-        memmove(p->arena + at + moved, p->arena + at, p->arena_len - at);
-        p->field_start += moved;
-    }
-    for (uint32_t i = 0; i < p->nfields; i++) {
-        pl_field *f = &p->fields[i];
-        if (!(f->flags & PL__FIELD_ARENA)) {
-            memcpy(p->arena + at, f->ptr, f->len);
-            f->ptr = (const uint8_t *)(uintptr_t)at;
-            f->flags |= PL__FIELD_ARENA;
-            at += f->len;
-        }
-    }
-    p->arena_len += moved;
-    if (open) {
-        if (!open_in_arena) {
-            p->field_start = p->arena_len;
-            p->field_flags |= PL__FIELD_ARENA;
-        }
-        memcpy(p->arena + p->arena_len, pending, pending_len);
-        p->arena_len += pending_len;
-    }
-    p->carried += raw;
+PL_API pl_field pl_csv_value(const pl_csv_batch *b, const pl_csv_row *r, uint32_t i) {
+    const uint32_t begin = pl_csv_field_begin(b, r, i), end = pl_csv_field_end(b, r, i);
+    const uint8_t *s = b->data + begin;
+    if (begin < end && *s == '"') return pl__csv_unquote(b->csv, s, end - begin);
+    return (pl_field){s, end - begin, 0};
+}
+
+/* pl_csv_value with its flags complete: PL_FIELD_NEEDS_QUOTING says whether, written back as
+ * CSV, the value must be quoted. */
+PL_API pl_field pl_csv_field(const pl_csv_batch *b, const pl_csv_row *r, uint32_t i) {
+    pl_field f = pl_csv_value(b, r, i);
+    /* Unquoted, only a '"' can make it need quoting (a ',' or line break would have ended it). */
+    const uint32_t end = pl_csv_field_end(b, r, i);
+    if (!(f.flags & PL_FIELD_QUOTED) && r->quote < end &&
+        (r->quote >= end - f.len || pl_csv_has_quote(f.ptr, f.len)))
+        f.flags = PL_FIELD_NEEDS_QUOTING;
+    return f;
+}
+
+/* Cuts every field of row r into out->fields (valid until the batch callback returns). */
+PL_COLD int pl_csv_record_of(const pl_csv_batch *b, const pl_csv_row *r, pl_csv_record *out) {
+    pl_csv *p = b->csv;
+    if (r->count > p->cut_cap && !pl__csv_grow((void **)&p->cut, &p->cut_cap, sizeof *p->cut, r->count))
+        return pl__csv_oom(r->line);
+    for (uint32_t i = 0; i < r->count; i++) p->cut[i] = pl_csv_field(b, r, i);
+    if (p->oom) return pl__csv_oom(r->line);
+    *out = (pl_csv_record){p->cut, r->count, r->line};
     return 0;
 }
 
-/* The special bytes among the 64 at `s`, as bitmasks (bit i = byte i): the commas, the quotes,
- * and the "others" ('"', '\r', '\n'). */
+/* ---- Delivering ---- */
+
+/* Hands a batch to the guest, then drops the values decoded for it. */
+PL_COLD int pl__csv_deliver(pl_csv *p, const uint8_t *data, const uint32_t *ends, const pl_csv_row *rows, uint32_t n) {
+    if (!n) return 0;
+    const pl_csv_batch batch = {data, ends, rows, n, p};
+    int rc = p->on_batch(p->ctx, &batch);
+    if (!rc && p->oom) rc = pl__csv_oom(rows[0].line);
+    for (size_t i = 0; i < p->retired.len; i += sizeof(uint8_t *)) {
+        uint8_t *old;
+        memcpy(&old, p->retired.data + i, sizeof old);
+        free(old);
+    }
+    p->retired.len = 0;
+    if (p->values_len) memset(p->values, 0, p->values_len); /* scratch: zero pages cost snapshots nothing */
+    p->values_len = 0;
+    return rc;
+}
+
+/* Delivers the rows found so far in the chunk at `data`. */
+PL_COLD int pl__csv_deliver_rows(pl_csv *p, const uint8_t *data) {
+    if (p->nends > p->ends_used) p->ends_used = p->nends;
+    if (p->nrows > p->rows_used) p->rows_used = p->nrows;
+    const uint32_t n = p->nrows;
+    p->nrows = 0;
+    return pl__csv_deliver(p, data, p->ends, p->rows, n);
+}
+
+/* Appends the field ends ends[from, to) of the open record, as offsets in the carry buffer. */
+PL_COLD int pl__csv_carry_ends(pl_csv *p, uint32_t from, uint32_t to) {
+    const uint32_t need = p->ncarry_ends + (to - from) + 1;
+    if (need > p->carry_ends_cap &&
+        !pl__csv_grow((void **)&p->carry_ends, &p->carry_ends_cap, sizeof *p->carry_ends, need))
+        return pl__csv_oom(p->rec_line);
+    for (uint32_t k = from; k < to; k++) p->carry_ends[p->ncarry_ends++] = (uint32_t)(p->ends[k] - p->rec_start);
+    return 0;
+}
+
+/* Appends [from, to) of the chunk to the carry buffer, after checking the record's size. */
+PL_COLD int pl__csv_carry_bytes(pl_csv *p, const uint8_t *from, const uint8_t *to) {
+    const size_t n = (size_t)(to - from);
+    if (p->carried + n > p->max_record_bytes) return pl__csv_too_big(p);
+    if (n + PL_PAD > p->carry_cap - p->carried) {
+        /* PL_PAD spare bytes past the record: see pl_field. */
+        size_t size = pl_grow_size(p->carry_cap, p->carried + n + PL_PAD);
+        uint8_t *c = size ? (uint8_t *)realloc(p->carry, size) : NULL;
+        if (!c) return pl__csv_oom(p->rec_line);
+        p->carry = c;
+        p->carry_cap = size;
+    }
+    pl_copy(p->carry + p->carried, from, n);
+    p->carried += n;
+    return 0;
+}
+
+/* The offset in the carry buffer of the open record's first '"', or its end if none. */
+PL_API uint32_t pl__csv_carried_quote(const pl_csv *p) {
+    const int64_t q = p->rec_quote == INT64_MAX ? INT64_MAX : p->rec_quote - p->rec_start;
+    return q < (int64_t)p->carried ? (uint32_t)q : (uint32_t)p->carried;
+}
+
+/* The record carried from earlier chunks ends at ends[idx] of the chunk at `data`: completes it
+ * in the carry buffer and delivers it on its own. */
+PL_COLD int pl__csv_end_carried(pl_csv *p, const uint8_t *data, uint32_t idx) {
+    if (pl__csv_carry_bytes(p, data, data + p->ends[idx]) || pl__csv_carry_ends(p, p->rec_first, idx + 1)) return -1;
+    const pl_csv_row row = {0, 0, p->ncarry_ends, pl__csv_carried_quote(p), p->rec_line};
+    p->carried = 0;
+    p->ncarry_ends = 0;
+    return pl__csv_deliver(p, p->carry, p->carry_ends, &row, 1);
+}
+
+/* Not enough room in ends and rows for a group's separators (7 more may be written past them) and
+ * records (a record takes 2 bytes at least). */
+PL_API bool pl__csv_full(const pl_csv *p) {
+    return p->ends_cap - p->nends < 64 * PL__CSV_GROUP + 8 || p->nrows > PL__CSV_ROWS - 32 * PL__CSV_GROUP;
+}
+
+/* At least a group's worth of room in ends and rows: delivers the rows so far, moves the open
+ * record's field ends to the front, and grows ends if that record alone fills them. */
+PL_COLD int pl__csv_make_room(pl_csv *p, const uint8_t *data) {
+    if (p->nends > p->ends_used) p->ends_used = p->nends;
+    if (!p->ends) {
+        p->rows = (pl_csv_row *)malloc(PL__CSV_ROWS * sizeof *p->rows);
+        if (!p->rows || !pl__csv_grow((void **)&p->ends, &p->ends_cap, sizeof *p->ends, PL__CSV_ENDS))
+            return pl__csv_oom(p->line + 1);
+        memset(p->rows, 0, PL__CSV_ROWS * sizeof *p->rows);
+        memset(p->ends, 0, (size_t)p->ends_cap * sizeof *p->ends);
+    }
+    if (p->nrows && pl__csv_deliver_rows(p, data)) return -1;
+    const uint32_t open = p->in_record ? p->nends - p->rec_first : 0;
+    memmove(p->ends, p->ends + p->nends - open, open * sizeof *p->ends);
+    p->nends = open;
+    p->rec_first = 0;
+    if (pl__csv_full(p) &&
+        !pl__csv_grow((void **)&p->ends, &p->ends_cap, sizeof *p->ends, (size_t)p->nends + 64 * PL__CSV_GROUP + 8))
+        return pl__csv_oom(p->rec_line);
+    return 0;
+}
+
+/* A record of the chunk ends at ends[idx] but is larger than max_record_bytes: the rows before it
+ * go to the guest, then the feed fails. */
+PL_COLD int pl__csv_big_row(pl_csv *p, const uint8_t *data) {
+    return pl__csv_deliver_rows(p, data) ? -1 : pl__csv_too_big(p);
+}
+
+/* ---- Scanning ---- */
+
+/* The special bytes among the 64 at `s`, as bitmasks (bit i = byte i). */
 typedef struct pl__csv_masks {
-    uint64_t commas, quotes, others;
+    uint64_t commas, quotes, breaks, crs; /* breaks: CR and LF */
 } pl__csv_masks;
 
-PL_API pl__csv_masks pl__csv_mask64(const uint8_t *s) {
-    pl__csv_masks m = {0, 0, 0};
+__attribute__((always_inline)) static inline pl__csv_masks pl__csv_mask64(const uint8_t *s) {
+    pl__csv_masks m = {0, 0, 0, 0};
 #ifdef __wasm_simd128__
-    const v128_t comma = wasm_i8x16_splat(','), quote = wasm_i8x16_splat('"');
-    const v128_t cr = wasm_i8x16_splat('\r'), lf = wasm_i8x16_splat('\n');
     for (int i = 0; i < 4; i++) {
-        v128_t v = wasm_v128_load(s + 16 * i);
-        v128_t q = wasm_i8x16_eq(v, quote);
-        v128_t other = wasm_v128_or(q, wasm_v128_or(wasm_i8x16_eq(v, cr), wasm_i8x16_eq(v, lf)));
-        m.commas |= (uint64_t)wasm_i8x16_bitmask(wasm_i8x16_eq(v, comma)) << (16 * i);
-        m.quotes |= (uint64_t)wasm_i8x16_bitmask(q) << (16 * i);
-        m.others |= (uint64_t)wasm_i8x16_bitmask(other) << (16 * i);
+        const v128_t v = wasm_v128_load(s + 16 * i);
+        const v128_t cr = wasm_i8x16_eq(v, wasm_i8x16_splat('\r'));
+        const v128_t brk = wasm_v128_or(cr, wasm_i8x16_eq(v, wasm_i8x16_splat('\n')));
+        m.commas |= (uint64_t)wasm_i8x16_bitmask(wasm_i8x16_eq(v, wasm_i8x16_splat(','))) << (16 * i);
+        m.quotes |= (uint64_t)wasm_i8x16_bitmask(wasm_i8x16_eq(v, wasm_i8x16_splat('"'))) << (16 * i);
+        m.breaks |= (uint64_t)wasm_i8x16_bitmask(brk) << (16 * i);
+        m.crs |= (uint64_t)wasm_i8x16_bitmask(cr) << (16 * i);
     }
 #else
     for (int i = 0; i < 64; i++) {
-        uint8_t c = s[i];
+        const uint8_t c = s[i];
         m.commas |= (uint64_t)(c == ',') << i;
         m.quotes |= (uint64_t)(c == '"') << i;
-        m.others |= (uint64_t)(c == '"' || c == '\r' || c == '\n') << i;
+        m.breaks |= (uint64_t)(c == '\r' || c == '\n') << i;
+        m.crs |= (uint64_t)(c == '\r') << i;
     }
 #endif
     return m;
@@ -840,317 +1031,199 @@ PL_API uint64_t pl__prefix_xor(uint64_t x) {
     return x;
 }
 
-/* The value of a quoted field whose content [from, to) lies in the block at `blk` and whose
- * quotes there, `quotes` (bit i = byte blk + i), are '""' pairs: the content without the second
- * quote of each pair, appended to the arena; sets *f. Returns 0, or non-zero on failure (checked
- * as pl__csv_arena_add checks). */
-PL_COLD int pl__csv_undouble(pl_csv *p, const uint8_t *rec, const uint8_t *blk, const uint8_t *from, const uint8_t *to,
-                             uint64_t quotes, pl_field *f) {
-    if (p->carried + (uint64_t)(to - rec) > p->max_record_bytes) return pl__csv_too_big(p);
-    const size_t n = (size_t)(to - from);
-    if (n > p->arena_cap - p->arena_len && pl__csv_arena_grow(p, n)) return -1;
-    uint8_t *const start = p->arena + p->arena_len, *d = start;
-    const uint8_t *src = from;
-    for (; quotes; quotes &= quotes - 1, quotes &= quotes - 1) { /* a pair per round */
-        const uint8_t *first = blk + __builtin_ctzll(quotes);
-        pl_copy(d, src, (size_t)(first + 1 - src));
-        d += first + 1 - src;
-        src = first + 2;
+/* The block's separators (the commas and line breaks outside quotes) the slow, exact way: its
+ * special bytes one by one through the reader's state machine, from p->state on. `seps` has the
+ * block's commas and line breaks, wherever they are. */
+PL_COLD uint64_t pl__csv_walk_block(pl_csv *p, uint64_t quotes, uint64_t seps, uint64_t valid) {
+    unsigned state = p->state;
+    uint64_t special = (seps | quotes) & valid, out = 0;
+    int next = 0; /* the first byte not yet read */
+    for (; special; special &= special - 1) {
+        const int at = __builtin_ctzll(special);
+        if (at > next && state != PL__CSV_QUOTED) state = PL__CSV_FIELD; /* ordinary bytes */
+        if (quotes >> at & 1) {
+            state = state == PL__CSV_START || state == PL__CSV_QUOTE ? PL__CSV_QUOTED
+                    : state == PL__CSV_QUOTED                        ? PL__CSV_QUOTE
+                                                                     : PL__CSV_FIELD;
+        } else if (state != PL__CSV_QUOTED) {
+            out |= 1ull << at;
+            state = PL__CSV_START;
+        }
+        next = at + 1;
     }
-    pl_copy(d, src, (size_t)(to - src));
-    d += to - src;
-    *f = (pl_field){(const uint8_t *)(uintptr_t)p->arena_len, (size_t)(d - start),
-                    PL_FIELD_QUOTED | PL_FIELD_NEEDS_QUOTING | PL__FIELD_ARENA};
-    p->arena_len += (size_t)(d - start);
+    if (64 - __builtin_clzll(valid) > next && state != PL__CSV_QUOTED) state = PL__CSV_FIELD;
+    p->state = (uint8_t)state;
+    return out;
+}
+
+/* The separators of a block that holds quotes, or starts inside or right after them. Inlined: a
+ * call in the scanner's loop would make the JIT spill the block's vectors around it. */
+__attribute__((always_inline)) static inline uint64_t pl__csv_quoted_block(pl_csv *p, uint64_t q, uint64_t seps, uint64_t valid) {
+    const unsigned state = p->state;
+    const uint64_t in = pl__prefix_xor(q) ^ (state == PL__CSV_QUOTED ? ~0ull : 0); /* inside quotes */
+    const uint64_t opens = q & in, closes = q & ~in;
+    /* Exact only if each opening quote starts a field (or reopens after a closing one: '""'),
+     * and each closing quote is followed by a separator, a reopening quote or the block's end. */
+    const uint64_t may_open = (seps | closes) << 1 | (state == PL__CSV_START || state == PL__CSV_QUOTE);
+    const uint64_t may_close = (seps | opens) >> 1 | ~valid >> 1 | 1ull << 63;
+    const bool resumed_ok = state != PL__CSV_QUOTE || ((seps | q) & 1);
+    if ((opens & ~may_open) || (closes & ~may_close) || !resumed_ok) return pl__csv_walk_block(p, q, seps, valid);
+    const unsigned last = 63u - (unsigned)__builtin_clzll(valid);
+    p->state = in >> last & 1     ? PL__CSV_QUOTED
+               : q >> last & 1    ? PL__CSV_QUOTE
+               : seps >> last & 1 ? PL__CSV_START
+                                  : PL__CSV_FIELD;
+    return seps & ~in & valid;
+}
+
+/* What the first pass finds in a block for the second (see pl__csv_scan); bit i is byte i. */
+typedef struct pl__csv_block {
+    uint64_t seps;   /* the separators: commas outside quotes and record ends */
+    uint64_t ends;   /* the line breaks that end a record */
+    uint64_t starts; /* the first bytes of records */
+    uint64_t quotes; /* every '"' */
+    uint64_t lines;  /* the bytes that end a physical line */
+    uint64_t line;   /* physical lines ended before the block */
+    uint32_t first;  /* index in ends of the block's first separator */
+} pl__csv_block;
+
+
+/* First pass over one block (special bytes in m, data bytes in `valid`): its separators go to
+ * ends, the rest to *b. */
+__attribute__((always_inline)) static inline void pl__csv_index(pl_csv *p, uint32_t base, pl__csv_masks masks,
+                                                                uint64_t valid, pl__csv_block *b) {
+    /* The masks go through memory: left to itself the compiler computes some of them only where
+     * they are used, which keeps the block's vectors alive across branches, and the JIT then
+     * spills them on every block. */
+    b->seps = masks.commas, b->ends = masks.breaks, b->lines = masks.crs, b->quotes = masks.quotes;
+    __asm__ volatile("" : : "r"(b) : "memory");
+    const pl__csv_masks m = {b->seps, b->quotes, b->ends, b->lines};
+    const uint64_t all = m.commas | m.breaks;
+    uint64_t seps;
+    if (m.quotes || p->state >= PL__CSV_QUOTED) {
+        seps = pl__csv_quoted_block(p, m.quotes, all, valid);
+    } else {
+        seps = all & valid;
+        p->state = seps >> (63 - __builtin_clzll(valid)) & 1 ? PL__CSV_START : PL__CSV_FIELD;
+    }
+    /* A line break outside quotes ends a record, unless it comes right after another one (or at
+     * the stream start): then it is a blank line, or the LF of a CRLF. */
+    const uint64_t breaks = m.breaks & seps;
+    const uint64_t after_break = breaks << 1 | p->after_break;
+    const uint64_t ends = breaks & ~after_break;
+    seps = (seps & ~breaks) | ends;
+    /* Physical lines: CR, and LF but after a CR, wherever they are. */
+    const uint64_t lines = m.crs | (m.breaks & ~m.crs & ~(m.crs << 1 | p->after_cr));
+    *b = (pl__csv_block){seps, ends, valid & ~breaks & after_break, m.quotes, lines, p->line, p->nends};
+    uint32_t *out = p->ends + p->nends;
+    for (uint64_t s = seps; s; out += 8) { /* may write 7 entries past the last: see pl__csv_full */
+#pragma clang loop unroll(full)
+        for (int i = 0; i < 8; i++) {
+            out[i] = base + (uint32_t)__builtin_ctzll(s);
+            s &= s - 1;
+        }
+    }
+    p->nends += (uint32_t)__builtin_popcountll(seps);
+    p->line += (uint64_t)__builtin_popcountll(lines);
+    const unsigned last = 63u - (unsigned)__builtin_clzll(valid);
+    p->after_break = breaks >> last & 1;
+    p->after_cr = m.crs >> last & 1;
+}
+
+/* Opens the record whose first byte is bit `at` of block b, at `base`. */
+__attribute__((always_inline)) static inline void pl__csv_open(pl_csv *p, const pl__csv_block *b, uint32_t base, unsigned at) {
+    const uint64_t below = (1ull << at) - 1, q = b->quotes & ~below;
+    p->in_record = true;
+    p->rec_start = base + at;
+    p->rec_quote = q ? (int64_t)(base + (uint32_t)__builtin_ctzll(q)) : INT64_MAX;
+    p->rec_line = b->line + (uint64_t)__builtin_popcountll(b->lines & below) + 1;
+}
+
+/* Second pass over one block at data + base: the records it ends go to rows. */
+__attribute__((always_inline)) static inline int pl__csv_records(pl_csv *p, const uint8_t *data, uint32_t base,
+                                                                 const pl__csv_block *b) {
+    /* Records alternate with runs of line breaks: the record open at the block's start (or its
+     * first start), then after each record end the next start. */
+    if (p->in_record) {
+        if (b->quotes && p->rec_quote == INT64_MAX) p->rec_quote = base + (uint32_t)__builtin_ctzll(b->quotes);
+    } else if (b->starts) {
+        pl__csv_open(p, b, base, (unsigned)__builtin_ctzll(b->starts));
+    }
+    for (uint64_t e = b->ends; e; e &= e - 1) {
+        const uint64_t below = (e & (0 - e)) - 1;
+        const uint32_t at = base + (uint32_t)__builtin_ctzll(e);
+        const uint32_t idx = b->first + (uint32_t)__builtin_popcountll(b->seps & below);
+        if (p->rec_start < 0) {
+            if (pl__csv_end_carried(p, data, idx)) return -1;
+        } else {
+            if ((uint64_t)(at - p->rec_start) > p->max_record_bytes) return pl__csv_big_row(p, data);
+            const uint32_t quote = p->rec_quote < at ? (uint32_t)p->rec_quote : at;
+            p->rows[p->nrows++] = (pl_csv_row){(uint32_t)p->rec_start, p->rec_first, idx + 1 - p->rec_first, quote, p->rec_line};
+        }
+        p->rec_first = idx + 1;
+        p->in_record = false;
+        const uint64_t next = b->starts & ~below;
+        if (next) pl__csv_open(p, b, base, (unsigned)__builtin_ctzll(next));
+    }
     return 0;
 }
 
-/*
- * The scanner. Only the special bytes (',', '"', CR, LF) change state, so it walks their
- * positions, found 64 bytes at a time with SIMD, and never touches a field's bytes one by one.
- * The common case, unquoted fields ended by commas, goes four fields per round without a
- * branch on the data; everything else goes through a byte-exact state machine, one special
- * byte at a time.
- *
- * `cur` is the first byte after the last special byte handled. Between fields
- * (PL__CSV_RECORD, PL__CSV_FIELD) the field under way is simply [cur, r); the other states keep
- * its start in `span`, with bytes already in the arena before it when it has PL__FIELD_ARENA.
- */
+/* Both passes over up to PL__CSV_GROUP whole blocks from data + at. The first finds the
+ * separators 64 bytes at a time, the second turns them into records: two small loops keep the
+ * JIT's registers for what each needs (one loop doing both spilled its masks on every block). */
+__attribute__((noinline)) static int pl__csv_group(pl_csv *p, const uint8_t *data, uint32_t at, uint32_t nblocks) {
+    pl__csv_block blocks[PL__CSV_GROUP];
+    for (uint32_t k = 0; k < nblocks; k++)
+        pl__csv_index(p, at + 64 * k, pl__csv_mask64(data + at + 64 * k), ~0ull, &blocks[k]);
+    for (uint32_t k = 0; k < nblocks; k++)
+        if (pl__csv_records(p, data, at + 64 * k, &blocks[k])) return -1;
+    return 0;
+}
+
+/* Both passes over the last n < 64 bytes of a chunk, at data + at. */
+PL_COLD int pl__csv_tail(pl_csv *p, const uint8_t *data, uint32_t at, size_t n) {
+    pl__csv_block b;
+    pl__csv_index(p, at, pl__csv_mask_tail(data + at, n), (1ull << n) - 1, &b);
+    return pl__csv_records(p, data, at, &b);
+}
+
+/* The chunk ended inside a record: its bytes and field ends in the chunk go to the carry buffer,
+ * and offsets become relative to the next chunk. */
+PL_COLD int pl__csv_carry(pl_csv *p, const uint8_t *data, size_t n) {
+    const int64_t from = p->rec_start < 0 ? 0 : p->rec_start;
+    if (pl__csv_carry_bytes(p, data + from, data + n) || pl__csv_carry_ends(p, p->rec_first, p->nends)) return -1;
+    const int64_t start = -(int64_t)p->carried;
+    if (p->rec_quote != INT64_MAX) p->rec_quote += start - p->rec_start;
+    p->rec_start = start;
+    return 0;
+}
+
+/* Zeroes the batch arrays used during a feed: between calls they hold nothing, and zero pages
+ * cost snapshots nothing. */
+PL_COLD void pl__csv_settle(pl_csv *p) {
+    if (p->nends > p->ends_used) p->ends_used = p->nends;
+    if (p->nrows > p->rows_used) p->rows_used = p->nrows;
+    const size_t ends = p->ends_used + 8u < p->ends_cap ? p->ends_used + 8u : p->ends_cap;
+    if (p->ends) memset(p->ends, 0, ends * sizeof *p->ends);
+    if (p->rows) memset(p->rows, 0, p->rows_used * sizeof *p->rows);
+    p->ends_used = p->rows_used = 0;
+    p->nends = p->nrows = 0;
+    p->rec_first = 0;
+}
+
 PL_API int pl__csv_scan(pl_csv *p, const uint8_t *data, size_t n) {
-    const uint8_t *const end = data + n;
-    const uint8_t *cur = data;                          /* first byte not yet consumed */
-    const uint8_t *rec = data;                          /* start of the open record in this chunk */
-    const uint8_t *span = data;                         /* start of the open field's pending bytes */
-    const uint8_t *qpos = data;                         /* the '"' that put us in PL__CSV_QUOTE */
-    const uint8_t *after_cr = p->prev_cr ? data : NULL; /* the byte after the last '\r' */
-    unsigned state = p->state;
-    uint32_t fflags = p->field_flags;
-    uint32_t nf = p->nfields;
-    uint64_t line = p->line;
-    pl_field *fields = p->fields;
-
-/* Ends the open field (the one tracked by `span`) at `endp`. */
-#define PL__CSV_SAVE(endp)                                                                         \
-    do {                                                                                           \
-        pl_field *f_ = &fields[nf++];                                                              \
-        if (fflags & PL__FIELD_ARENA) {                                                            \
-            if (pl__csv_arena_add(p, rec, span, (endp))) return -1;                                \
-            f_->ptr = (const uint8_t *)(uintptr_t)p->field_start;                                  \
-            f_->len = p->arena_len - p->field_start;                                               \
-        } else {                                                                                   \
-            f_->ptr = span;                                                                        \
-            f_->len = (size_t)((endp) - span);                                                     \
-        }                                                                                          \
-        f_->flags = fflags;                                                                        \
-        p->record_flags |= fflags;                                                                 \
-    } while (0)
-
-/* Moves the open field's pending bytes [span, endp) to the arena. */
-#define PL__CSV_TO_ARENA(endp)                                                                     \
-    do {                                                                                           \
-        if (!(fflags & PL__FIELD_ARENA)) {                                                         \
-            p->field_start = p->arena_len;                                                         \
-            fflags |= PL__FIELD_ARENA;                                                             \
-        }                                                                                          \
-        if (pl__csv_arena_add(p, rec, span, (endp))) return -1;                                    \
-    } while (0)
-
-/* Ends the record at the line break `r` (its last field saved), delivers it, counts the line, and
- * starts the next record right after it, so that its first fields go with the commas' rounds
- * (a line break there is a blank line: PL__CSV_FIELD with no field yet). */
-#define PL__CSV_END_RECORD(r)                                                                      \
-    do {                                                                                           \
-        line++;                                                                                    \
-        int rc_ = pl__csv_deliver(p, nf, rec, (size_t)((r) - rec));                                \
-        if (rc_) return rc_;                                                                       \
-        nf = 0;                                                                                    \
-        rec = (r) + 1;                                                                             \
-        p->record_line = line;                                                                     \
-        state = PL__CSV_FIELD;                                                                     \
-        if (*(r) == '\r') after_cr = (r) + 1;                                                      \
-    } while (0)
-
-/* In PL__CSV_RECORD, a line break at `r` right where a record would start: a blank line, or
- * the LF of a CRLF that ended a record or a blank line. */
-#define PL__CSV_BLANK(r, c)                                                                        \
-    do {                                                                                           \
-        if ((c) == '\r') {                                                                         \
-            line++;                                                                                \
-            after_cr = (r) + 1;                                                                    \
-        } else if ((r) != after_cr) {                                                              \
-            line++;                                                                                \
-        }                                                                                          \
-        cur = (r) + 1;                                                                             \
-    } while (0)
-
-    for (const uint8_t *blk = data; blk < end; blk += 64) {
-        pl__csv_masks mk = (size_t)(end - blk) >= 64 ? pl__csv_mask64(blk)
-                                                     : pl__csv_mask_tail(blk, (size_t)(end - blk));
-        uint64_t commas = mk.commas, others = mk.others;
-        /* At most one field ends per special byte, plus 3 scratch entries for the rounds of four
-         * below: reserve room for the block's once. */
-        if (p->fields_cap - nf < 64 + 3) {
-            if (pl__csv_grow_fields(p, nf + 64 + 3)) return -1;
-            fields = p->fields;
-        }
-        for (;;) {
-            if (state == PL__CSV_FIELD) {
-                /* The fields ended by the commas before the next other special byte. */
-                uint64_t run = commas & ((others & (0 - others)) - 1);
-                if (run) {
-                    const unsigned last = 63u - (unsigned)__builtin_clzll(run);
-                    const uint64_t last_bit = 1ull << last;
-                    commas &= ~((last_bit << 1) - 1);
-                    pl_field *f = fields + nf;
-                    int k = __builtin_popcountll(run);
-                    nf += (uint32_t)k;
-                    /* Rounds past the last comma redo it into scratch entries beyond nf (with a
-                     * wrong length); `cur` is set right after the loop. */
-                    do {
-#define PL__CSV_COMMA(j)                                                                           \
-    do {                                                                                           \
-        const uint8_t *r_ = blk + __builtin_ctzll(run | last_bit);                                 \
-        run &= run - 1;                                                                            \
-        f[j] = (pl_field){cur, (size_t)(r_ - cur), 0};                                             \
-        cur = r_ + 1;                                                                              \
-    } while (0)
-                        PL__CSV_COMMA(0);
-                        PL__CSV_COMMA(1);
-                        PL__CSV_COMMA(2);
-                        PL__CSV_COMMA(3);
-#undef PL__CSV_COMMA
-                        f += 4;
-                        k -= 4;
-                    } while (k > 0);
-                    cur = blk + last + 1;
-                }
-                if (!others) break;
-            }
-            const uint64_t m = commas | others;
-            if (!m) break;
-            const uint64_t bit = m & (0 - m);
-            const uint8_t *r = blk + __builtin_ctzll(m);
-            const uint8_t c = *r;
-            commas &= ~bit;
-            others &= ~bit;
-            if (state == PL__CSV_RECORD) {
-                if (r == cur && (c == '\r' || c == '\n')) {
-                    PL__CSV_BLANK(r, c);
-                    continue;
-                }
-                rec = cur;
-                p->record_line = line;
-                state = PL__CSV_FIELD;
-            }
-            if (state == PL__CSV_FIELD) {
-                if (c == ',') {
-                    fields[nf++] = (pl_field){cur, (size_t)(r - cur), 0};
-                } else if (c == '"') {
-                    /* An opening quote. A field whose closing quote and separator lie in this
-                     * block (the usual quoted field) is taken whole with its separator; others go
-                     * through the states below. Its closing quote is the last of the first run of
-                     * quotes after which the quotes counted from the opening one are even: the
-                     * quotes before it are '""' pairs. */
-                    const unsigned open = (unsigned)(r - blk);
-                    const uint64_t after = ~((2ull << open) - 1), q = mk.quotes, next = q & after;
-                    uint64_t closing = next & (0 - next) & ~(q >> 1); /* the next quote, alone */
-                    if (!closing && next)
-                        closing = next & ~(q >> 1) & ~pl__prefix_xor(q & ~((1ull << open) - 1));
-                    const unsigned close = closing ? (unsigned)__builtin_ctzll(closing) : 63;
-                    const uint64_t inside = ((1ull << close) - 1) & after;
-                    if (r == cur && close < 63 && ((commas | others) & ~q) >> (close + 1) & 1) {
-                        /* Line breaks inside count as lines: CR, and LF but after a CR. */
-                        for (uint64_t b = others & ~q & inside; b; b &= b - 1) {
-                            const uint8_t *at = blk + __builtin_ctzll(b);
-                            line += *at == '\r' || at[-1] != '\r';
-                        }
-                        const uint32_t fl = (commas | others) & inside ? PL_FIELD_QUOTED | PL_FIELD_NEEDS_QUOTING : PL_FIELD_QUOTED;
-                        if (!(q & inside)) {
-                            fields[nf++] = (pl_field){r + 1, close - open - 1, fl};
-                        } else if (pl__csv_undouble(p, rec, blk, r + 1, blk + close, q & inside, &fields[nf++])) {
-                            return -1;
-                        }
-                        p->record_flags |= fields[nf - 1].flags;
-                        const uint8_t *sep = blk + close + 1;
-                        const uint64_t done = (2ull << (close + 1)) - 1;
-                        commas &= ~done;
-                        others &= ~done;
-                        cur = sep + 1;
-                        if (*sep != ',') PL__CSV_END_RECORD(sep);
-                        continue;
-                    }
-                    if (r == cur) {
-                        span = r + 1;
-                        fflags = PL_FIELD_QUOTED;
-                        state = PL__CSV_QUOTED;
-                    } else { /* x"y: a quote inside an unquoted field is data */
-                        span = cur;
-                        fflags = PL_FIELD_NEEDS_QUOTING;
-                        state = PL__CSV_UNQUOTED;
-                    }
-                } else {
-                    if (!nf && r == cur) { /* a blank line after a record (see PL__CSV_END_RECORD) */
-                        PL__CSV_BLANK(r, c);
-                        rec = cur;
-                        p->record_line = line;
-                        continue;
-                    }
-                    fields[nf++] = (pl_field){cur, (size_t)(r - cur), 0};
-                    PL__CSV_END_RECORD(r);
-                }
-                cur = r + 1;
-                continue;
-            }
-            if (state == PL__CSV_QUOTE && r != cur) {
-                /* "ab"c: bytes after the closing quote continue the field, unquoted. */
-                PL__CSV_TO_ARENA(qpos);
-                span = cur;
-                state = PL__CSV_UNQUOTED;
-            }
-            cur = r + 1;
-            switch (state) {
-            case PL__CSV_QUOTED:
-                if (c == '"') {
-                    qpos = r;
-                    state = PL__CSV_QUOTE;
-                } else {
-                    fflags |= PL_FIELD_NEEDS_QUOTING;
-                    if (c == '\r') {
-                        line++;
-                        after_cr = r + 1;
-                    } else if (c == '\n' && r != after_cr) {
-                        line++;
-                    }
-                }
-                break;
-            case PL__CSV_QUOTE:
-                if (c == '"') {
-                    /* '""': keep the bytes up to and including one of the two quotes. */
-                    PL__CSV_TO_ARENA(qpos + 1);
-                    span = r + 1;
-                    fflags |= PL_FIELD_NEEDS_QUOTING;
-                    state = PL__CSV_QUOTED;
-                } else {
-                    PL__CSV_SAVE(qpos);
-                    if (c == ',')
-                        state = PL__CSV_FIELD;
-                    else
-                        PL__CSV_END_RECORD(r);
-                }
-                break;
-            default: /* PL__CSV_UNQUOTED */
-                if (c == ',') {
-                    PL__CSV_SAVE(r);
-                    state = PL__CSV_FIELD;
-                } else if (c == '"') {
-                    fflags |= PL_FIELD_NEEDS_QUOTING;
-                } else {
-                    PL__CSV_SAVE(r);
-                    PL__CSV_END_RECORD(r);
-                }
-                break;
-            }
-        }
+    const size_t whole = n / 64;
+    for (size_t k = 0; k < whole; k += PL__CSV_GROUP) {
+        const uint32_t blocks = whole - k < PL__CSV_GROUP ? (uint32_t)(whole - k) : PL__CSV_GROUP;
+        if ((pl__csv_full(p) && pl__csv_make_room(p, data)) || pl__csv_group(p, data, (uint32_t)(64 * k), blocks))
+            return -1;
     }
-    if (cur != end) {
-        /* Ordinary bytes end the chunk: they open a field, or continue one. */
-        switch (state) {
-        case PL__CSV_RECORD:
-            rec = cur;
-            p->record_line = line;
-            /* fallthrough */
-        case PL__CSV_FIELD:
-            span = cur;
-            fflags = 0;
-            state = PL__CSV_UNQUOTED;
-            break;
-        case PL__CSV_QUOTE:
-            PL__CSV_TO_ARENA(qpos);
-            span = cur;
-            state = PL__CSV_UNQUOTED;
-            break;
-        default:
-            break;
-        }
-    }
-#undef PL__CSV_SAVE
-#undef PL__CSV_TO_ARENA
-#undef PL__CSV_END_RECORD
-#undef PL__CSV_BLANK
-
-    if (state == PL__CSV_FIELD && !nf && cur == end) state = PL__CSV_RECORD; /* no record begun */
-    p->line = line;
-    p->state = (uint8_t)state;
-    p->prev_cr = n && end[-1] == '\r';
-    p->nfields = nf;
-    p->field_flags = fflags;
-    if (state == PL__CSV_RECORD) return 0;
-    /* The record goes on in the next chunk. Its pending bytes: those of the open field, up to the
-     * end of the chunk or, after a quote, up to that quote (the next chunk's first byte decides
-     * whether it closes the field). */
-    const bool open = state != PL__CSV_FIELD;
-    const uint8_t *pend = state == PL__CSV_QUOTE ? qpos : end;
-    return pl__csv_carry(p, open, span, open ? (size_t)(pend - span) : 0, (uint64_t)(end - rec));
+    const size_t at = 64 * whole;
+    if (at < n && ((pl__csv_full(p) && pl__csv_make_room(p, data)) || pl__csv_tail(p, data, (uint32_t)at, n - at))) return -1;
+    int rc = pl__csv_deliver_rows(p, data);
+    if (!rc && p->in_record) rc = pl__csv_carry(p, data, n);
+    pl__csv_settle(p);
+    return rc;
 }
 
 /* Feeds the next `n` bytes of the stream; records completed by them are delivered. `data` must
@@ -1170,24 +1243,17 @@ PL_API int pl_csv_feed(pl_csv *p, const uint8_t *data, size_t n) {
 PL_API int pl_csv_finish(pl_csv *p) {
     size_t replay = pl__bom_end(&p->bom);
     if (replay && pl__csv_scan(p, pl__bom_bytes, replay)) return -1;
-    if (p->state == PL__CSV_RECORD) return 0;
-    /* All of the open record's bytes are in the arena (moved there at the end of the last feed). */
-    if (p->nfields == p->fields_cap && pl__csv_grow_fields(p, p->nfields + 1)) return -1;
-    pl_field *f = &p->fields[p->nfields++];
-    if (p->state == PL__CSV_FIELD) {
-        f->ptr = pl__empty;
-        f->len = 0;
-        f->flags = 0;
-    } else {
-        f->ptr = (const uint8_t *)(uintptr_t)p->field_start;
-        f->len = p->arena_len - p->field_start;
-        f->flags = p->field_flags;
-    }
-    p->record_flags |= f->flags;
-    p->state = PL__CSV_RECORD;
-    uint32_t nf = p->nfields;
-    p->nfields = 0;
-    return pl__csv_deliver(p, nf, NULL, 0);
+    if (!p->in_record) return 0;
+    /* All of the open record's bytes are in the carry buffer (moved there by the last feed). */
+    p->in_record = false;
+    if (p->ncarry_ends == p->carry_ends_cap &&
+        !pl__csv_grow((void **)&p->carry_ends, &p->carry_ends_cap, sizeof *p->carry_ends, p->ncarry_ends + 1))
+        return pl__csv_oom(p->rec_line);
+    p->carry_ends[p->ncarry_ends++] = (uint32_t)p->carried;
+    const pl_csv_row row = {0, 0, p->ncarry_ends, pl__csv_carried_quote(p), p->rec_line};
+    p->carried = 0;
+    p->ncarry_ends = 0;
+    return pl__csv_deliver(p, p->carry, p->carry_ends, &row, 1);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1266,10 +1332,8 @@ PL_API int pl_csv_put_field(pl_out *o, const uint8_t *p, size_t n, bool quote) {
  * C3 A0..C3 BE <-> C3 80..C3 9E (same code-point offset 0x20). Not mapped: ß (U+00DF), ÿ (U+00FF),
  * µ (U+00B5) and every other code point, whose case forms lie outside Latin-1 or change length.
  * Every other byte is left as is, so invalid UTF-8 passes through.
- *
- * `padded`: the 15 bytes after p+n may be rewritten too (whole 16-byte blocks are processed).
  */
-PL_COLD void pl__case_map(uint8_t *p, size_t n, bool upper, bool padded) {
+PL_COLD void pl__case_map(uint8_t *p, size_t n, bool upper) {
     const uint8_t from = upper ? 'a' : 'A';
     /* Latin-1 pair second bytes to map: upper A0..BE, lower 80..9E; skipping B7 / 97. */
     const uint8_t l1_from = upper ? 0xA0 : 0x80, l1_skip = upper ? 0xB7 : 0x97;
@@ -1279,7 +1343,7 @@ PL_COLD void pl__case_map(uint8_t *p, size_t n, bool upper, bool padded) {
     const v128_t vfrom = wasm_i8x16_splat((int8_t)from), v26 = wasm_i8x16_splat(26);
     const v128_t v20 = wasm_i8x16_splat(0x20), vc3 = wasm_i8x16_splat((int8_t)0xC3);
     v128_t seen = wasm_i8x16_splat(0);
-    const size_t blocks_end = padded ? n : n & ~(size_t)15;
+    const size_t blocks_end = n & ~(size_t)15;
 #pragma clang loop unroll(disable)
     for (; i < blocks_end; i += 16) {
         v128_t v = wasm_v128_load(p + i);
@@ -1288,8 +1352,6 @@ PL_COLD void pl__case_map(uint8_t *p, size_t n, bool upper, bool padded) {
         seen = wasm_v128_or(seen, wasm_i8x16_eq(v, vc3));
     }
     latin1 = wasm_v128_any_true(seen);
-#else
-    (void)padded;
 #endif
     for (; i < n; i++) {
         uint8_t c = p[i];
@@ -1305,51 +1367,59 @@ PL_COLD void pl__case_map(uint8_t *p, size_t n, bool upper, bool padded) {
 }
 
 /* Upper-cases `n` bytes in place (see pl__case_map for what is mapped). */
-PL_API void pl_upper(uint8_t *p, size_t n) { pl__case_map(p, n, true, false); }
+PL_API void pl_upper(uint8_t *p, size_t n) { pl__case_map(p, n, true); }
 /* Lower-cases `n` bytes in place (see pl__case_map for what is mapped). */
-PL_API void pl_lower(uint8_t *p, size_t n) { pl__case_map(p, n, false, false); }
-/* pl_upper (upper) or pl_lower that may also rewrite the 15 bytes after p+n: faster on short
- * spans, for text just written into an output buffer (PL_OUT_SLACK). */
+PL_API void pl_lower(uint8_t *p, size_t n) { pl__case_map(p, n, false); }
+/* pl_upper (upper) or pl_lower that may read and rewrite (unchanged) the 15 bytes after p+n:
+ * faster on short spans, for text just written into an output buffer (PL_OUT_SLACK). Only the n
+ * bytes change, so a field inside a row already written can be mapped in place. */
+PL_COLD void pl__case_map_short(uint8_t *p, size_t n, bool upper);
+
 PL_API void pl_case_map_padded(uint8_t *p, size_t n, bool upper) {
     if (n <= 8) {
         /* Up to 8 bytes of ASCII in one 64-bit word, with no vector constants to load (the JIT
          * keeps those in stack slots): the letters are the bytes whose 7 low bits are in
-         * [from, from + 25] and whose high bit is clear. Letters among the bytes past n are
-         * mapped too, which `padded` allows. */
+         * [from, from + 25] and whose high bit is clear; `keep` leaves the bytes past n alone. */
         uint64_t x;
         memcpy(&x, p, 8);
         const uint64_t ones = 0x0101010101010101ull, keep = n == 8 ? ~0ull : (1ull << (8 * n)) - 1;
         if (!(x & keep & 0x80 * ones)) {
             const uint64_t from = upper ? 'a' : 'A', low7 = x & 0x7F * ones;
             const uint64_t at_least = low7 + (0x80 - from) * ones, above = low7 + (0x80 - from - 26) * ones;
-            x ^= (at_least & ~above & ~x & 0x80 * ones) >> 2;
+            x ^= (at_least & ~above & ~x & keep & 0x80 * ones) >> 2;
             memcpy(p, &x, 8);
             return;
         }
     }
+    pl__case_map_short(p, n, upper);
+}
+
+/* pl_case_map_padded past its first case, out of line: its vector constants would cost the
+ * inlined common case stack slots. */
+PL_COLD void pl__case_map_short(uint8_t *p, size_t n, bool upper) {
 #ifdef __wasm_simd128__
-    if (n <= 16) { /* one block, inline */
+    if (n <= 16) { /* one block */
         const v128_t v = wasm_v128_load(p);
         /* Lead bytes C3 within the n bytes (the rest may be anything), and the bytes after them. */
-        const v128_t lead = wasm_v128_and(wasm_i8x16_eq(v, wasm_i8x16_splat((int8_t)0xC3)),
-                                          wasm_u8x16_lt(wasm_i8x16_const(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                                        wasm_i8x16_splat((int8_t)n)));
+        const v128_t within = wasm_u8x16_lt(wasm_i8x16_const(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            wasm_i8x16_splat((int8_t)n));
+        const v128_t lead = wasm_v128_and(wasm_i8x16_eq(v, wasm_i8x16_splat((int8_t)0xC3)), within);
         const v128_t next = wasm_i8x16_shuffle(wasm_i8x16_splat(0), lead, 0, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26,
                                                27, 28, 29, 30);
         /* C3 C3 pairs take the full path: there a C3 is sometimes the second byte of a pair. */
         if (!wasm_v128_any_true(wasm_v128_and(lead, next))) {
             v128_t flip = wasm_u8x16_lt(wasm_i8x16_sub(v, wasm_i8x16_splat(upper ? 'a' : 'A')), wasm_i8x16_splat(26));
-            /* Second bytes of Latin-1 letters (see pl__case_map); one after the n bytes is slack. */
+            /* Second bytes of Latin-1 letters (see pl__case_map). */
             const v128_t l1 = wasm_v128_andnot(
                 wasm_u8x16_lt(wasm_i8x16_sub(v, wasm_i8x16_splat((int8_t)(upper ? 0xA0 : 0x80))), wasm_i8x16_splat(0x1F)),
                 wasm_i8x16_eq(v, wasm_i8x16_splat((int8_t)(upper ? 0xB7 : 0x97))));
-            flip = wasm_v128_or(flip, wasm_v128_and(l1, next));
+            flip = wasm_v128_and(wasm_v128_or(flip, wasm_v128_and(l1, next)), within);
             wasm_v128_store(p, wasm_v128_xor(v, wasm_v128_and(flip, wasm_i8x16_splat(0x20))));
             return;
         }
     }
 #endif
-    pl__case_map(p, n, upper, true);
+    pl__case_map(p, n, upper);
 }
 
 /* strtod on `len` bytes already checked to be a decimal number. */
@@ -1465,6 +1535,53 @@ PL_API bool pl_parse_number(const uint8_t *s, size_t n, double *out) {
     }
 #endif
     return pl__parse_number_full(s, n, out);
+}
+
+/* pl_parse_number, out of line: the slow path of pl_parse_number_padded. */
+PL_COLD bool pl__parse_number_cold(const uint8_t *s, size_t n, double *out) { return pl_parse_number(s, n, out); }
+
+/*
+ * pl_parse_number for text followed by at least 8 readable bytes (as every pl_csv value is). A
+ * plain decimal of up to 8 characters after an optional '-' ("123.45", "-7", ".5") is parsed
+ * without a loop, 8 bytes at once in a 64-bit word; anything else goes to pl_parse_number.
+ * Inlined: small, and a call would cost a good part of it.
+ */
+__attribute__((always_inline, unused)) static inline bool pl_parse_number_padded(const uint8_t *s, size_t n, double *out) {
+    const bool neg = n && s[0] == '-';
+    const size_t len = n - neg;
+    if (len - 1 < 8) {
+        const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+        uint64_t x;
+        memcpy(&x, s + neg, 8); /* byte i of x is character i */
+        const uint64_t keep = len == 8 ? ~0ull : (1ull << (8 * len)) - 1;
+        x &= keep;
+        /* The first '.', if any: the lowest zero byte of x ^ '.'s (exact for the lowest one). */
+        const uint64_t dx = x ^ ('.' * ones), dots = (dx - ones) & ~dx & high & keep;
+        size_t digits = len, frac = 0;
+        if (dots) {
+            const unsigned at = (unsigned)__builtin_ctzll(dots) & ~7u; /* bit offset of the '.' */
+            const uint64_t below = (1ull << at) - 1;
+            x = (x & below) | ((x >> 8) & ~below);
+            digits = len - 1;
+            frac = len - 1 - at / 8;
+        }
+        if (digits) {
+            /* Right-align the digits behind '0's: byte 0 is the most significant one. */
+            const unsigned pad = 8 * (unsigned)(8 - digits);
+            x = x << pad | ('0' * ones) >> (63 - pad) >> 1;
+            /* All eight bytes '0'..'9' (a second '.' or any other byte fails here). */
+            if ((x & 0xF0F0F0F0F0F0F0F0ull) == 0x3030303030303030ull &&
+                ((x + 0x0606060606060606ull) & 0xF0F0F0F0F0F0F0F0ull) == 0x3030303030303030ull) {
+                x = (x & 0x0F0F0F0F0F0F0F0Full) * 2561 >> 8;
+                x = (x & 0x00FF00FF00FF00FFull) * 6553601 >> 16;
+                const uint64_t mant = (x & 0x0000FFFF0000FFFFull) * 42949672960001ull >> 32;
+                const double v = (double)mant / pl__pow10[frac];
+                *out = neg ? -v : v;
+                return true;
+            }
+        }
+    }
+    return pl__parse_number_cold(s, n, out);
 }
 
 /* ------------------------------------------------------------------------------------------ */

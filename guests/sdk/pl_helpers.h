@@ -46,15 +46,22 @@ PL_COLD int pl_reject_csv_record(const pl_csv_record *rec, const pl_buf *reason,
     return pl_reject(rec->line, reason, scratch->data, scratch->len);
 }
 
-/* Rejects a record whose field count differs from the header's `expected`, with the reason
+/* pl_reject_csv_record for row r of a batch. */
+PL_COLD int pl_reject_csv_row(const pl_csv_batch *b, const pl_csv_row *r, const pl_buf *reason, pl_buf *scratch) {
+    pl_csv_record rec;
+    return pl_csv_record_of(b, r, &rec) || pl_reject_csv_record(&rec, reason, scratch);
+}
+
+/* Rejects a row whose field count differs from the header's `expected`, with the reason
  * "expected 4 fields, got 5" built in `reason` (a buffer the caller keeps, like `scratch`). */
-PL_COLD int pl_reject_field_count(const pl_csv_record *rec, uint32_t expected, pl_buf *reason, pl_buf *scratch) {
+PL_COLD int pl_reject_field_count(const pl_csv_batch *b, const pl_csv_row *r, uint32_t expected, pl_buf *reason,
+                                  pl_buf *scratch) {
     reason->len = 0;
     pl_buf_puts(reason, "expected ");
     pl_buf_put_u64(reason, expected);
     pl_buf_puts(reason, expected == 1 ? " field, got " : " fields, got ");
-    pl_buf_put_u64(reason, rec->count);
-    return pl_reject_csv_record(rec, reason, scratch);
+    pl_buf_put_u64(reason, r->count);
+    return pl_reject_csv_row(b, r, reason, scratch);
 }
 
 /* Fails with "<what>: column '<name>' is not in the header (columns: a, b, c)", the list cut
