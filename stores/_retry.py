@@ -47,7 +47,9 @@ class TransientError(Exception):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How hard to retry: ``tries`` attempts at most, none started after ``deadline`` seconds.
+    """How hard to retry: ``tries`` attempts at most, none started ``deadline`` seconds after the
+    first failure (counted from then, so a long request — an S3 part of 128 MiB — still gets
+    its retries).
 
     The delay before try ``n + 1`` is drawn uniformly from ``[0, min(max_delay, base_delay *
     2**(n - 1))]`` ("full jitter"), so many clients hit by one outage do not retry in step.
@@ -133,6 +135,7 @@ class Retry:
 
     def _run(self, op: str, key: str, fn: Callable[[], T], settle: Callable[[], T | None] | None) -> T:
         start = time.monotonic()
+        first_fault: float | None = None
         faulted = False
         attempt = 0
         while True:  # bounded: each pass returns, raises, or sleeps once of at most policy.tries
@@ -156,8 +159,10 @@ class Retry:
                     raise self.error(op, key, f": {self.describe(exc)}", exhausted=False) from exc
                 faulted = True
                 delay = self.policy.backoff(attempt)
-                elapsed = time.monotonic() - start
-                if attempt >= self.policy.tries or elapsed + delay > self.policy.deadline:
+                now = time.monotonic()
+                first_fault = now if first_fault is None else first_fault
+                elapsed = now - start
+                if attempt >= self.policy.tries or now - first_fault + delay > self.policy.deadline:
                     detail = f" after {attempt} tries in {elapsed:.1f}s: {self.describe(exc)}"
                     raise self.error(op, key, detail, exhausted=True) from exc
                 logger.warning(

@@ -53,6 +53,22 @@ def test_invalid_policy() -> None:
         RetryPolicy(tries=0)
 
 
+def test_the_deadline_counts_from_the_first_failure_not_from_the_first_request() -> None:
+    # A request slower than the whole deadline (a big S3 part) that then fails is retried.
+    calls = []
+    retry = Retry("test://", RetryPolicy(tries=3, base_delay=0.01, max_delay=0.01, deadline=0.2))
+
+    def slow_then_flaky() -> str:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            time.sleep(0.3)
+            raise TransientError("reset after a long upload")
+        return "ok"
+
+    assert retry("put", "part", slow_then_flaky) == "ok"
+    assert len(calls) == 2
+
+
 def test_deadline_stops_retrying_before_tries_run_out() -> None:
     calls = []
     retry = Retry("test://", RetryPolicy(tries=100, base_delay=0.05, max_delay=0.05, deadline=0.3))
