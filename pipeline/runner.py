@@ -149,7 +149,14 @@ class _Run:
                 self._stream(source)
                 for guest in self.guests:
                     guest.finish()
-                self._checkpoint("finished")
+                if self.manifest.state == "running":
+                    self._checkpoint("finished")
+                else:
+                    # Done before its first checkpoint: a crash from here on restarts the session
+                    # from its "starting" head, so a "finished" commit would save nothing. Its
+                    # other work, fencing the publish, a read of the head does.
+                    self.manifest.stats.update(self._stats())
+                    self.state.check_lease()
             for sink in self.sinks.values():
                 sink.commit()
             self.faults.reached("published")
@@ -419,7 +426,7 @@ class _Run:
         manifest.state = state
         manifest.seq += 1
         manifest.source["offset"] = self.offset
-        # Publishing moves no bytes: a "complete" manifest keeps the figures of the "finished" one.
+        # Publishing moves no bytes: a "complete" manifest keeps the figures the run took at its end.
         figures = {"updated_at": time.time()} if state == "complete" else self._stats()
         manifest.stats.update(figures, checkpoints=manifest.stats.get("checkpoints", 0) + 1)
         # The checkpoint thread gets its own copy: this thread changes the manifest next time.
@@ -486,7 +493,7 @@ class _Run:
 
     def _result(self, resumed_from: int | None, seconds: float) -> RunResult:
         assert self.manifest is not None
-        stats = self.manifest.stats  # as the "finished" checkpoint (this run's or the resumed one) left them
+        stats = self.manifest.stats  # as the run's end (or the resumed "finished" checkpoint) left them
         return RunResult(
             session=self.session,
             status="complete",

@@ -157,10 +157,22 @@ class GuestModule:
             path = resolve_guest_path(source)
             label = name or str(source)
             try:
-                data = path.read_bytes()
+                stat = path.stat()
+                data = _read_module(str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
             except OSError as exc:
                 raise SpecError(f"cannot read guest module {path}: {exc.strerror}") from exc
         return _compile(data, label, fuel)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_module(path: str, inode: int, mtime_ns: int, size: int) -> bytes:
+    """A module file's bytes, read again only when the file changed.
+
+    A batch loads its guests once per file: the same bytes object each time is also what keeps
+    :func:`_compile`'s cache lookup cheap (a bytes object hashes its content once).
+    """
+    with open(path, "rb") as file:
+        return file.read()
 
 
 def resolve_guest_path(source: str | Path) -> Path:

@@ -106,6 +106,25 @@ class SessionStore:
         """Start the window from every committed manifest still readable (for a sweep)."""
         self._window = deque(sorted((c.manifest.seq, frozenset(c.manifest.blob_ids())) for c in self.candidates()))
 
+    def check_lease(self) -> None:
+        """Raise ``Conflict`` unless the head is still the one this process last committed.
+
+        A read, not a write: before publishing, a run whose last commit was its ``starting``
+        manifest makes sure no other run has taken the session since.
+        """
+        try:
+            _, version = self.store.head(self.head_key)
+        except (KeyNotFound, SnapshotCorrupt):
+            version = None
+        if version is None or version != self.version:
+            raise self._lost()
+
+    def _lost(self) -> Conflict:
+        return Conflict(
+            f"session {self.session!r} is held by another run (its checkpoint moved underneath this one)",
+            hint="only one run per session may proceed; this run stopped without publishing",
+        )
+
     def commit(self, manifest: Manifest) -> None:
         """CAS the head (``Conflict`` = the lease was lost), then keep a copy of it.
 
@@ -116,10 +135,7 @@ class SessionStore:
         try:
             self.version = self.store.cas(self.head_key, data, self.version)
         except Conflict:
-            raise Conflict(
-                f"session {self.session!r} is held by another run (its checkpoint moved underneath this one)",
-                hint="only one run per session may proceed; this run stopped without publishing",
-            ) from None
+            raise self._lost() from None
         # A copy is a fallback worth its write only where it saves work: a "starting" or
         # "complete" head resumes nothing, and a session that finished before its first
         # checkpoint (no pages: a small file) redoes no more with --fresh than from a copy.

@@ -162,8 +162,8 @@ def test_encrypted_store_damaged_head_falls_back_and_nothing_is_plaintext(
     assert _published(tmp_path) == echo_expected(tmp_path)
 
 
-def test_a_session_finished_before_its_first_checkpoint_keeps_no_copy(tmp_path: Path) -> None:
-    """A small file's `finished` manifest has no pages: a copy would save nothing over --fresh."""
+def test_a_session_done_before_its_first_checkpoint_commits_twice_and_keeps_no_copy(tmp_path: Path) -> None:
+    """A small file publishes from its `starting` head: a crash until `complete` starts it over."""
     job = make_echo_job(tmp_path, size=1000)
     states: list[tuple[str, int]] = []
     original = SessionStore.commit
@@ -175,7 +175,7 @@ def test_a_session_finished_before_its_first_checkpoint_keeps_no_copy(tmp_path: 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(SessionStore, "commit", spy)
         run_session(load_job(job))
-    assert states == [("starting", 0), ("finished", 0), ("complete", 0)]
+    assert states == [("starting", 0), ("complete", 0)]
     assert _published(tmp_path) == echo_expected(tmp_path)
 
 
