@@ -24,6 +24,7 @@ from types import FrameType
 
 import wasmtime
 from wasmtime import _bindings as ffi
+from wasmtime._extern import wrap_extern
 
 HostHandler = Callable[..., int | None]
 """A host import: ``handler(context, *i32 args) -> i32 result or None``; one that raises traps the guest."""
@@ -110,12 +111,28 @@ class Export:
         return int(self._results[0].of.i32) if self._nresults else None
 
 
+def instance_export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> wasmtime.AsExtern | None:
+    """One export of an instance by name, or None.
+
+    ``Instance.exports`` wraps every export of the module (12 for a builtin guest) before it can
+    answer one lookup: ~0.13 ms a Guest, a tenth of what a small file's guest costs to start.
+    """
+    item = ffi.wasmtime_extern_t()
+    raw = name.encode()
+    found = ffi._wasmtime_instance_export_get(
+        store._context(), ctypes.byref(instance._instance), raw, len(raw), ctypes.byref(item)
+    )
+    return wrap_extern(item) if found else None
+
+
 class HostFunction:
     """A host import of type ``(i32 * nargs) -> i32?``; keep this object alive as long as the store."""
 
     def __init__(self, store: wasmtime.Store, nargs: int, nresults: int, handler: HostHandler) -> None:
         if nresults > 1:
             raise ValueError(f"HostFunction: at most one result, not {nresults}")
+        # Not cached across Guests: a wasm_functype_t binds itself to the first engine it is used
+        # with, and wasmtime aborts the process when another engine's store uses it.
         i32 = wasmtime.ValType.i32()
         ty = wasmtime.FuncType([i32] * nargs, [i32] * nresults)
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import wasmtime
 
-from pipeline._wasm_call import HELD_INTERRUPTS, Export, HostFunction, memory_size, memory_view
+from pipeline._wasm_call import HELD_INTERRUPTS, Export, HostFunction, instance_export, memory_size, memory_view
 from pipeline.errors import (
     GuestABIError,
     GuestError,
@@ -145,6 +145,10 @@ class GuestModule:
     """Whether the guest declares its outputs (then each must be routed) or uses the default."""
     data_pages: frozenset[int] | None = None
     """Pages a fresh instance's data segments fill (the rest start zeroed); None if unknown."""
+    functions: tuple[str, ...] = ()
+    """The ABI's exports this module has (all required ones, and the optional ones it defines)."""
+    mutable_globals: tuple[str, ...] = ()
+    """Names of the exported mutable globals: what a snapshot holds besides memory."""
 
     @classmethod
     def load(
@@ -194,8 +198,19 @@ def _compile(data: bytes, label: str, fuel: bool) -> GuestModule:
         first_line = str(exc).strip().splitlines()[0]
         raise GuestABIError(f"{label}: not a valid WebAssembly module: {first_line}") from exc
     _check_abi(module, label, data)
+    exports = {e.name: e.type for e in module.exports}
     guest_module = GuestModule(
-        label, sha, module, fuel, dict(DEFAULT_OUTPUTS), declared=False, data_pages=data_segment_pages(data)
+        label,
+        sha,
+        module,
+        fuel,
+        dict(DEFAULT_OUTPUTS),
+        declared=False,
+        data_pages=data_segment_pages(data),
+        functions=tuple(name for name in (*_REQUIRED_EXPORTS, *_OPTIONAL_EXPORTS) if name in exports),
+        mutable_globals=tuple(
+            name for name, ty in exports.items() if isinstance(ty, wasmtime.GlobalType) and ty.mutable
+        ),
     )
     if any(e.name == "pl_outputs" for e in module.exports):
         with Guest(guest_module, stage=label, on_emit=_refuse_emit) as probe:
@@ -308,21 +323,21 @@ class Guest:
             self._instance = wasmtime.Instance(self._store, module.module, [i.func for i in self._imports])
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
             raise self._translate(exc, "instantiating") from exc
-        exports = self._instance.exports(self._store)
-        memory = exports["memory"]
+        # The module was checked when loaded: these exports exist and have these types.
+        memory = instance_export(self._store, self._instance, "memory")
         assert isinstance(memory, wasmtime.Memory)
         self._memory = memory
         self._funcs: dict[str, Export] = {}
-        for name in (*_REQUIRED_EXPORTS, *_OPTIONAL_EXPORTS):
-            func = exports.get(name)
-            if isinstance(func, wasmtime.Func):
-                params, results = _REQUIRED_EXPORTS.get(name) or _OPTIONAL_EXPORTS[name]
-                self._funcs[name] = Export(self._store, func, len(params), len(results))
-        self._globals = {
-            name: ext
-            for name in exports
-            if isinstance(ext := exports[name], wasmtime.Global) and ext.type(self._store).mutable
-        }
+        for name in module.functions:
+            func = instance_export(self._store, self._instance, name)
+            assert isinstance(func, wasmtime.Func)
+            params, results = _REQUIRED_EXPORTS.get(name) or _OPTIONAL_EXPORTS[name]
+            self._funcs[name] = Export(self._store, func, len(params), len(results))
+        self._globals: dict[str, wasmtime.Global] = {}
+        for name in module.mutable_globals:
+            glob = instance_export(self._store, self._instance, name)
+            assert isinstance(glob, wasmtime.Global)
+            self._globals[name] = glob
         version = self._call("pl_abi_version")
         if version != ABI_VERSION:
             raise GuestABIError(f"{self.stage}: guest speaks ABI v{version}; this host speaks v{ABI_VERSION}")
