@@ -115,6 +115,7 @@ class _Run:
         self.manifest: Manifest | None = None
         self.offset = 0
         self.checkpoints = 0
+        self._new_session = False
         self.faults = FaultPoints()
         self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline-checkpoint")
         self._inflight: Future[None] | None = None
@@ -143,8 +144,9 @@ class _Run:
                 resumed_from = candidate.source["offset"]
                 self._resume(candidate)
             else:
-                self._start_fresh(source)
-            self.state.sweep()
+                self._start_fresh(source, head_read=not fresh)
+            if not self._new_session:  # a session with no head before this run has no keys to sweep
+                self.state.sweep()
             if self.manifest is not None and self.manifest.state in ("starting", "running"):
                 self._stream(source)
                 for guest in self.guests:
@@ -303,8 +305,13 @@ class _Run:
             for i, (module, stage) in enumerate(zip(self.modules, self.job.stages, strict=True))
         ]
 
-    def _start_fresh(self, source: Source) -> None:
-        old = self._old_head()
+    def _start_fresh(self, source: Source, *, head_read: bool) -> None:
+        """Take the session with a ``starting`` manifest and start every sink and guest afresh.
+
+        ``head_read``: :meth:`_resumable` has just read the head, so no head means there is none.
+        """
+        old = None if head_read and self.state.version is None else self._old_head()
+        self._new_session = old is None and self.state.version is None
         # Take the lease before touching any output: until this CAS the previous manifest, and
         # the in-progress files it points into, stay intact. A "starting" head resumes as a
         # fresh start.
