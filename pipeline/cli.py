@@ -111,7 +111,12 @@ def store_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--session", metavar="ID", help="Session id (default: the job's name).")
 @click.option("--wait", is_flag=True, help="If another run holds the session, wait for it instead of stopping.")
 @click.option(
-    "-p", "--parallel", default=1, show_default=True, type=click.IntRange(1, 64), help="Files at once (batch)."
+    "-p",
+    "--parallel",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Files at once (batch), in worker processes.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def run(

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,21 +76,77 @@ def test_a_failing_file_does_not_stop_the_others_and_the_exit_is_non_zero(tmp_pa
     assert (tmp_path / "out" / "day0.csv").exists() and (tmp_path / "out" / "day1.csv").exists()
 
 
-def test_sigkill_mid_batch_then_rerun_gives_every_output_golden(tmp_path: Path) -> None:
+def _golden_and_work(tmp_path: Path) -> tuple[Path, Path]:
     golden_dir, work = tmp_path / "golden", tmp_path / "work"
     for directory in (golden_dir, work):
         directory.mkdir()
         _batch(directory)
     run_batch(load_job(golden_dir / "nightly.yaml"))
-    command = [sys.executable, "-m", "pipeline", "run", str(work / "nightly.yaml"), "--parallel", "2", "--quiet"]
-    killed = subprocess.run(command, env={**os.environ, KILL_ENV: "manifest-committed:6"}, timeout=300)
-    assert killed.returncode == -signal.SIGKILL
+    return golden_dir, work
+
+
+def _run_command(work: Path, parallel: int) -> list[str]:
+    return [sys.executable, "-m", "pipeline", "run", str(work / "nightly.yaml"), "--parallel", str(parallel), "--quiet"]
+
+
+def _rerun_completes_golden(golden_dir: Path, work: Path) -> None:
     states = {row.state for row in batch_status(load_job(work / "nightly.yaml"))}
     assert states & {"running", "starting", "new"}, states
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(_run_command(work, 2), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert _digests(work) == _digests(golden_dir)
     assert {row.state for row in batch_status(load_job(work / "nightly.yaml"))} == {"complete"}
+
+
+def test_sigkill_mid_batch_then_rerun_gives_every_output_golden(tmp_path: Path) -> None:
+    golden_dir, work = _golden_and_work(tmp_path)
+    killed = subprocess.run(_run_command(work, 1), env={**os.environ, KILL_ENV: "manifest-committed:6"}, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    _rerun_completes_golden(golden_dir, work)
+
+
+def test_a_worker_killed_mid_batch_fails_the_files_left_and_a_rerun_completes_them(tmp_path: Path) -> None:
+    golden_dir, work = _golden_and_work(tmp_path)
+    env = {**os.environ, KILL_ENV: "manifest-committed:4"}  # counted per process: kills a worker
+    killed = subprocess.run(_run_command(work, 2), env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 1, killed.stderr
+    assert "a worker process of the batch died before this file was done" in killed.stderr
+    _rerun_completes_golden(golden_dir, work)
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended while we looked
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc; workers die with their parent through prctl")
+def test_sigkill_of_a_parallel_batch_takes_its_worker_processes_with_it(tmp_path: Path) -> None:
+    golden_dir, work = _golden_and_work(tmp_path)
+    run = subprocess.Popen(_run_command(work, 2))
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers := _descendants(run.pid)) < 3 and time.monotonic() < deadline:  # server + 2 workers
+            time.sleep(0.01)
+        assert len(workers) >= 3, "the batch never started its worker processes"
+        os.kill(run.pid, signal.SIGKILL)
+    finally:
+        run.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while (alive := {pid for pid in workers if Path(f"/proc/{pid}").exists()}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive, f"worker processes outlived their batch: {alive}"
+    _rerun_completes_golden(golden_dir, work)
 
 
 def test_status_shows_new_complete_and_changed_files(tmp_path: Path) -> None:
@@ -134,3 +191,25 @@ def test_urls_list_and_no_matches(tmp_path: Path) -> None:
     job_file.write_text(JOB.replace("incoming/*.csv", "nothing/*.csv"))
     with pytest.raises(SourceError, match="no files match"):
         expand_sources(load_job(job_file))
+
+
+def test_ctrl_c_stops_a_parallel_batch_and_a_rerun_resumes_it(tmp_path: Path) -> None:
+    golden_dir, work = tmp_path / "golden", tmp_path / "work"
+    for directory in (golden_dir, work):
+        directory.mkdir()
+        _batch(directory, files=4, size=20_000_000)
+    run_batch(load_job(golden_dir / "nightly.yaml"))
+    run = subprocess.Popen(_run_command(work, 2), stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list((work / ".pipeline" / "sessions").glob("*/manifests/*")) and time.monotonic() < deadline:
+            time.sleep(0.01)  # until some session has committed a running checkpoint
+        os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 130, stderr
+    assert "rerun the same command to resume" in stderr
+    assert "Traceback" not in stderr
+    _rerun_completes_golden(golden_dir, work)
