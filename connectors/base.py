@@ -19,7 +19,7 @@ back to exactly that handle after a crash, and publishes at the end (DESIGN §6)
     close()         release files, locks and connections; safe twice
 
 A sink that cannot make every byte durable at its destination between checkpoints (an S3
-upload's tail under the 5 MiB part minimum) keeps those bytes in the session's snapshot store
+upload's tail, buffered below the part size) keeps those bytes in the session's snapshot store
 through a :class:`Stash`, and lists the blobs in its handle under ``"blobs"`` (blob id ->
 stored size) so that the store keeps them exactly as long as a manifest needs them.
 

@@ -1,21 +1,30 @@
 """An S3 object written exactly once, by multipart upload (DESIGN §6; Flink's RecoverableWriter).
 
 Guarantee: **exactly-once.** A session writes one multipart upload. Bytes are buffered in
-memory and uploaded as a part whenever the buffer reaches the part size. A checkpoint splits in
-two (docs/architecture.md §4): :meth:`S3Sink.flush`, on the run's thread, only hands the buffer
-over — as the next part if it is at least 5 MiB (S3's minimum for any part but the last), else
-as the *tail* — and :meth:`S3Sink.sync`, on the checkpoint thread, waits for the parts and
-keeps the tail as a blob in the session's snapshot store; the handle it returns holds the
-upload id, every part up to the checkpoint with its ETag and size, and the tail's blob id.
-Nothing is visible at the target key until :meth:`S3Sink.commit` completes the upload with
-exactly the parts the run recorded, which S3 makes atomic.
+memory and uploaded as a part whenever the buffer reaches the part size — and only then: a
+checkpoint cuts no part. What is buffered at a checkpoint is the *tail*, kept in the session's
+snapshot store as a list of *pieces*: each checkpoint seals the bytes written since the one
+before as a new piece and stashes that piece alone, once; a piece stays in every handle (and so
+in the store) until the part it belongs to is uploaded. A checkpoint splits in two
+(docs/architecture.md §4): :meth:`S3Sink.flush`, on the run's thread, only seals the new piece,
+and :meth:`S3Sink.sync`, on the checkpoint thread, waits for the parts and stashes the new
+piece; the handle it returns holds the upload id, every part up to the checkpoint with its ETag
+and size, and the tail's pieces' blob ids in order. Nothing is visible at the target key until
+:meth:`S3Sink.commit` completes the upload with exactly the parts the run recorded, which S3
+makes atomic.
+
+Why parts only at the part size: checkpoints come every second, and a part cut at each one
+spends S3's 10,000 parts in hours on a job writing a few MiB a second. Why pieces: stashing the
+whole tail at each checkpoint wrote the same growing bytes again every second.
 
 After a crash :meth:`S3Sink.recover` checks the upload still exists and that every recorded
-part still carries its recorded ETag, reloads the tail from the store and carries on; parts
-uploaded after the checkpoint are simply overwritten, since the next part numbers are reused.
-A commit retried after it succeeded (the upload is gone) finds the object at the key with the
-size, and where S3 reports MD5-based ETags the multipart ETag, that the handle predicts, and
-does nothing. ``--fresh`` and ``pipeline rm`` abort the upload a handle names.
+part still carries its recorded ETag, reloads the tail's pieces from the store and carries on;
+parts uploaded after the checkpoint are simply overwritten, since the next part numbers are
+reused. A handle written before the tail was cut into pieces (``"tail": blob id or None``)
+resumes as a tail of one piece (or none). A commit retried after it succeeded (the upload is
+gone) finds the object at the key with the size, and where S3 reports MD5-based ETags the
+multipart ETag, that the handle predicts, and does nothing. ``--fresh`` and ``pipeline rm``
+abort the upload a handle names.
 
 Fencing: the session lease (a compare-and-swap on the manifest) stops a run that lost it at its
 next checkpoint, before it can complete the upload; a stale run that still uploads a part
@@ -25,11 +34,12 @@ instead of publishing a mix.
 
 Parts upload on a thread of their own while the next one fills, and buffers change hands rather
 than being copied: bytes are gathered in a ``BytesIO`` whose ``getvalue()`` hands its buffer
-over as ``bytes`` without a copy, and a part goes up from those very bytes (a part spanning a
-checkpoint is joined from its pieces, on the uploader thread). Memory: the part
-uploading and the one filling — the run waits for an upload only when the next part is full —
-plus, when a checkpoint cuts a part while one is going up, that part (the part size doubles
-every 2,000 parts so an upload of 10,000 parts can reach S3's 5 TiB object limit).
+over as ``bytes`` without a copy, and a part goes up from those very bytes (a part spanning
+checkpoints is joined from its pieces, on the uploader thread). Memory: the part uploading and
+the one filling, which holds the tail (the run waits for an upload only when the next part is
+full). The part size doubles every 2,000 parts (up to 16 times), so S3's 10,000 parts hold
+62,000 times the configured part size: 484 GiB at the default 8 MiB, S3's 5 TiB object limit
+from 85 MiB.
 """
 
 from __future__ import annotations
@@ -46,12 +56,15 @@ from urllib.parse import urlsplit
 
 from pipeline.connectors.base import Stash
 from pipeline.errors import PipelineError, SinkError, SinkGone
-from pipeline.spec import MIN_PART_SIZE, OutputSpec
+from pipeline.spec import OutputSpec
 from pipeline.stores._retry import RETRY_SETTINGS, Retry, RetryPolicy
 from pipeline.stores.s3 import close_client, describe, is_missing, is_transient, open_client
 
 MAX_PARTS = 10_000
 _PARTS_PER_SIZE = 2_000
+_SIZE_DOUBLINGS = 4
+_PART_SIZES_IN_AN_UPLOAD = _PARTS_PER_SIZE * ((2 << _SIZE_DOUBLINGS) - 1)
+"""How many times the configured part size S3's 10,000 parts hold, as they grow (62,000)."""
 _MD5 = re.compile(r"[0-9a-f]{32}")
 
 
@@ -63,6 +76,17 @@ class _Retry(Retry):
         return SinkError(f"{self.url}: cannot {op}{detail}", hint=hint)
 
 
+@dataclass(eq=False)
+class _Piece:
+    """Bytes one checkpoint sealed: a piece of the tail, stashed once, named by every handle
+    until the part it belongs to is uploaded."""
+
+    data: bytes
+    blob: tuple[str, int] | None = None
+    """(blob id, bytes in the store) once stashed: set by the sync() that stashed it, read by the
+    flushes after it (the runner starts a flush only after the sync before it returned)."""
+
+
 @dataclass
 class _Handover:
     """What :meth:`S3Sink.flush` leaves for :meth:`S3Sink.sync` to make durable."""
@@ -72,8 +96,8 @@ class _Handover:
     """The handle holds parts 1..parts ..."""
     uploads: list[Future[None]]
     """... of which these may still be going up ..."""
-    tail: list[bytes]
-    """... and these bytes after them, for the stash."""
+    tail: list[_Piece]
+    """... and these pieces after them, in order, for the stash."""
 
 
 class S3Sink:
@@ -100,7 +124,7 @@ class S3Sink:
         # One part uploads while the next fills: the run does not wait on S3 between checkpoints.
         self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline-s3-part")
         self._uploads: list[Future[None]] = []  # parts handed to the uploader, not yet waited for
-        self._sealed: list[bytes] = []  # the part being gathered: pieces a checkpoint sealed ...
+        self._sealed: list[_Piece] = []  # the part being gathered: pieces checkpoints sealed ...
         self._sealed_size = 0
         self._filling = io.BytesIO()  # ... and the bytes written since
         self._handover: _Handover | None = None
@@ -138,32 +162,33 @@ class S3Sink:
     def _seal(self) -> None:
         """Make the bytes written since the last seal a piece of their own (no copy)."""
         if self._filling.tell():
-            piece = self._filling.getvalue()  # the BytesIO's own buffer, now ours: no copy
-            self._sealed.append(piece)
-            self._sealed_size += len(piece)
+            data = self._filling.getvalue()  # the BytesIO's own buffer, now ours: no copy
+            self._sealed.append(_Piece(data))
+            self._sealed_size += len(data)
             self._filling = io.BytesIO()
 
-    def _cut_part(self, *, wait: bool) -> None:
+    def _cut_part(self) -> None:
         """Hand every buffered byte to the uploader thread as the next part (no copy: the buffers
-        change hands). ``wait``: first let the parts before it finish, which bounds memory."""
-        if wait:
-            self._wait_for_uploads()
+        change hands), once the parts before it went up, which bounds memory."""
+        self._wait_for_uploads()
         number = self._cut + 1
         if number > MAX_PARTS:
+            capacity = self.part_size * _PART_SIZES_IN_AN_UPLOAD
             raise SinkError(
-                f"sink {self.url}: the output outgrew S3's {MAX_PARTS:,} parts",
-                hint="raise part_size on this output, and checkpoint less often (checkpoint.every): "
-                "each checkpoint sends what is buffered as a part once it holds 5 MiB",
+                f"sink {self.url}: the output outgrew S3's {MAX_PARTS:,} parts "
+                f"({capacity / 2**30:,.0f} GiB from part_size {self.part_size / 2**20:,.0f} MiB)",
+                hint=f"raise part_size on this output: the parts grow from it and hold "
+                f"{_PART_SIZES_IN_AN_UPLOAD:,} times it in all",
             )
         self._seal()
         pieces, self._sealed, self._sealed_size = self._sealed, [], 0
         self._cut = number
         self._uploads.append(self._uploader.submit(self._send_part, number, pieces))
 
-    def _send_part(self, number: int, pieces: list[bytes]) -> None:
+    def _send_part(self, number: int, pieces: list[_Piece]) -> None:
         """Upload part ``number`` and record it (on the uploader thread, so parts go up in order)."""
-        body = b"".join(pieces)  # one piece is returned as is
-        pieces.clear()  # the pieces can go once joined (a checkpoint's tail may still hold one)
+        body = b"".join([piece.data for piece in pieces])  # one piece is returned as is
+        pieces.clear()  # the pieces can go once joined (a checkpoint's handover may still hold some)
         if len(self._parts) != number - 1:  # the part before failed: its error is the run's
             raise SinkError(f"sink {self.url}: part {number} not sent: the part before it did not go up")
         response = self._s3(
@@ -179,7 +204,8 @@ class S3Sink:
             upload.result()
 
     def _next_part_size(self) -> int:
-        return self.part_size << min(self._cut // _PARTS_PER_SIZE, 4)
+        """The size at which the buffer becomes the next part: it doubles every 2,000 parts."""
+        return self.part_size << min(self._cut // _PARTS_PER_SIZE, _SIZE_DOUBLINGS)
 
     # -- the protocol -------------------------------------------------------------------------
     def acquire(self, *, wait: bool = False) -> None:
@@ -192,7 +218,7 @@ class S3Sink:
         self._parts, self._cut, self.length = [], 0, 0
 
     def recover(self, handle: dict[str, Any], *, finished: bool = False) -> None:
-        """Carry on from a checkpoint's handle: its parts, and its tail from the store.
+        """Carry on from a checkpoint's handle: its parts, and its tail's pieces from the store.
 
         An upload that is gone is published only if the handle is ``finished`` and the object at
         the key is the one completing it would have made.
@@ -201,7 +227,11 @@ class S3Sink:
         self._parts = [dict(part) for part in handle["parts"]]
         self._cut = len(self._parts)
         self.length = int(handle["length"])
-        tail = self._stash_get(handle["tail"]) if handle.get("tail") else b""
+        # Pieces already stashed: the next checkpoints name them again rather than stash them anew.
+        tail = [
+            _Piece(self._stash_or_fail("reload").get(blob_id), (blob_id, handle["blobs"][blob_id]))
+            for blob_id in _tail_ids(handle)
+        ]
         uploaded = self._uploaded_parts()
         if uploaded is None:
             if finished and self._is_published(tail):
@@ -219,31 +249,36 @@ class S3Sink:
                     "(another run of this session wrote to it)",
                     hint="stop the other run, then rerun with --fresh",
                 )
-        if tail:
-            self._sealed, self._sealed_size = [tail], len(tail)
+        self._sealed, self._sealed_size = tail, sum(len(piece.data) for piece in tail)
 
     def write(self, data: memoryview | bytes) -> None:
-        """Buffer bytes; a full buffer becomes the next part."""
+        """Buffer bytes; the buffer becomes the next part when it reaches the part size (exactly:
+        a write that crosses it is split there)."""
         if self._upload_id is None:
             raise SinkError(f"sink {self.url}: written before start() or recover()")
-        self._filling.write(data)
-        self.length += len(data)
-        if self._buffered() >= self._next_part_size():
-            self._cut_part(wait=True)
+        view = memoryview(data)
+        self.length += len(view)
+        while self._buffered() + len(view) >= (size := self._next_part_size()):
+            room = max(size - self._buffered(), 0)  # a resumed tail may outgrow a part_size lowered since
+            self._filling.write(view[:room])
+            view = view[room:]
+            self._cut_part()
+        self._filling.write(view)
 
     def flush(self) -> None:
-        """Hand everything written so far to :meth:`sync`, without waiting on S3: 5 MiB or more
-        go to the uploader thread as the next part, less is sealed as the tail (and stays the
-        start of the next part)."""
-        if self._buffered() >= MIN_PART_SIZE:
-            self._cut_part(wait=False)  # the run's thread must not wait for the part before it
-        else:
-            self._seal()
+        """Hand everything written so far to :meth:`sync`, without waiting on S3: the bytes
+        written since the last flush are sealed as a new piece of the tail (which stays the start
+        of the next part; a checkpoint cuts no part)."""
+        self._seal()
         self._handover = _Handover(self.length, self._cut, list(self._uploads), list(self._sealed))
 
     def sync(self) -> dict[str, Any]:
-        """Make what the last :meth:`flush` handed over durable — wait for its parts, stash its
-        tail — and return the handle naming exactly that (on the checkpoint thread)."""
+        """Make what the last :meth:`flush` handed over durable — wait for its parts, stash the
+        tail's new pieces — and return the handle naming exactly that (on the checkpoint thread).
+
+        The handle's ``tail`` lists the blob ids of the tail's pieces in order; ``blobs`` gives
+        each one's size in the store, so the store keeps a piece while a kept manifest names it.
+        """
         handover, self._handover = self._handover, None
         if handover is None:
             raise SinkError(f"sink {self.url}: sync() without a flush() before it")
@@ -251,20 +286,25 @@ class S3Sink:
             upload.result()
         with self._parts_lock:
             parts = [dict(part) for part in self._parts[: handover.parts]]
-        handle: dict[str, Any] = {"length": handover.length, "upload_id": self._upload_id, "parts": parts, "tail": None}
-        if handover.tail:
-            if self._stash is None:
-                raise SinkError(f"sink {self.url}: an S3 output needs the session store to keep its tail")
-            blob_id, stored = self._stash.put(b"".join(handover.tail))
-            handle |= {"tail": blob_id, "blobs": {blob_id: stored}}
-        return handle
+        blobs: list[tuple[str, int]] = []
+        for piece in handover.tail:
+            if piece.blob is None:  # sealed by this checkpoint: the only bytes it stashes
+                piece.blob = self._stash_or_fail("keep").put(piece.data)
+            blobs.append(piece.blob)
+        return {
+            "length": handover.length,
+            "upload_id": self._upload_id,
+            "parts": parts,
+            "tail": [blob_id for blob_id, _ in blobs],
+            "blobs": dict(blobs),
+        }
 
     def commit(self) -> None:
         """Complete the upload with exactly the recorded parts. Idempotent."""
         if self._published:
             return
         if self._buffered():
-            self._cut_part(wait=True)  # the tail goes up as the last part
+            self._cut_part()  # the tail goes up as the last part
         self._wait_for_uploads()
         if not self._parts:
             # S3 completes no upload without a part: an empty output is one empty PutObject.
@@ -284,7 +324,7 @@ class S3Sink:
         except SinkError as exc:
             exc.hint = exc.hint or "if another run of this session was active, stop it and rerun with --fresh"
             raise
-        if done is None and not self._is_published(b""):  # gone: completed by an earlier attempt?
+        if done is None and not self._is_published([]):  # gone: completed by an earlier attempt?
             raise SinkError(
                 f"sink {self.url}: the upload disappeared before it completed (aborted by another run?)",
                 hint="rerun with --fresh to write this output again",
@@ -338,18 +378,33 @@ class S3Sink:
             marker = int(page["NextPartNumberMarker"])
         return uploaded
 
-    def _stash_get(self, blob_id: str) -> bytes:
+    def _stash_or_fail(self, doing: str) -> Stash:
         if self._stash is None:
-            raise SinkError(f"sink {self.url}: an S3 output needs the session store to reload its tail")
-        return self._stash.get(blob_id)
+            raise SinkError(f"sink {self.url}: an S3 output needs the session store to {doing} its tail")
+        return self._stash
 
-    def _is_published(self, tail: bytes) -> bool:
-        """Whether the key holds what completing this upload (plus ``tail``) publishes."""
+    def _is_published(self, tail: list[_Piece]) -> bool:
+        """Whether the key holds what completing this upload (plus ``tail`` as its last part) publishes."""
         head = self._try("head_object", "look at the published object", Key=self.key)
         if head is None or int(head.get("ContentLength", -1)) != self.length:
             return False
-        digests = [p["etag"].strip('"') for p in self._parts] + ([hashlib.md5(tail).hexdigest()] if tail else [])
+        digests = [p["etag"].strip('"') for p in self._parts]
+        if tail:
+            last = hashlib.md5()  # the tail's pieces, joined, are the last part
+            for piece in tail:
+                last.update(piece.data)
+            digests.append(last.hexdigest())
         if not digests or not all(_MD5.fullmatch(d) for d in digests):
             return True  # ETags that are not MD5s (SSE-KMS) cannot be predicted: the size has to do
         expected = hashlib.md5(b"".join(bytes.fromhex(d) for d in digests)).hexdigest() + f"-{len(digests)}"
         return str(head.get("ETag", "")).strip('"') == expected
+
+
+def _tail_ids(handle: dict[str, Any]) -> list[str]:
+    """The blob ids of a handle's tail pieces, in order. A handle written before the tail was cut
+    into pieces names one blob or none (``"tail": blob id | None``): a run interrupted before an
+    upgrade resumes after it."""
+    tail = handle.get("tail")
+    if tail is None:
+        return []
+    return [tail] if isinstance(tail, str) else list(tail)

@@ -212,7 +212,7 @@ def postgres_url(postgres_dsn: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def orders(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """12 MB of orders: its mapped output is ~6 MiB, so a 5 MiB part plus a tail."""
+    """12 MB of orders: its mapped output is ~6 MiB, so with 5 MiB parts a part plus a tail."""
     from pipeline.testing.data import write_orders_csv  # imported late: see register_assert_rewrite
 
     path = tmp_path_factory.mktemp("orders") / "orders.csv"

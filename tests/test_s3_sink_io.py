@@ -179,19 +179,22 @@ def test_s3_flush_waits_for_nothing_and_sync_makes_the_checkpoint_durable(bucket
         sink.start()
         s3 = HeldParts(sink)
         data = os.urandom(13 * MiB)
-        sink.write(data[: 6 * MiB])
-        sink.flush()  # 6 MiB: a part, handed to the uploader, which S3 holds: flush must not wait
+        sink.write(data[: 9 * MiB])  # 8 MiB are part 1, handed to the uploader, which S3 holds
+        sink.flush()  # the 1 MiB after it: a piece of the tail, sealed here; flush must not wait
         assert s3.on(run) == [] and stash.threads == []
-        sink.write(data[6 * MiB : 7 * MiB])  # the run goes on while the part is held
+        sink.write(data[9 * MiB : 10 * MiB])  # the run goes on while the part is held
         s3.release()
         first = on_thread("checkpoint", sink.sync)
-        assert [p["n"] for p in first["parts"]] == [1] and first["tail"] is None and first["length"] == 6 * MiB
-        sink.flush()  # 1 MiB: a tail, sealed here and stashed by sync()
-        sink.write(data[7 * MiB :])
+        assert [p["n"] for p in first["parts"]] == [1] and first["length"] == 9 * MiB
+        assert [stash.blobs[blob] for blob in first["tail"]] == [data[8 * MiB : 9 * MiB]]
+        sink.flush()  # the next 1 MiB: a second piece, the only bytes the next sync stashes
+        sink.write(data[10 * MiB :])
         second = on_thread("checkpoint", sink.sync)
-        assert second["length"] == 7 * MiB and [p["n"] for p in second["parts"]] == [1]
-        assert stash.blobs[second["tail"]] == data[6 * MiB : 7 * MiB]
-        assert stash.threads == ["checkpoint"]
+        assert second["length"] == 10 * MiB and [p["n"] for p in second["parts"]] == [1]
+        assert second["tail"][0] == first["tail"][0]
+        assert [stash.blobs[blob] for blob in second["tail"]] == [data[8 * MiB : 9 * MiB], data[9 * MiB : 10 * MiB]]
+        assert second["blobs"] == {blob: MiB for blob in second["tail"]}
+        assert stash.threads == ["checkpoint", "checkpoint"]  # one put per checkpoint, each on its thread
         assert s3.on(run) == [] and s3.on("checkpoint") == []  # parts go up on the uploader thread
         sink.commit()
     finally:
