@@ -55,6 +55,7 @@ log = logging.getLogger("pipeline.guest")
 EmitHandler = Callable[[int, memoryview], None]
 
 _I32 = wasmtime.ValType.i32()
+_U32 = 0xFFFFFFFF  # the ABI's i32 addresses and lengths are unsigned: `value & _U32`
 # name -> (params, results) of every export ABI v1 requires
 _REQUIRED_EXPORTS: dict[str, tuple[list[wasmtime.ValType], list[wasmtime.ValType]]] = {
     "pl_abi_version": ([], [_I32]),
@@ -367,6 +368,7 @@ class Guest:
 
     def _guest_view(self, context: Any, ptr: int, length: int, what: str) -> memoryview:
         """``length`` bytes at ``ptr`` of the calling guest's memory (``context``: the caller's)."""
+        ptr, length = ptr & _U32, length & _U32
         view = memory_view(context, self._memory, ptr, length)
         if view is None:
             size = memory_size(context, self._memory)
@@ -477,7 +479,8 @@ class Guest:
         return self._failure
 
     def _load_input_area(self) -> None:
-        ptr, cap = self._call("pl_input_buffer"), self._call("pl_input_capacity")
+        # The ABI's i32s are u32 addresses and sizes: read signed, memory above 2 GiB would be negative.
+        ptr, cap = self._call("pl_input_buffer") & _U32, self._call("pl_input_capacity") & _U32
         if ptr <= 0 or cap <= 0 or ptr + cap > self._memory.data_len(self._store):
             raise GuestABIError(f"{self.stage}: input area [{ptr}, {ptr}+{cap}) is not inside its memory")
         self._input_ptr, self._input_cap = ptr, cap
@@ -516,7 +519,7 @@ class Guest:
 
     def declared_outputs(self) -> dict[str, int]:
         """Parse ``pl_outputs``: NUL-terminated UTF-8 ``name=port`` lines, ports 1-255."""
-        ptr = self._call("pl_outputs") & 0xFFFFFFFF
+        ptr = self._call("pl_outputs") & _U32
         memory = self.memory_view()
         try:
             end = bytes(memory[ptr : ptr + 4096]).find(b"\0") if ptr < len(memory) else -1
@@ -539,7 +542,7 @@ class Guest:
         self._check_open()
         if "pl_counters" not in self._funcs:
             return None
-        ptr = self._call("pl_counters") & 0xFFFFFFFF  # an i32 that is really a u32 address
+        ptr = self._call("pl_counters") & _U32
         if ptr + 24 > self._memory.data_len(self._store):
             raise GuestABIError(f"{self.stage}: pl_counters returned an out-of-bounds pointer {ptr}")
         values = memoryview(self._memory.read(self._store, ptr, ptr + 24)).cast("Q")

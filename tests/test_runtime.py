@@ -117,3 +117,25 @@ def test_host_errors_stay_on_their_own_thread() -> None:
     for thread in threads:
         thread.join(timeout=60)
     assert not mixups
+
+
+# A memory of 2 GiB + 128 KiB, its input area and what it emits above 2**31: as i32s those
+# addresses are negative, and only as u32s are they the guest's.
+HIGH_MEMORY = """(module
+  (import "pipeline" "pl_emit" (func $emit (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 32770)
+  (func (export "pl_abi_version") (result i32) i32.const 1)
+  (func (export "pl_input_buffer") (result i32) i32.const 0x80010000)
+  (func (export "pl_input_capacity") (result i32) i32.const 65536)
+  (func (export "pl_init") (param i32) (result i32) i32.const 0)
+  (func (export "pl_process") (param $len i32) (result i32)
+    (drop (call $emit (i32.const 0) (i32.const 0x80010000) (local.get $len)))
+    i32.const 0)
+  (func (export "pl_finish") (result i32) i32.const 0))
+"""
+
+
+def test_addresses_above_two_gib_are_the_guests_own() -> None:
+    limits = GuestLimits(memory=3 * 2**30)
+    run = run_guest(wat_guests.build(HIGH_MEMORY), data=b"hello, high memory", chunk_size=7, limits=limits)
+    assert run.outputs[0] == b"hello, high memory"
