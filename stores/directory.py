@@ -3,9 +3,11 @@
 Each key is a file below the root. Writes go to a temporary file that is fsynced and renamed
 into place, so a reader never sees half a value and a crash leaves either the old or the new
 value. Durability of the rename needs the directory fsynced too: ``cas`` does that at once, while
-``put`` defers it to the next ``cas`` (or ``close``), which first fsyncs every directory a put
-touched. Blobs are only ever reached through a manifest a ``cas`` committed, so the commit order
-of DESIGN §4 holds, with one directory fsync per checkpoint instead of one per page blob.
+``put`` — and a ``cas`` that creates its key — defers it to the next ``cas`` (or ``close``),
+which first fsyncs every directory a deferred write touched (but its own, which it fsyncs after
+its rename). Blobs are only ever reached through a manifest a ``cas`` committed, so the commit
+order of DESIGN §4 holds, with one directory fsync per checkpoint instead of one per page blob,
+and a new small session commits its two manifests with one directory fsync, not two.
 
 ``cas`` serialises writers with an ``flock`` on the key's directory, which works across threads
 and processes on one machine (not across machines: use S3 or PostgreSQL for a store shared by
@@ -117,6 +119,9 @@ class DirectoryStore(BaseStore):
             dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise StoreError(f"{self.url}: cannot lock {key!r}: {exc.strerror}") from exc
+        with self._unsynced_lock:  # the fsync after this commit's rename covers the key's directory
+            covered = path.parent in self._unsynced
+            self._unsynced.discard(path.parent)
         try:
             self._sync_pending()  # blobs put before this commit must be durable before it
             fcntl.flock(dir_fd, fcntl.LOCK_EX)
@@ -126,7 +131,15 @@ class DirectoryStore(BaseStore):
                 current = None
             if current != expected:
                 raise Conflict(f"{self.url}: {key!r} changed underneath (compare-and-swap lost)")
-            self._write_atomically(key, data, dir_fd=dir_fd)
+            # Creating a key (a new session's "starting" head) defers its directory fsync like a
+            # put: until the session's next commit nothing depends on it, and a crash that loses
+            # it leaves no session, which starts afresh as it would have from "starting".
+            self._write_atomically(key, data, dir_fd=None if expected is None else dir_fd)
+        except BaseException:
+            if covered:
+                with self._unsynced_lock:
+                    self._unsynced.add(path.parent)
+            raise
         finally:
             os.close(dir_fd)  # closing releases the flock
         return _version(data)

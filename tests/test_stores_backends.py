@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 import uuid
@@ -390,3 +391,24 @@ def test_postgres_values_are_raw_bytes(postgres_url: str) -> None:
         blob = os.urandom(1 << 20) + b"\x00\\x00"
         store.put("blob", blob)
         assert store.get("blob") == blob
+
+
+def test_directory_store_defers_a_creates_directory_fsync_to_the_next_commit(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    synced_dirs: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced_dirs.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store = DirectoryStore(str(tmp_path / "store"))
+    session_dir = str(tmp_path / "store" / "sessions" / "s")
+    version = store.cas("sessions/s/manifest", b"starting", None)
+    assert synced_dirs == []  # a crash here loses a session that had done nothing yet
+    store.cas("sessions/s/manifest", b"complete", version)
+    assert synced_dirs == [session_dir]  # once, after the rename, not also before it
+    store.cas("sessions/t/manifest", b"starting", None)
+    store.close()
+    assert synced_dirs == [session_dir, str(tmp_path / "store" / "sessions" / "t")]  # close makes it durable
