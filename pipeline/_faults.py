@@ -3,7 +3,8 @@
 ``PIPELINE_TEST_KILL_AT=blobs-written:2`` SIGKILLs the process the second time a checkpoint has
 written its page blobs (before its manifest is committed). Occurrences are counted across the
 whole process, so in a batch running several sessions on threads the kill lands in whichever
-session reaches the Nth one. Steps, in commit order:
+session reaches the Nth one; with ``--parallel`` each worker process counts its own, and the
+kill lands in a worker. Steps, in commit order:
 
 ``sinks-persisted``, ``blobs-written``, ``manifest-committed``, ``released``, ``published``.
 
