@@ -35,7 +35,8 @@ METHOD = """\
 - Peers run with their default threads and pinned to one (DuckDB `SET threads=1`, polars
   `POLARS_MAX_THREADS=1`, pyarrow `set_cpu_count(1)` + `set_io_thread_count(1)`); the threads
   column shows what the tool reports. wasm-pipeline runs one session on one thread; on small
-  files its threads are `--parallel N` sessions at once.
+  files its threads are `--parallel N` worker processes, and its peak RSS is the batch
+  process's own (each worker, and the forkserver they fork from, peak at about as much).
 - The JSONL input holds no invalid lines: polars' `scan_ndjson` stops at the first one and has no
   option to skip it. The small-files input does hold some (only wasm-pipeline and Python run it).
 - Small files: `python-json` writes each file's two outputs and nothing else; `python-json-durable`
