@@ -942,9 +942,10 @@ __attribute__((noinline)) static bool raw_is_output(const uint8_t *s, size_t n) 
  * output (see raw_is_output): fields before the quote are; a quoted one must be written back as
  * it is, and one not quoted must not hold a '"' (x"y is written "x""y"). */
 __attribute__((noinline)) static bool raw_quoted_ok(const pl_csv_batch *b, const pl_csv_row *r) {
-    for (uint32_t i = fast.first; i <= fast.last; i++) {
+    /* From the last column back to the one holding the quote (the row's first): the others come
+     * before it. */
+    for (uint32_t i = fast.last + 1; i-- > fast.first && pl_csv_field_end(b, r, i) > r->quote;) {
         const uint32_t begin = pl_csv_field_begin(b, r, i), end = pl_csv_field_end(b, r, i);
-        if (end <= r->quote) continue;
         const uint8_t *s = b->data + begin;
         if (begin < end && *s == '"' ? !raw_is_output(s, end - begin) : pl_csv_has_quote(s, end - begin)) return false;
     }
