@@ -80,6 +80,9 @@ static const char *const CHECK_NAMES[] = {"int", "float", "date"};
 #define N_TYPES (sizeof CHECK_NAMES / sizeof CHECK_NAMES[0])
 static const char *const CHECK_WHAT[] = {"is not an int", "is not a float", "is not a date", "is empty"};
 
+/* The outcomes each op accepts, bit cmp + 1 (less, equal, greater): a shift, not a switch. */
+static const uint8_t ACCEPT[N_OPS] = {2, 5, 4, 6, 1, 3};
+
 /* A filter node: a condition, or an all/any group of nodes. */
 typedef struct node {
     uint8_t kind; /* NODE_* */
@@ -129,6 +132,23 @@ typedef struct run {
     uint32_t ncased; /* columns of the run that are case-mapped: */
     uint32_t *cased; /*   their output indexes */
 } run;
+
+/* The common shape, chosen at the header: no trim, default, required or types; a filter that is
+ * absent or one condition with a number; two or more output columns that are consecutive header
+ * columns, each once. fast_rows then writes a row as one copy of its raw bytes (case-mapped in
+ * place), without the generic steps' dispatch. */
+static struct {
+    bool on;
+    bool filter;        /* the filter is one numeric condition: */
+    uint8_t accept;     /*   the outcomes its op accepts (see test_cond) */
+    uint32_t fsrc;      /*   header index of its column */
+    double value;       /*   its number */
+    uint32_t first;     /* header index of the first output column */
+    uint32_t last;      /* of the last */
+    uint32_t ncased;
+    uint32_t *cased;    /* header indexes of the case-mapped output columns */
+    uint8_t *upper;     /* each: upper (1) or lower (0) */
+} fast;
 
 /* Stream state. */
 static struct {
@@ -531,6 +551,33 @@ static int make_runs(void) {
     return 0;
 }
 
+/* Sets up fast (see there) if the config and header have its shape; after make_runs and
+ * rows_checked. */
+static int choose_fast(void) {
+    const node *c = &cfg.filter;
+    if (g.rows_checked || g.ntrim || g.nfill || g.ncheck || g.nout < 2 || g.nruns != 1) return 0;
+    if (cfg.has_filter && !(c->kind == NODE_COND && c->numeric)) return 0;
+    const run *u = &g.runs[0];
+    fast.cased = malloc(u->ncased * sizeof *fast.cased);
+    fast.upper = malloc(u->ncased);
+    if (u->ncased && (!fast.cased || !fast.upper)) return pl_fail_str("out of memory");
+    for (uint32_t i = 0; i < u->ncased; i++) {
+        fast.cased[i] = g.src[u->cased[i]];
+        fast.upper[i] = g.casing[u->cased[i]] == CASE_UPPER;
+    }
+    fast.ncased = u->ncased;
+    fast.first = u->src;
+    fast.last = u->src + u->n - 1;
+    fast.filter = cfg.has_filter;
+    if (fast.filter) {
+        fast.accept = ACCEPT[c->op];
+        fast.fsrc = c->src;
+        fast.value = c->number;
+    }
+    fast.on = true;
+    return 0;
+}
+
 __attribute__((noinline)) static int on_header(const pl_csv_record *h) {
     /* A record has at least one field and select at least one name: nout >= 1. */
     g.have_header = true;
@@ -596,6 +643,7 @@ __attribute__((noinline)) static int on_header(const pl_csv_record *h) {
     if (!rc) rc = resolve_row_steps(h, renamed, mark_cols);
 
     if (!rc) rc = make_runs();
+    if (!rc) rc = choose_fast();
     if (!rc) {
         bool dup_select = false;
         for (uint32_t i = 0; i < g.nout; i++)
@@ -702,8 +750,6 @@ __attribute__((always_inline)) static inline int test_cond(const node *c, const 
         cmp = memcmp(f.ptr, c->string.ptr, n);
         cmp = cmp ? (cmp > 0) - (cmp < 0) : (f.len > c->string.len) - (f.len < c->string.len);
     }
-    /* The outcomes each op accepts, bit cmp + 1 (less, equal, greater): a shift, not a switch. */
-    static const uint8_t ACCEPT[N_OPS] = {2, 5, 4, 6, 1, 3};
     return ACCEPT[c->op] >> (cmp + 1) & 1;
 }
 
@@ -862,6 +908,102 @@ static int on_row(const pl_csv_batch *b, const pl_csv_row *r) {
     return write_row(&w);
 }
 
+/* True if the raw field [s, s + n), which starts with '"', is also its output: a value that needs
+ * quoting (pl_csv_field's PL_FIELD_NEEDS_QUOTING), quoted as pl_csv_quote_into quotes it (every
+ * '"' doubled, nothing after the closing quote). Then fast_rows can copy it raw. */
+__attribute__((noinline)) static bool raw_is_output(const uint8_t *s, size_t n) {
+    if (n < 2 || s[n - 1] != '"') return false;
+#ifdef __wasm_simd128__
+    if (n - 2 <= 16) { /* the usual short value, in one vector (the field has PL_PAD bytes after it) */
+        const v128_t v = wasm_v128_load(s + 1);
+        const uint32_t within = (1u << (n - 2)) - 1;
+        const v128_t sep = wasm_v128_or(wasm_i8x16_eq(v, wasm_i8x16_splat(',')),
+                                        wasm_v128_or(wasm_i8x16_eq(v, wasm_i8x16_splat('\r')), wasm_i8x16_eq(v, wasm_i8x16_splat('\n'))));
+        uint32_t q = (uint32_t)wasm_i8x16_bitmask(wasm_i8x16_eq(v, wasm_i8x16_splat('"'))) & within;
+        if (!q) return ((uint32_t)wasm_i8x16_bitmask(sep) & within) != 0;
+        while (q) { /* '""' pairs, from the left */
+            const uint32_t pair = 3u << __builtin_ctz(q);
+            if ((q & pair) != pair) return false;
+            q &= ~pair;
+        }
+        return true;
+    }
+#endif
+    const uint8_t *p = s + 1, *const end = s + n - 1, *q;
+    bool quotes = false;
+    for (; (q = pl_memchr(p, '"', (size_t)(end - p))); p = q + 2) {
+        if (q + 1 == end || q[1] != '"') return false; /* a closing quote before the last byte */
+        quotes = true;
+    }
+    return quotes || pl__csv_special(s + 1, n - 2);
+}
+
+/* True if the raw bytes of the output columns of row r, which hold its first '"', are also their
+ * output (see raw_is_output): fields before the quote are; a quoted one must be written back as
+ * it is, and one not quoted must not hold a '"' (x"y is written "x""y"). */
+__attribute__((noinline)) static bool raw_quoted_ok(const pl_csv_batch *b, const pl_csv_row *r) {
+    /* From the last column back to the one holding the quote (the row's first): the others come
+     * before it. */
+    for (uint32_t i = fast.last + 1; i-- > fast.first && pl_csv_field_end(b, r, i) > r->quote;) {
+        const uint32_t begin = pl_csv_field_begin(b, r, i), end = pl_csv_field_end(b, r, i);
+        const uint8_t *s = b->data + begin;
+        if (begin < end && *s == '"' ? !raw_is_output(s, end - begin) : pl_csv_has_quote(s, end - begin)) return false;
+    }
+    return true;
+}
+
+/* Case-maps fast.cased[c] of a row whose raw bytes from offset `begin` on were copied to d; e are
+ * the row's field ends, `start` its first byte. */
+__attribute__((always_inline)) static inline void case_map_col(uint8_t *d, uint32_t begin, const uint32_t *e, uint32_t start,
+                                                               uint32_t c) {
+    const uint32_t i = fast.cased[c], fb = i ? e[i - 1] + 1 : start;
+    pl_case_map_padded(d + (fb - begin), e[i] - fb, fast.upper[c]);
+}
+
+/* Rows k, k + 1, ... of the batch in the common shape (see fast): each kept row is its output
+ * columns' raw bytes, copied at once and case-mapped in place. Returns the index of the first
+ * row it leaves to on_row (b->count if none): a wrong field count, a filter field that is quoted
+ * or not a short plain number (on_row parses it again, and rejects it if it is no number), raw
+ * bytes that are not their output, or a row the output buffer has no room for (on_row flushes). */
+__attribute__((noinline)) static uint32_t fast_rows(const pl_csv_batch *b, uint32_t k) {
+    const uint8_t *const data = b->data;
+    const uint32_t *const ends = b->ends;
+    const uint32_t ncols = g.ncols, first = fast.first, last = fast.last, fsrc = fast.fsrc;
+    const bool filter = fast.filter;
+    pl_out *const o = pl_port(0);
+    const uint32_t from = k;
+    uint32_t len = o->len, out = 0;
+    for (; k < b->count; k++) {
+        const pl_csv_row *r = &b->rows[k];
+        if (r->count != ncols) break;
+        const uint32_t *e = ends + r->first;
+        if (filter) {
+            const uint32_t fb = fsrc ? e[fsrc - 1] + 1 : r->start, fe = e[fsrc];
+            double v;
+            if ((r->quote < fe && data[fb] == '"') || !pl_parse_number_padded(data + fb, fe - fb, &v)) break;
+            const int cmp = (v > fast.value) - (v < fast.value);
+            if (!(fast.accept >> (cmp + 1) & 1)) continue;
+        }
+        const uint32_t begin = first ? e[first - 1] + 1 : r->start, end = e[last], n = end - begin;
+        if ((r->quote < end && !raw_quoted_ok(b, r)) || n >= PL_OUT_CAP - len) break;
+        uint8_t *d = o->buf + len;
+        pl_copy_over(d, data + begin, n);
+        if (fast.ncased) { /* the first one outside the loop: a loop iteration costs an interruption check */
+            case_map_col(d, begin, e, r->start, 0);
+            for (uint32_t c = 1; c < fast.ncased; c++) case_map_col(d, begin, e, r->start, c);
+        }
+        d[n] = '\n';
+        len += n + 1;
+        out++;
+    }
+    /* pl_out_reserve's bookkeeping: the bytes written past len lie within PL_OUT_SLACK. */
+    o->len = len;
+    if (len > o->used) o->used = len;
+    pl_stats.records_in += k - from; /* every row before k was read here */
+    pl_stats.records_out += out;
+    return k;
+}
+
 /* The first record is the header: cut it whole, once. */
 __attribute__((noinline)) static int read_header(const pl_csv_batch *b, const pl_csv_row *r) {
     pl_csv_record h;
@@ -872,8 +1014,10 @@ static int on_batch(void *ctx, const pl_csv_batch *b) {
     (void)ctx;
     uint32_t k = 0;
     if (!g.have_header && read_header(b, &b->rows[k++])) return -1;
-    for (; k < b->count; k++)
+    for (; k < b->count; k++) {
+        if (fast.on && (k = fast_rows(b, k)) == b->count) break;
         if (on_row(b, &b->rows[k])) return -1;
+    }
     return 0;
 }
 

@@ -194,6 +194,41 @@ def test_case_names_may_be_output_or_header_names_output_first() -> None:
     assert check({"rename": {"a": "z"}, "upper": ["a"]}, data) == b"z,b\nX,y\n"
 
 
+# The common shape (one run of consecutive columns, one numeric condition) goes through csv-map's
+# fast_rows, which copies a row's raw bytes when they are its output and leaves other rows to the
+# generic steps: both must write what the model writes.
+COMMON_SHAPE = {
+    "select": ["name", "amount", "city"],
+    "upper": ["city"],
+    "filter": {"column": "amount", "op": ">", "value": 10},
+}
+COMMON_SHAPE_ROWS = [
+    b'"New York, NY",12,"a""b"',  # quoted and needing it: written as read
+    b'"plain",12,"x"',  # quoted without needing it: unquoted
+    b'x"y,12,z',  # a quote inside an unquoted field: quoted and doubled
+    b'"ab"c,12,"d"e',  # text after a closing quote
+    b'"a\r\nb",12,"\n"',  # line breaks inside quotes
+    b'"""",12,""""""',  # only quotes
+    b'"",12,""',  # empty and quoted
+    b'"x,""",12,"y"""',  # a doubled quote just before the closing one
+    b'"a""b""",12,"x"',
+    b'a,"12",b',  # a quoted filter field
+    b"a,n/a,b",  # not a number: rejected
+    b"a,12",  # a wrong field count: rejected
+    b"a,1e3,b",  # a number beyond the short parse
+    b"a,-12.5,b",  # dropped
+    "zoë,12,são,".encode()[:-1],  # Latin-1 letters
+    b"a," + b"9" * 20 + b",b",
+    b"a,12," + b"c" * 40,  # a row longer than 32 bytes
+]
+
+
+@pytest.mark.parametrize("row", COMMON_SHAPE_ROWS)
+def test_the_common_shape_writes_what_the_generic_steps_write(row: bytes) -> None:
+    data = b"id,name,amount,city\n" + b"".join(b"%d,%s\n" % (i, row if i % 3 == 1 else b"a,50,b") for i in range(40))
+    check(COMMON_SHAPE, data, [None, 1, 5, 64])
+
+
 def test_case_mapping_keeps_quoting_intact() -> None:
     data = b'a\n"x,""y"""\n'
     assert check({"upper": ["a"]}, data) == b'a\n"X,""Y"""\n'
