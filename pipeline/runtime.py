@@ -493,7 +493,9 @@ class Guest:
     def input_view(self) -> memoryview:
         """A writable view of the input area, valid until the next guest call."""
         self._check_open()
-        return memoryview(self._memory.get_buffer_ptr(self._store, self._input_cap, self._input_ptr)).cast("B")
+        view = memory_view(self._store._context(), self._memory, self._input_ptr, self._input_cap)
+        assert view is not None, "the input area was checked to lie inside memory, which never shrinks"
+        return view
 
     def process(self, length: int) -> None:
         """Have the guest consume ``length`` bytes already placed in its input area."""
@@ -552,7 +554,10 @@ class Guest:
     def memory_view(self) -> memoryview:
         """A read-write view of all linear memory, valid until the next guest call."""
         self._check_open()
-        return memoryview(self._memory.get_buffer_ptr(self._store)).cast("B")
+        context = self._store._context()
+        view = memory_view(context, self._memory, 0, memory_size(context, self._memory))
+        assert view is not None
+        return view
 
     def memory_pages(self) -> int:
         """Current memory size in 64 KiB wasm pages."""
