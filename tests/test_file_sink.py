@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +95,36 @@ def test_a_second_process_cannot_write_a_held_sink(tmp_path: Path) -> None:
     sink.close()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout == ""
+
+
+def test_writeback_starts_behind_the_writes_and_never_past_them(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    advised: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append((offset, length))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    target = tmp_path / "x.bin"
+    sink = FileSink(str(target), "s1")
+    sink.acquire()
+    sink.start()
+    block = bytes(range(256)) * 4096  # 1 MiB
+    for _ in range(20):
+        sink.write(block)
+        # Never the last 64 KiB: those may still be in the sink's buffer, not the kernel's hands.
+        assert sum(length for _, length in advised) <= sink.length - 64 * 1024
+    assert [offset for offset, _ in advised] == [0, *itertools.accumulate(length for _, length in advised[:-1])]
+    assert len(advised) == 2  # every 8 MiB
+    handle = persist(sink)
+    sink.close()
+    resumed = FileSink(str(target), "s1")
+    resumed.acquire()
+    resumed.recover(handle)
+    for _ in range(9):
+        resumed.write(block)
+    assert advised[-1][0] == 20 * 2**20  # resumed from the checkpoint's length, not from 0
+    resumed.commit()
+    resumed.close()
+    assert target.read_bytes() == block * 29
