@@ -15,6 +15,8 @@ process) runs its files on threads instead.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import multiprocessing
@@ -23,10 +25,13 @@ import re
 import select
 import signal
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
 from typing import Protocol
 
 import fsspec
@@ -109,7 +114,7 @@ class _Files:
         """One file's session, unless the batch was interrupted; its error is its outcome."""
         outcome = FileOutcome(redact_url(url), session_for(self.job, url))
         if stop.is_set():
-            outcome.error = Cancelled("not started: the batch was interrupted")
+            outcome.error = _not_started()
             return outcome
 
         def cancel_between_chunks(done: int, total: int | None) -> None:
@@ -146,12 +151,14 @@ def run_batch(
     """Run every file of a batch job; returns one outcome per file, in file order.
 
     ``parallel`` > 1 runs that many files at once, in worker processes (on threads when the job
-    keeps anything in ``memory://``); ``on_done`` is called in this process as each file ends.
+    keeps anything in ``memory://``, or in a daemonic process); ``on_done`` is called in this
+    process as each file ends.
     """
     urls = expand_sources(job)
     files = _Files(job, store_url, fresh, wait)
-    if parallel > 1 and len(urls) > 1 and not _in_process_memory(job, store_url):
-        return _run_in_processes(files, urls, parallel, on_done)
+    # A daemonic process (a multiprocessing pool's worker, say) may not start processes.
+    if parallel > 1 and len(urls) > 1 and not _in_process_memory(job, store_url) and not _daemonic():
+        return _Supervisor(files, parallel).run(urls, on_done)
     stop = threading.Event()
 
     def one(url: str) -> FileOutcome:
@@ -171,6 +178,10 @@ def run_batch(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _daemonic() -> bool:
+    return bool(multiprocessing.current_process().daemon)
+
+
 def _in_process_memory(job: JobSpec, store_url: str | None) -> bool:
     """Whether the job reads or writes ``memory://``, which worker processes would not share."""
     urls = [store_url or job.store, *job.source.patterns, job.sink.url, *(out.url for out in job.outputs.values())]
@@ -178,19 +189,29 @@ def _in_process_memory(job: JobSpec, store_url: str | None) -> bool:
 
 
 # -- worker processes ------------------------------------------------------------------------
-_FILES_PER_TASK = 8
-"""Files a worker takes at a time, at most: fewer round trips to the parent, still an even spread."""
+class _SharedFlag:
+    """A stop flag in shared memory that needs no lock: a worker killed while reading it (the
+    OOM killer, say) cannot leave it locked, as it could a ``multiprocessing.Event``."""
 
-_worker_stop: _StopFlag | None = None
+    def __init__(self, context: BaseContext) -> None:
+        self._value = context.RawValue(ctypes.c_bool, False)
+
+    def set(self) -> None:
+        self._value.value = True
+
+    def is_set(self) -> bool:
+        return bool(self._value.value)
 
 
-def _start_worker(stop: _StopFlag, batch_pid: int) -> None:
-    """In each worker: the batch decides about Ctrl-C (it sets ``stop``); die with the batch."""
-    global _worker_stop
-    _worker_stop = stop
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(os, "pidfd_open"):  # Linux
-        threading.Thread(target=_die_with, args=(batch_pid,), name="pipeline-batch-watch", daemon=True).start()
+def _worker(conn: Connection, files: _Files, stop: _SharedFlag, batch_pid: int, environ: dict[str, str]) -> None:
+    """A worker process: run each URL the batch sends and send its outcome back; None ends it."""
+    os.environ.clear()  # the batch's environment now, not the forkserver's when it started
+    os.environ.update(environ)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the batch decides about Ctrl-C: it sets `stop`
+    threading.Thread(target=_die_with, args=(batch_pid,), name="pipeline-batch-watch", daemon=True).start()
+    with contextlib.suppress(EOFError):  # the batch is gone: the watch thread kills us anyway
+        while (url := conn.recv()) is not None:
+            conn.send(files.run(url, stop))
 
 
 def _die_with(pid: int) -> None:
@@ -203,58 +224,150 @@ def _die_with(pid: int) -> None:
     checkpoint on the next run.
     """
     try:
-        watched = os.pidfd_open(pid)
+        watched = os.pidfd_open(pid)  # readable once the process has exited
     except ProcessLookupError:
-        os.kill(os.getpid(), signal.SIGKILL)
-    select.select([watched], [], [])  # readable once the process has exited
+        pass  # already gone
+    except (AttributeError, OSError):  # no pidfds: not Linux, a kernel before 5.3, a seccomp filter
+        while _alive(pid):
+            time.sleep(0.5)
+    else:
+        select.select([watched], [], [])
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _run_files(files: _Files, urls: list[str]) -> list[FileOutcome]:
-    assert _worker_stop is not None, "_start_worker did not run"
-    return [files.run(url, _worker_stop) for url in urls]
-
-
-def _run_in_processes(
-    files: _Files, urls: list[str], parallel: int, on_done: Callable[[FileOutcome], None] | None
-) -> list[FileOutcome]:
-    # forkserver: workers fork from a process that has imported the pipeline but started no
-    # thread (a fork of this process could copy a lock some thread holds, and the guest clock's
-    # thread would not follow).
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["pipeline.batch"])
-    stop = context.Event()
-    per_task = max(1, min(_FILES_PER_TASK, len(urls) // (parallel * 4)))  # a few tasks per worker at least
-    tasks = [urls[i : i + per_task] for i in range(0, len(urls), per_task)]
-    workers = min(parallel, len(tasks))
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(stop, os.getpid()))
+def _alive(pid: int) -> bool:
     try:
-        futures = {pool.submit(_run_files, files, task): task for task in tasks}
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@dataclass
+class _Running:
+    process: BaseProcess
+    conn: Connection
+    url: str | None = None  # the file it is running, if any
+
+
+class _Supervisor:
+    """Runs a batch's files on worker processes, one file at a time each, and replaces a worker
+    that dies: only the file it was running fails (``ProcessPoolExecutor`` failed every file
+    left and terminated the other workers)."""
+
+    def __init__(self, files: _Files, parallel: int) -> None:
+        # forkserver: workers fork from a process that has imported the pipeline but started no
+        # thread (a fork of this process could copy a lock some thread holds, and the guest
+        # clock's thread would not follow).
+        self.context = multiprocessing.get_context("forkserver")
+        self.context.set_forkserver_preload(["pipeline._forkserver"])
+        self.files = files
+        self.parallel = parallel
+        self.stop = _SharedFlag(self.context)
+        self.workers: list[_Running] = []
+
+    def run(self, urls: list[str], on_done: Callable[[FileOutcome], None] | None) -> list[FileOutcome]:
+        """Each file's outcome, in file order; ``on_done`` is called here as each file ends."""
+        todo = list(reversed(urls))  # popped from the end: file order
         done: dict[str, FileOutcome] = {}
-        for future in as_completed(futures):
-            task = futures[future]
-            try:
-                outcomes = future.result()
-            except BrokenProcessPool as exc:
-                outcomes = [_worker_died(files, url, exc) for url in task]
-            for url, outcome in zip(task, outcomes, strict=True):
-                done[url] = outcome
-                if on_done:
-                    on_done(outcome)
+
+        def finish(url: str, outcome: FileOutcome) -> None:
+            done[url] = outcome
+            if on_done:
+                on_done(outcome)
+
+        interrupted = False
+        try:
+            for _ in range(min(self.parallel, len(urls))):
+                self._give(self._start(), todo)
+            while busy := [worker for worker in self.workers if worker.url is not None]:
+                try:
+                    ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
+                except KeyboardInterrupt:
+                    # Running sessions stop at their next chunk (each resumes on the next run);
+                    # their outcomes are still collected and reported.
+                    interrupted = True
+                    self.stop.set()
+                    continue
+                for worker in busy:
+                    if worker.conn in ready or worker.process.sentinel in ready:
+                        finish(*self._collect(worker))
+                        self._give(self._replaced(worker, todo), todo)
+        except KeyboardInterrupt:
+            self.stop.set()
+            raise
+        finally:
+            self._close()
+        for url in reversed(todo):
+            finish(url, FileOutcome(redact_url(url), session_for(self.files.job, url), error=_not_started()))
+        if interrupted:
+            raise KeyboardInterrupt
         return [done[url] for url in urls]
-    except KeyboardInterrupt:
-        stop.set()  # running sessions stop at their next chunk; each resumes on the next run
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+
+    def _replaced(self, worker: _Running, todo: list[str]) -> _Running:
+        """``worker``, or if it died, a new one (when files are left to give it)."""
+        if worker.process.is_alive():
+            return worker
+        worker.conn.close()
+        worker.process.join()
+        self.workers.remove(worker)
+        return self._start() if todo and not self.stop.is_set() else worker
+
+    def _start(self) -> _Running:
+        """A new worker. SIGINT stays blocked here while it starts (a KeyboardInterrupt inside
+        ``Process.start`` could leave it half started); one pressed meanwhile is raised after."""
+        ours, theirs = self.context.Pipe()
+        environ = dict(os.environ)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process = self.context.Process(
+                target=_worker, args=(theirs, self.files, self.stop, os.getpid(), environ), daemon=True
+            )
+            process.start()
+            theirs.close()
+            worker = _Running(process, ours)
+            self.workers.append(worker)  # before a pending Ctrl-C is raised: _close must end it
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        return worker
+
+    def _give(self, worker: _Running, todo: list[str]) -> None:
+        """The next file to ``worker``, or, when none is left (or the batch stops), its end."""
+        if worker not in self.workers:
+            return  # dead, and not replaced: nothing is left to give
+        worker.url = todo.pop() if todo and not self.stop.is_set() else None
+        with contextlib.suppress(OSError):  # it died before it could take the file: its sentinel says so next
+            worker.conn.send(worker.url)
+
+    def _collect(self, worker: _Running) -> tuple[str, FileOutcome]:
+        url, worker.url = worker.url, None
+        assert url is not None
+        try:
+            return url, worker.conn.recv()
+        except (EOFError, OSError):
+            worker.process.join()
+            code = worker.process.exitcode
+            cause = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+            error = PipelineError(
+                f"the worker process running this file died ({cause})", hint="rerun the same command to resume it"
+            )
+            return url, FileOutcome(redact_url(url), session_for(self.files.job, url), error=error)
+
+    def _close(self) -> None:
+        for worker in self.workers:
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)
+        for worker in self.workers:
+            worker.process.join(timeout=30)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
+        self.workers = []
 
 
-def _worker_died(files: _Files, url: str, exc: BaseException) -> FileOutcome:
-    error = PipelineError(
-        f"a worker process of the batch died before this file was done ({exc})",
-        hint="rerun the same command to resume it",
-    )
-    return FileOutcome(redact_url(url), session_for(files.job, url), error=error)
+def _not_started() -> Cancelled:
+    return Cancelled("not started: the batch was interrupted")
 
 
 @dataclass

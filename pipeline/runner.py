@@ -155,8 +155,11 @@ class _Run:
                     self._checkpoint("finished")
                 else:
                     # Done before its first checkpoint: a crash from here on restarts the session
-                    # from its "starting" head, so a "finished" commit would save nothing. Its
-                    # other work, fencing the publish, a read of the head does.
+                    # from its "starting" head, so a "finished" commit would save nothing. A read
+                    # of the head fences the publish instead: a file output's lock already keeps
+                    # out another run; for S3 a run may yet take the lease between the read and
+                    # the publish, then both publish the same bytes (the old commit narrowed
+                    # that window, but did not close it either).
                     self.manifest.stats.update(self._stats())
                     self.state.check_lease()
             for sink in self.sinks.values():

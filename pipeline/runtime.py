@@ -162,16 +162,17 @@ class GuestModule:
             path = resolve_guest_path(source)
             label = name or str(source)
             try:
-                stat = path.stat()
-                data = _read_module(str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+                st = path.stat()
+                data = _read_module(str(path), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
             except OSError as exc:
                 raise SpecError(f"cannot read guest module {path}: {exc.strerror}") from exc
         return _compile(data, label, fuel)
 
 
 @functools.lru_cache(maxsize=64)
-def _read_module(path: str, inode: int, mtime_ns: int, size: int) -> bytes:
-    """A module file's bytes, read again only when the file changed.
+def _read_module(path: str, version: tuple[int, ...]) -> bytes:
+    """A module file's bytes, read again only when the file changed (``version``: its device,
+    inode, size, mtime and ctime; ctime catches a rewrite that kept or restored the mtime).
 
     A batch loads its guests once per file: the same bytes object each time is also what keeps
     :func:`_compile`'s cache lookup cheap (a bytes object hashes its content once).
@@ -383,10 +384,10 @@ class Guest:
         return 0
 
     def _import_pl_fail(self, context: Any, ptr: int, length: int) -> None:
-        self._failure = guest_text(self._guest_view(context, ptr, min(length, 4096), "pl_fail"))
+        self._failure = guest_text(self._guest_view(context, ptr, min(length & _U32, 4096), "pl_fail"))
 
     def _import_pl_log(self, context: Any, level: int, ptr: int, length: int) -> None:
-        text = guest_text(self._guest_view(context, ptr, min(length, 4096), "pl_log"))
+        text = guest_text(self._guest_view(context, ptr, min(length & _U32, 4096), "pl_log"))
         log.log(_LOG_LEVELS.get(level, logging.INFO), "%s: %s", self.stage, text)
 
     # -- calls ----------------------------------------------------------------------------

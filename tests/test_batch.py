@@ -105,12 +105,27 @@ def test_sigkill_mid_batch_then_rerun_gives_every_output_golden(tmp_path: Path) 
     _rerun_completes_golden(golden_dir, work)
 
 
-def test_a_worker_killed_mid_batch_fails_the_files_left_and_a_rerun_completes_them(tmp_path: Path) -> None:
+def test_a_worker_that_dies_fails_only_its_file(tmp_path: Path) -> None:
+    (tmp_path / "incoming").mkdir()
+    write_orders_csv(tmp_path / "incoming" / "day0.csv", 3_000_000, seed=0)  # a dozen checkpoints
+    for i in (1, 2, 3):
+        write_orders_csv(tmp_path / "incoming" / f"day{i}.csv", 10_000, seed=i)  # one commit counted each
+    (tmp_path / "nightly.yaml").write_text(JOB)
+    # Counted per process: only the worker running day0 reaches a 5th checkpoint.
+    env = {**os.environ, KILL_ENV: "manifest-committed:5"}
+    killed = subprocess.run(_run_command(tmp_path, 2), env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 1, killed.stderr
+    assert "day0.csv: error: the worker process running this file died (killed by signal 9)" in killed.stderr
+    assert "nightly: 4 files · 3 complete, 1 failed" in killed.stderr
+
+
+def test_workers_that_die_are_replaced_and_a_rerun_completes_their_files(tmp_path: Path) -> None:
     golden_dir, work = _golden_and_work(tmp_path)
-    env = {**os.environ, KILL_ENV: "manifest-committed:4"}  # counted per process: kills a worker
+    env = {**os.environ, KILL_ENV: "manifest-committed:3"}  # every worker dies at its 3rd checkpoint
     killed = subprocess.run(_run_command(work, 2), env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == 1, killed.stderr
-    assert "a worker process of the batch died before this file was done" in killed.stderr
+    assert killed.stderr.count("the worker process running this file died (killed by signal 9)") == 3
+    assert "nightly: 3 files · 3 failed" in killed.stderr  # the third file went to a new worker
     _rerun_completes_golden(golden_dir, work)
 
 
@@ -213,3 +228,18 @@ def test_ctrl_c_stops_a_parallel_batch_and_a_rerun_resumes_it(tmp_path: Path) ->
     assert "rerun the same command to resume" in stderr
     assert "Traceback" not in stderr
     _rerun_completes_golden(golden_dir, work)
+
+
+def test_workers_see_the_environment_of_each_batch_not_the_first(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory in (first, second):
+        directory.mkdir()
+        _batch(directory, files=2, size=10_000)
+    monkeypatch.delenv("PIPELINE_STORE_KEY", raising=False)
+    assert all(o.error is None for o in run_batch(load_job(first / "nightly.yaml"), parallel=2))
+    # The forkserver the first batch started keeps the environment it started with.
+    monkeypatch.setenv("PIPELINE_STORE_KEY", "ab" * 32)
+    assert all(o.error is None for o in run_batch(load_job(second / "nightly.yaml"), parallel=2))
+    heads = list((second / ".pipeline" / "sessions").glob("*/manifest"))
+    assert len(heads) == 2 and not any(head.read_bytes().startswith(b"PLB1") for head in heads)  # encrypted
+    assert {row.state for row in batch_status(load_job(second / "nightly.yaml"))} == {"complete"}
