@@ -61,6 +61,8 @@ from pipeline.stores._retry import RETRY_SETTINGS, Retry, RetryPolicy
 from pipeline.stores.s3 import close_client, describe, is_missing, is_transient, open_client
 
 MAX_PARTS = 10_000
+MAX_TAIL_PIECES = 64
+"""More pieces than this in a tail at a checkpoint are joined and stashed again as one."""
 _PARTS_PER_SIZE = 2_000
 _SIZE_DOUBLINGS = 4
 _PART_SIZES_IN_AN_UPLOAD = _PARTS_PER_SIZE * ((2 << _SIZE_DOUBLINGS) - 1)
@@ -270,6 +272,12 @@ class S3Sink:
         written since the last flush are sealed as a new piece of the tail (which stays the start
         of the next part; a checkpoint cuts no part)."""
         self._seal()
+        if len(self._sealed) > MAX_TAIL_PIECES:
+            # One id per checkpoint until a part fills grows the handle without bound on a slow
+            # output (10 hours at 100 B/s: 36,000 pieces, a 2.8 MB handle in every manifest, as
+            # many blobs to load on resume). Joined, the tail is stashed again as one piece: its
+            # bytes at most once every MAX_TAIL_PIECES checkpoints.
+            self._sealed = [_Piece(b"".join([piece.data for piece in self._sealed]))]
         self._handover = _Handover(self.length, self._cut, list(self._uploads), list(self._sealed))
 
     def sync(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from support import Interrupt, interrupt_at, run_cli
 
 from pipeline import _faults
 from pipeline._faults import ENV as KILL_ENV
+from pipeline.connectors.s3_sink import MAX_TAIL_PIECES
 from pipeline.runner import run_session
 from pipeline.session import SessionStore
 from pipeline.snapshot import PageWriter, decode_blob
@@ -106,6 +107,32 @@ def test_uninterrupted_run_cuts_parts_at_the_part_size_and_stashes_each_checkpoi
     # fill a part, so their checkpoints have no new bytes to stash; the finished checkpoint
     # stashes the 8-byte sum. (Stashing the whole tail each time stashed 117.5 MiB.)
     assert stashed == [CHUNK] * 50 + [8]
+
+
+def test_a_tail_of_many_small_pieces_is_joined_into_one_and_the_object_is_unchanged(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tails: list[int] = []
+    commit = SessionStore.commit
+
+    def spy(self: SessionStore, manifest: Any) -> None:
+        commit(self, manifest)
+        tails.append(len(manifest.sinks[0]["handle"]["tail"] or ()))
+
+    monkeypatch.setattr(SessionStore, "commit", spy)
+    job = echo_job(tmp_path, bucket, "small.bin")
+    text = (
+        job.read_text()
+        .replace("every: 256KiB", "every: 4KiB")
+        .replace("{url: in.bin}", "{url: in.bin, chunk_size: 4KiB}")
+    )
+    job.write_text(text)
+    (tmp_path / "in.bin").write_bytes(INPUT[: 600 * 4 * KiB])  # 600 checkpoints of 4 KiB: no part fills
+    run_session(load_job(job))
+    assert max(tails) == MAX_TAIL_PIECES  # one piece a checkpoint, joined into one past the limit
+    assert tails.count(1) >= 600 // MAX_TAIL_PIECES
+    data = INPUT[: 600 * 4 * KiB]
+    assert published(bucket, "small.bin")[0] == data + sum(data).to_bytes(8, "little")
 
 
 def test_tail_pieces_stay_in_the_store_while_a_kept_manifest_names_them(
