@@ -136,6 +136,8 @@ class _Files:
 
 
 class _StopFlag(Protocol):
+    """Set when the batch is interrupted: a ``threading.Event`` on threads, shared memory across processes."""
+
     def is_set(self) -> bool: ...
 
 
