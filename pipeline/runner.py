@@ -115,7 +115,6 @@ class _Run:
         self.manifest: Manifest | None = None
         self.offset = 0
         self.checkpoints = 0
-        self._new_session = False
         self.faults = FaultPoints()
         self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline-checkpoint")
         self._inflight: Future[None] | None = None
@@ -137,6 +136,7 @@ class _Run:
             for sink in self.sinks.values():
                 sink.acquire(wait=wait)
             resumed_from: int | None = None
+            had_head = True
             candidate = None if fresh else self._resumable(source)
             if candidate is not None and candidate.state == "complete":
                 return self._already_complete(candidate)
@@ -144,8 +144,8 @@ class _Run:
                 resumed_from = candidate.source["offset"]
                 self._resume(candidate)
             else:
-                self._start_fresh(source, head_read=not fresh)
-            if not self._new_session:  # a session with no head before this run has no keys to sweep
+                had_head = self._start_fresh(source, head_read=not fresh)
+            if had_head:  # a session with no head before this run has no keys to sweep
                 self.state.sweep()
             if self.manifest is not None and self.manifest.state in ("starting", "running"):
                 self._stream(source)
@@ -308,13 +308,14 @@ class _Run:
             for i, (module, stage) in enumerate(zip(self.modules, self.job.stages, strict=True))
         ]
 
-    def _start_fresh(self, source: Source, *, head_read: bool) -> None:
-        """Take the session with a ``starting`` manifest and start every sink and guest afresh.
+    def _start_fresh(self, source: Source, *, head_read: bool) -> bool:
+        """Take the session with a ``starting`` manifest and start every sink and guest afresh;
+        whether the session had a head (readable or not) before.
 
         ``head_read``: :meth:`_resumable` has just read the head, so no head means there is none.
         """
         old = None if head_read and self.state.version is None else self._old_head()
-        self._new_session = old is None and self.state.version is None
+        had_head = old is not None or self.state.version is not None
         # Take the lease before touching any output: until this CAS the previous manifest, and
         # the in-progress files it points into, stay intact. A "starting" head resumes as a
         # fresh start.
@@ -361,6 +362,7 @@ class _Run:
                 raise SpecError(f"{self.job.path}: stages[{index}].config ({label}): {reason}") from exc
         # No checkpoint here: one at offset 0 would resume exactly as a fresh start does (from the
         # "starting" head), and skipping it saves a small file most of its store writes.
+        return had_head
 
     def _old_head(self) -> Manifest | None:
         """The head a fresh start replaces (for its epoch and outputs), if it can be read."""

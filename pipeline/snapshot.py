@@ -267,7 +267,7 @@ class PageWriter:
     def load_stashed(self, blob_ids: Iterable[str]) -> None:
         """Read and check the bytes sinks stashed (``SnapshotCorrupt`` if one does not load), and
         keep them for the one :meth:`get` each sink's recovery makes: a resume reads them once."""
-        self._loaded = {}
+        self._loaded = {}  # emptied first, so the get() calls below read the store, not an older load
         self._loaded = {blob_id: self.get(blob_id) for blob_id in blob_ids}
 
     def get(self, blob_id: str) -> bytes:
