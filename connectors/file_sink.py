@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pipeline._fs import fsync_dir
+from pipeline._fs import fsync, fsync_dir
 from pipeline.errors import SinkError, SinkGone
 
 # Writes at least this large go from guest memory to the kernel without a copy; smaller ones
@@ -167,7 +167,7 @@ class FileSink:
         if self._file is None or self._durable == flushed:
             return {"length": flushed}  # nothing new since the last sync: skip an fsync (small files do it often)
         try:
-            os.fsync(self._file.fileno())
+            fsync(self._file.fileno())
         except OSError as exc:
             raise SinkError(f"sink {self.url}: cannot persist: {exc.strerror}") from exc
         self._durable = flushed

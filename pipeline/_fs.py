@@ -1,16 +1,96 @@
-"""Small filesystem helpers shared by stores and sinks: URL schemes, directory fsyncs."""
+"""Small filesystem helpers shared by stores and sinks: URL schemes, fsyncs, deferred fsyncs.
+
+Every fsync the directory store and the file sinks make goes through :func:`fsync` or
+:func:`fsync_dir`. Inside :func:`deferred_syncs` they only note the file's filesystem, and
+:meth:`DeferredSyncs.barrier` later syncs each noted filesystem once (``syncfs``): a group of
+small sessions then makes its writes durable with two barriers instead of ~7 fsyncs each
+(group commit; see ``runner.SessionGroup``). Outside it they fsync at once, as always.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syncfs = getattr(_libc, "syncfs", None)  # Linux; elsewhere a barrier syncs every filesystem
+
+
+class DeferredSyncs:
+    """Fsyncs put off to one :meth:`barrier`: it syncs every filesystem they touched, once.
+
+    Why whole filesystems: a barrier of small sessions covers some 7 fsyncs of small files each
+    (their data, the renames publishing them, the store's manifests); on the benchmark disk one
+    ``syncfs`` per 8-32 sessions cost 0.24 ms a session against 1.27 ms for the fsyncs. The
+    price: a barrier also waits for whatever else is dirty on those filesystems.
+    """
+
+    def __init__(self) -> None:
+        self._filesystems: dict[int, int] = {}  # st_dev -> an fd open on that filesystem
+
+    def note(self, fd: int) -> None:
+        """Remember ``fd``'s filesystem for the next barrier (``fd`` may be closed after)."""
+        device = os.fstat(fd).st_dev
+        if device not in self._filesystems:
+            self._filesystems[device] = os.dup(fd)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._filesystems)
+
+    def barrier(self) -> None:
+        """Make everything written on the noted filesystems durable; raises ``OSError``."""
+        filesystems, self._filesystems = self._filesystems, {}
+        try:
+            for fd in filesystems.values():
+                if _syncfs is None:
+                    os.sync()
+                    break
+                if _syncfs(fd) != 0:
+                    errno = ctypes.get_errno()
+                    raise OSError(errno, os.strerror(errno))
+        finally:
+            for fd in filesystems.values():
+                os.close(fd)
+
+    def close(self) -> None:
+        """Forget what is noted without syncing it (the group failed; nothing relies on it)."""
+        for fd in self._filesystems.values():
+            os.close(fd)
+        self._filesystems = {}
+
+
+_deferred: ContextVar[DeferredSyncs | None] = ContextVar("pipeline_deferred_syncs", default=None)
+
+
+@contextlib.contextmanager
+def deferred_syncs(syncs: DeferredSyncs) -> Iterator[DeferredSyncs]:
+    """Within the block (on this thread), :func:`fsync` and :func:`fsync_dir` note into ``syncs``."""
+    token = _deferred.set(syncs)
+    try:
+        yield syncs
+    finally:
+        _deferred.reset(token)
+
+
+def fsync(fd: int) -> None:
+    """``os.fsync(fd)``, or inside :func:`deferred_syncs` a note for the barrier."""
+    deferred = _deferred.get()
+    if deferred is None:
+        os.fsync(fd)
+    else:
+        deferred.note(fd)
 
 
 def fsync_dir(path: Path) -> None:
     """Make a rename or a new file in ``path`` durable (POSIX needs the directory fsynced)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        fsync(fd)
     finally:
         os.close(fd)
 

@@ -39,7 +39,7 @@ import fsspec
 from pipeline._fs import url_scheme
 from pipeline.connectors.source import Source, redact_url
 from pipeline.errors import PipelineError, SnapshotCorrupt, SourceError
-from pipeline.runner import RunResult, run_session
+from pipeline.runner import RunResult, SessionGroup
 from pipeline.session import SessionStore
 from pipeline.spec import GLOB_CHARS, JobSpec, outputs_for
 from pipeline.stores import open_store
@@ -110,7 +110,40 @@ class _Files:
     fresh: bool
     wait: bool
 
-    def run(self, url: str, stop: _StopFlag) -> FileOutcome:
+    def run(self, urls: list[str], stop: _StopFlag, report: Callable[[FileOutcome], None]) -> None:
+        """Run files one after another, with their small sessions committed as groups; report
+        each file's outcome (its error included) once it is final, in the order they end."""
+        try:
+            group = SessionGroup(self.store_url or self.job.store, base_dir=self.job.base_dir)
+        except PipelineError as exc:
+            for url in urls:
+                report(FileOutcome(redact_url(url), session_for(self.job, url), error=exc))
+            return
+        pending: list[FileOutcome] = []  # published, complete once the group commits
+
+        def commit() -> None:
+            failed = group.commit()
+            for outcome in pending:
+                outcome.error = failed.get(outcome.session)
+                if outcome.error is not None:
+                    outcome.result = None
+                report(outcome)
+            pending.clear()
+
+        try:
+            for url in urls:
+                outcome = self._run_one(group, url, stop)
+                if outcome.error is None and outcome.session in group.pending:
+                    pending.append(outcome)
+                else:
+                    report(outcome)
+                if group.due:
+                    commit()
+            commit()
+        finally:
+            group.close()
+
+    def _run_one(self, group: SessionGroup, url: str, stop: _StopFlag) -> FileOutcome:
         """One file's session, unless the batch was interrupted; its error is its outcome."""
         outcome = FileOutcome(redact_url(url), session_for(self.job, url))
         if stop.is_set():
@@ -122,9 +155,8 @@ class _Files:
                 raise Cancelled("interrupted; rerun the same command to resume")
 
         try:
-            outcome.result = run_session(
+            outcome.result = group.run(
                 job_for(self.job, url),
-                store_url=self.store_url,
                 session=outcome.session,
                 fresh=self.fresh,
                 wait=self.wait,
@@ -133,6 +165,13 @@ class _Files:
         except PipelineError as exc:
             outcome.error = exc
         return outcome
+
+
+def _groups(urls: list[str], parallel: int) -> list[list[str]]:
+    """The files cut into runs of consecutive files, one per task: up to a full group of
+    :class:`SessionGroup` each, but small enough that every worker gets a share."""
+    size = max(1, min(SessionGroup.MAX_SESSIONS, len(urls) // (2 * parallel)))
+    return [urls[i : i + size] for i in range(0, len(urls), size)]
 
 
 class _StopFlag(Protocol):
@@ -162,17 +201,18 @@ def run_batch(
     if parallel > 1 and len(urls) > 1 and not _in_process_memory(job, store_url) and not _daemonic():
         return _Supervisor(files, parallel).run(urls, on_done)
     stop = threading.Event()
+    done: dict[str, FileOutcome] = {}  # by session: one per file
 
-    def one(url: str) -> FileOutcome:
-        outcome = files.run(url, stop)
+    def report(outcome: FileOutcome) -> None:
+        done[outcome.session] = outcome
         if on_done:
             on_done(outcome)
-        return outcome
 
     pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="pipeline-batch")
     try:
-        futures = [pool.submit(one, url) for url in urls]
-        return [future.result() for future in futures]
+        for future in [pool.submit(files.run, group, stop, report) for group in _groups(urls, parallel)]:
+            future.result()
+        return [done[session_for(job, url)] for url in urls]
     except KeyboardInterrupt:
         stop.set()  # running sessions stop at their next chunk; each resumes on the next run
         raise
@@ -212,8 +252,8 @@ def _worker(conn: Connection, files: _Files, stop: _SharedFlag, batch_pid: int, 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the batch decides about Ctrl-C: it sets `stop`
     threading.Thread(target=_die_with, args=(batch_pid,), name="pipeline-batch-watch", daemon=True).start()
     with contextlib.suppress(EOFError):  # the batch is gone: the watch thread kills us anyway
-        while (url := conn.recv()) is not None:
-            conn.send(files.run(url, stop))
+        while (urls := conn.recv()) is not None:
+            files.run(urls, stop, conn.send)
 
 
 def _die_with(pid: int) -> None:
@@ -249,7 +289,7 @@ def _alive(pid: int) -> bool:
 class _Running:
     process: BaseProcess
     conn: Connection
-    url: str | None = None  # the file it is running, if any
+    urls: list[str] = dataclasses.field(default_factory=list)  # files given and not yet reported
 
 
 class _Supervisor:
@@ -270,7 +310,7 @@ class _Supervisor:
 
     def run(self, urls: list[str], on_done: Callable[[FileOutcome], None] | None) -> list[FileOutcome]:
         """Each file's outcome, in file order; ``on_done`` is called here as each file ends."""
-        todo = list(reversed(urls))  # popped from the end: file order
+        todo = list(reversed(_groups(urls, self.parallel)))  # popped from the end: file order
         done: dict[str, FileOutcome] = {}
 
         def finish(url: str, outcome: FileOutcome) -> None:
@@ -280,9 +320,9 @@ class _Supervisor:
 
         interrupted = False
         try:
-            for _ in range(min(self.parallel, len(urls))):
+            for _ in range(min(self.parallel, len(todo))):
                 self._give(self._start(), todo)
-            while busy := [worker for worker in self.workers if worker.url is not None]:
+            while busy := [worker for worker in self.workers if worker.urls]:
                 try:
                     ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
                 except KeyboardInterrupt:
@@ -293,20 +333,23 @@ class _Supervisor:
                     continue
                 for worker in busy:
                     if worker.conn in ready or worker.process.sentinel in ready:
-                        finish(*self._collect(worker))
-                        self._give(self._replaced(worker, todo), todo)
+                        for url, outcome in self._collect(worker):
+                            finish(url, outcome)
+                        if not worker.urls:
+                            self._give(self._replaced(worker, todo), todo)
         except KeyboardInterrupt:
             self.stop.set()
             raise
         finally:
             self._close()
-        for url in reversed(todo):
-            finish(url, FileOutcome(redact_url(url), session_for(self.files.job, url), error=_not_started()))
+        for group in reversed(todo):
+            for url in group:
+                finish(url, FileOutcome(redact_url(url), session_for(self.files.job, url), error=_not_started()))
         if interrupted:
             raise KeyboardInterrupt
         return [done[url] for url in urls]
 
-    def _replaced(self, worker: _Running, todo: list[str]) -> _Running:
+    def _replaced(self, worker: _Running, todo: list[list[str]]) -> _Running:
         """``worker``, or if it died, a new one (when files are left to give it)."""
         if worker.process.is_alive():
             return worker
@@ -333,19 +376,18 @@ class _Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         return worker
 
-    def _give(self, worker: _Running, todo: list[str]) -> None:
-        """The next file to ``worker``, or, when none is left (or the batch stops), its end."""
+    def _give(self, worker: _Running, todo: list[list[str]]) -> None:
+        """The next files to ``worker``, or, when none are left (or the batch stops), its end."""
         if worker not in self.workers:
             return  # dead, and not replaced: nothing is left to give
-        worker.url = todo.pop() if todo and not self.stop.is_set() else None
-        with contextlib.suppress(OSError):  # it died before it could take the file: its sentinel says so next
-            worker.conn.send(worker.url)
+        worker.urls = todo.pop() if todo and not self.stop.is_set() else []
+        with contextlib.suppress(OSError):  # it died before it could take them: its sentinel says so next
+            worker.conn.send(worker.urls or None)
 
-    def _collect(self, worker: _Running) -> tuple[str, FileOutcome]:
-        url, worker.url = worker.url, None
-        assert url is not None
+    def _collect(self, worker: _Running) -> list[tuple[str, FileOutcome]]:
+        """The next outcome ``worker`` reports, or, if it died, a failure for each file it held."""
         try:
-            return url, worker.conn.recv()
+            outcome: FileOutcome = worker.conn.recv()
         except (EOFError, OSError):
             worker.process.join()
             code = worker.process.exitcode
@@ -353,7 +395,11 @@ class _Supervisor:
             error = PipelineError(
                 f"the worker process running this file died ({cause})", hint="rerun the same command to resume it"
             )
-            return url, FileOutcome(redact_url(url), session_for(self.files.job, url), error=error)
+            lost, worker.urls = worker.urls, []
+            return [(url, FileOutcome(redact_url(url), session_for(self.files.job, url), error=error)) for url in lost]
+        url = next(url for url in worker.urls if session_for(self.files.job, url) == outcome.session)
+        worker.urls.remove(url)
+        return [(url, outcome)]
 
     def _close(self) -> None:
         for worker in self.workers:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import xxhash
 
-from pipeline._fs import fsync_dir
+from pipeline._fs import fsync, fsync_dir
 from pipeline.errors import Conflict, KeyNotFound, StoreError
 from pipeline.stores._base import BaseStore
 from pipeline.stores._retry import RetryPolicy
@@ -85,10 +85,10 @@ class DirectoryStore(BaseStore):
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
-                os.fsync(f.fileno())
+                fsync(f.fileno())
             os.replace(tmp, path)
             if dir_fd is not None:
-                os.fsync(dir_fd)
+                fsync(dir_fd)
             else:
                 with self._unsynced_lock:
                     self._unsynced.add(path.parent)

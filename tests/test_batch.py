@@ -243,3 +243,69 @@ def test_workers_see_the_environment_of_each_batch_not_the_first(tmp_path: Path,
     heads = list((second / ".pipeline" / "sessions").glob("*/manifest"))
     assert len(heads) == 2 and not any(head.read_bytes().startswith(b"PLB1") for head in heads)  # encrypted
     assert {row.state for row in batch_status(load_job(second / "nightly.yaml"))} == {"complete"}
+
+
+# -- group commit of small sessions ----------------------------------------------------------
+def _small_batch(directory: Path, files: int, big: tuple[int, ...] = ()) -> Path:
+    """A batch of small files (one chunk each), but those numbered in ``big`` (3 MB: checkpoints)."""
+    (directory / "incoming").mkdir(parents=True)
+    for i in range(files):
+        write_orders_csv(directory / "incoming" / f"day{i:02d}.csv", 3_000_000 if i in big else 20_000, seed=i)
+    (directory / "nightly.yaml").write_text(JOB)
+    return directory / "nightly.yaml"
+
+
+def test_small_new_sessions_are_made_durable_by_group_barriers_not_fsyncs(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from pipeline import _fs
+
+    fsyncs: list[int] = []
+    barriers: list[int] = []
+    real_fsync, real_syncfs = os.fsync, _fs._syncfs
+    assert real_syncfs is not None  # Linux: the barrier is syncfs
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
+    monkeypatch.setattr(_fs, "_syncfs", lambda fd: (barriers.append(fd), real_syncfs(fd))[1])
+    outcomes = run_batch(load_job(_small_batch(tmp_path, files=8)))  # one thread: one group of 4, then 4
+    assert all(o.error is None and o.result and o.result.checkpoints == 0 for o in outcomes)
+    assert len(barriers) == 4  # two per group, one filesystem
+    assert fsyncs == []
+    heads = sorted((tmp_path / ".pipeline" / "sessions").glob("*/manifest"))
+    assert len(heads) == 8 and not list((tmp_path / ".pipeline" / "sessions").glob("*/manifests/*"))
+    assert {row.state for row in batch_status(load_job(tmp_path / "nightly.yaml"))} == {"complete"}
+
+
+def test_a_group_mixes_deferred_small_sessions_with_a_checkpointing_one(tmp_path: Path) -> None:
+    golden_dir, work = tmp_path / "golden", tmp_path / "work"
+    for directory in (golden_dir, work):
+        directory.mkdir()
+        _small_batch(directory, files=6, big=(2,))
+    for outcome in run_batch(load_job(golden_dir / "nightly.yaml"), parallel=1):
+        assert outcome.error is None and outcome.result is not None
+        assert (outcome.result.checkpoints > 1) == outcome.url.endswith("day02.csv")
+    # The reference: each file alone, through run_session's own path.
+    from pipeline.batch import job_for, session_for
+    from pipeline.runner import run_session
+
+    job = load_job(work / "nightly.yaml")
+    for url in expand_sources(job):
+        run_session(job_for(job, url), session=session_for(job, url))
+    assert _digests(work) == _digests(golden_dir)
+
+
+@pytest.mark.parametrize(
+    "kill_at",
+    [
+        "published:3",  # mid-group: two sessions published and pending, none complete
+        "manifest-committed:2",  # after the first barrier: two sessions complete, two pending
+    ],
+)
+def test_sigkill_inside_a_group_then_rerun_gives_every_output_golden(tmp_path: Path, kill_at: str) -> None:
+    golden_dir, work = tmp_path / "golden", tmp_path / "work"
+    for directory in (golden_dir, work):
+        directory.mkdir()
+        _small_batch(directory, files=8)
+    run_batch(load_job(golden_dir / "nightly.yaml"))
+    killed = subprocess.run(_run_command(work, 1), env={**os.environ, KILL_ENV: kill_at}, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    states = [row.state for row in batch_status(load_job(work / "nightly.yaml"))]
+    assert states.count("complete") == (2 if kill_at.startswith("manifest") else 0), states
+    _rerun_completes_golden(golden_dir, work)
