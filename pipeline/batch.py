@@ -27,7 +27,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
@@ -119,16 +119,24 @@ class _Files:
             for url in urls:
                 report(FileOutcome(redact_url(url), session_for(self.job, url), error=exc))
             return
-        pending: list[FileOutcome] = []  # published, complete once the group commits
+        pending: list[FileOutcome] = []  # published, complete once the group commits them
+        committing: list[tuple[Future[dict[str, PipelineError]], list[FileOutcome]]] = []
+
+        def settle() -> None:  # report the commit in flight, once it is durable
+            for future, outcomes in committing:
+                failed = future.result()
+                for outcome in outcomes:
+                    outcome.error = failed.get(outcome.session)
+                    if outcome.error is not None:
+                        outcome.result = None
+                    report(outcome)
+            committing.clear()
 
         def commit() -> None:
-            failed = group.commit()
-            for outcome in pending:
-                outcome.error = failed.get(outcome.session)
-                if outcome.error is not None:
-                    outcome.result = None
-                report(outcome)
-            pending.clear()
+            settle()
+            if pending:
+                committing.append((group.commit(), pending.copy()))
+                pending.clear()
 
         try:
             for url in urls:
@@ -140,6 +148,7 @@ class _Files:
                 if group.due:
                     commit()
             commit()
+            settle()
         finally:
             group.close()
 

@@ -138,6 +138,8 @@ class SessionGroup:
         self.syncs = DeferredSyncs()
         self._published: list[_Run] = []
         self._since = 0.0
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline-group-commit")
+        self._inflight: Future[dict[str, PipelineError]] | None = None
 
     def run(
         self,
@@ -171,38 +173,49 @@ class SessionGroup:
             bool(self._published) and time.monotonic() - self._since >= self.MAX_SECONDS
         )
 
-    def commit(self) -> dict[str, PipelineError]:
-        """Make every pending session complete: barrier, ``complete`` manifests, barrier.
+    def commit(self) -> Future[dict[str, PipelineError]]:
+        """Start making every pending session complete — barrier, ``complete`` manifests,
+        barrier — on the group's committer thread, and return at once: the next sessions run
+        meanwhile (their fsyncs are noted for the next commit's barriers). One commit is in flight
+        at most: this first waits for the one before.
 
-        Returns the sessions that failed, with their errors (all of them when a barrier fails);
-        every other pending session is complete and durable.
+        The future gives the sessions that failed, with their errors (all of them when a barrier
+        fails); every other session handed over before this call is then complete and durable.
         """
+        if self._inflight is not None:
+            self._inflight.result()
         runs, self._published = self._published, []
+        syncs, self.syncs = self.syncs, DeferredSyncs()
+        self._inflight = self._committer.submit(self._commit, runs, syncs)
+        return self._inflight
+
+    @staticmethod
+    def _commit(runs: list[_Run], syncs: DeferredSyncs) -> dict[str, PipelineError]:
         failed: dict[str, PipelineError] = {}
         try:
-            with deferred_syncs(self.syncs):
-                self._barrier()  # the outputs are on disk before any manifest says they are
+            with deferred_syncs(syncs):
+                _barrier(syncs)  # the outputs are on disk before any manifest says they are
                 for run in runs:
                     try:
                         run.complete()
                     except PipelineError as exc:
                         failed[run.session] = exc
-            self._barrier()
+            _barrier(syncs)
         except StoreError as exc:
             failed = dict.fromkeys((run.session for run in runs), exc)
         finally:
+            syncs.close()
             for run in runs:
                 run.close()
         return failed
 
-    def _barrier(self) -> None:
-        try:
-            self.syncs.barrier()
-        except OSError as exc:
-            raise StoreError(f"cannot make a group of sessions durable: {exc.strerror}") from exc
-
     def close(self) -> None:
-        """Release what is pending without committing it (it reruns next time), and the store."""
+        """Wait for the commit in flight; release what is pending without committing it (it
+        reruns next time), and the store."""
+        with contextlib.suppress(Exception):  # its error was (or will never be) reported by its future
+            if self._inflight is not None:
+                self._inflight.result()
+        self._committer.shutdown(wait=True)
         runs, self._published = self._published, []
         for run in runs:
             run.close()
@@ -211,6 +224,13 @@ class SessionGroup:
         with deferred_syncs(self.syncs):
             self.store.close()
         self.syncs.close()
+
+
+def _barrier(syncs: DeferredSyncs) -> None:
+    try:
+        syncs.barrier()
+    except OSError as exc:
+        raise StoreError(f"cannot make a group of sessions durable: {exc.strerror}") from exc
 
 
 class _Run:
