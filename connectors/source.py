@@ -11,13 +11,16 @@ URL never reach a snapshot, a log or an error message.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import fsspec
 
+from pipeline._fs import url_scheme
 from pipeline.errors import SourceError
 
 
@@ -30,9 +33,17 @@ class Source:
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
         self.url = redact_url(url)
         """The URL as it may be shown and stored (credentials removed)."""
+        self._fs: Any = None  # None: a local file, read without fsspec
         try:
-            self._fs, self._path = fsspec.core.url_to_fs(url, **(options or {}))
-            info = self._fs.info(self._path)
+            if url_scheme(url) == "file" and not options:
+                # What fsspec's LocalFileSystem would report (size and mtime of the target, not of
+                # a link), without its url_to_fs + info + open: ~50 us of a small file's ~1.4 ms.
+                self._path = url.removeprefix("file://")
+                found = os.stat(self._path)
+                info = {"size": found.st_size, "mtime": found.st_mtime, "type": _kind(found)}
+            else:
+                self._fs, self._path = fsspec.core.url_to_fs(url, **(options or {}))
+                info = self._fs.info(self._path)
         except FileNotFoundError:
             raise SourceError(f"source {self.url}: no such file", hint="check source.url in the job file") from None
         except Exception as exc:  # fsspec backends raise anything; translate at this boundary
@@ -46,7 +57,10 @@ class Source:
     def open(self, offset: int = 0) -> None:
         """Open the file positioned at ``offset`` (a resume seeks straight to its checkpoint)."""
         try:
-            self._file = self._fs.open(self._path, "rb")
+            if self._fs is None:  # unbuffered: readinto reads straight into the caller's buffer
+                self._file = open(self._path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+            else:
+                self._file = self._fs.open(self._path, "rb")
             if offset:
                 self._file.seek(offset)
         except Exception as exc:
@@ -64,6 +78,10 @@ class Source:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _kind(found: os.stat_result) -> str:
+    return "directory" if stat.S_ISDIR(found.st_mode) else "file"
 
 
 def _identity(info: dict[str, Any]) -> dict[str, Any]:

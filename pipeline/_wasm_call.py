@@ -125,16 +125,28 @@ def instance_export(store: wasmtime.Store, instance: wasmtime.Instance, name: st
     return wrap_extern(item) if found else None
 
 
+# Per engine: a wasm_functype_t binds itself to the first engine it is used with, and wasmtime
+# aborts the process when another engine's store uses it. The engines live as long as the
+# process (runtime._engine), and so do these few types.
+_FUNC_TYPES: dict[tuple[wasmtime.Engine, int, int], wasmtime.FuncType] = {}
+
+
+def _func_type(engine: wasmtime.Engine, nargs: int, nresults: int) -> wasmtime.FuncType:
+    key = (engine, nargs, nresults)
+    ty = _FUNC_TYPES.get(key)
+    if ty is None:
+        i32 = wasmtime.ValType.i32()
+        ty = _FUNC_TYPES[key] = wasmtime.FuncType([i32] * nargs, [i32] * nresults)
+    return ty
+
+
 class HostFunction:
     """A host import of type ``(i32 * nargs) -> i32?``; keep this object alive as long as the store."""
 
     def __init__(self, store: wasmtime.Store, nargs: int, nresults: int, handler: HostHandler) -> None:
         if nresults > 1:
             raise ValueError(f"HostFunction: at most one result, not {nresults}")
-        # Not cached across Guests: a wasm_functype_t binds itself to the first engine it is used
-        # with, and wasmtime aborts the process when another engine's store uses it.
-        i32 = wasmtime.ValType.i32()
-        ty = wasmtime.FuncType([i32] * nargs, [i32] * nresults)
+        ty = _func_type(store.engine, nargs, nresults)
 
         def callback(env: int, caller: object, args: ctypes.Array, n: int, results: ctypes.Array, m: int) -> int:
             try:

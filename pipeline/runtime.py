@@ -132,6 +132,10 @@ def _new_engine(fuel: bool) -> wasmtime.Engine:
     return engine
 
 
+_SPEAKS_OUR_ABI: set[str] = set()
+"""sha256 of the modules whose ``pl_abi_version`` an instance has answered with ours."""
+
+
 @dataclass(frozen=True)
 class GuestModule:
     """A compiled, ABI-checked guest module."""
@@ -214,7 +218,7 @@ def _compile(data: bytes, label: str, fuel: bool) -> GuestModule:
             name for name, ty in exports.items() if isinstance(ty, wasmtime.GlobalType) and ty.mutable
         ),
     )
-    if any(e.name == "pl_outputs" for e in module.exports):
+    if "pl_outputs" in exports:
         with Guest(guest_module, stage=label, on_emit=_refuse_emit) as probe:
             outputs = probe.declared_outputs()
         guest_module = dataclasses.replace(guest_module, outputs=outputs, declared=True)
@@ -329,20 +333,13 @@ class Guest:
         memory = instance_export(self._store, self._instance, "memory")
         assert isinstance(memory, wasmtime.Memory)
         self._memory = memory
+        # Exports are looked up on first use: a small file's session calls 7 of a guest's ~10,
+        # and its mutable globals are only read or written by a snapshot.
         self._funcs: dict[str, Export] = {}
-        for name in module.functions:
-            func = instance_export(self._store, self._instance, name)
-            assert isinstance(func, wasmtime.Func)
-            params, results = _REQUIRED_EXPORTS.get(name) or _OPTIONAL_EXPORTS[name]
-            self._funcs[name] = Export(self._store, func, len(params), len(results))
         self._globals: dict[str, wasmtime.Global] = {}
-        for name in module.mutable_globals:
-            glob = instance_export(self._store, self._instance, name)
-            assert isinstance(glob, wasmtime.Global)
-            self._globals[name] = glob
-        version = self._call("pl_abi_version")
-        if version != ABI_VERSION:
-            raise GuestABIError(f"{self.stage}: guest speaks ABI v{version}; this host speaks v{ABI_VERSION}")
+        if module.sha256 not in _SPEAKS_OUR_ABI:  # every instance of a module answers the same
+            self.check_abi_version()
+            _SPEAKS_OUR_ABI.add(module.sha256)
         self._input_ptr = 0
         self._input_cap = 0
 
@@ -406,7 +403,7 @@ class Guest:
         self._arm()
         self._host_error = None
         try:
-            result = self._funcs[name](*args)
+            result = (self._funcs.get(name) or self._export(name))(*args)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             if self._host_error is not None:
                 raise self._host_error from None
@@ -414,6 +411,28 @@ class Guest:
         if self._host_error is not None:
             raise self._host_error
         return result
+
+    def _export(self, name: str) -> Export:
+        # The module was checked when loaded: its functions exist and have these types.
+        func = instance_export(self._store, self._instance, name)
+        assert isinstance(func, wasmtime.Func), name
+        params, results = _REQUIRED_EXPORTS.get(name) or _OPTIONAL_EXPORTS[name]
+        self._funcs[name] = export = Export(self._store, func, len(params), len(results))
+        return export
+
+    def _global(self, name: str) -> wasmtime.Global:
+        glob = self._globals.get(name)
+        if glob is None:
+            found = instance_export(self._store, self._instance, name)
+            assert isinstance(found, wasmtime.Global), name
+            self._globals[name] = glob = found
+        return glob
+
+    def check_abi_version(self) -> None:
+        """Refuse a guest that speaks another ABI version."""
+        version = self._call("pl_abi_version")
+        if version != ABI_VERSION:
+            raise GuestABIError(f"{self.stage}: guest speaks ABI v{version}; this host speaks v{ABI_VERSION}")
 
     def _call_status(self, name: str, *args: int) -> None:
         """Call an export that returns 0 on success and reports failures with ``pl_fail``."""
@@ -466,7 +485,7 @@ class Guest:
 
         A config the guest refuses is a ``GuestError``; :attr:`failure` holds the guest's reason.
         """
-        if "_initialize" in self._funcs:
+        if "_initialize" in self.module.functions:
             self._call("_initialize")
         self._load_input_area()
         if len(config) > self._input_cap:
@@ -543,7 +562,7 @@ class Guest:
     def counters(self) -> tuple[int, int, int] | None:
         """``(records_in, records_out, records_rejected)`` if the guest exports ``pl_counters``."""
         self._check_open()
-        if "pl_counters" not in self._funcs:
+        if "pl_counters" not in self.module.functions:
             return None
         ptr = self._call("pl_counters") & _U32
         if ptr + 24 > self._memory.data_len(self._store):
@@ -584,7 +603,8 @@ class Guest:
         """Every mutable global's value, floats as their raw bits."""
         self._check_open()
         states = []
-        for name, glob in self._globals.items():
+        for name in self.module.mutable_globals:
+            glob = self._global(name)
             valtype = str(glob.type(self._store).content)
             states.append(GlobalState(name, valtype, _to_bits(valtype, glob.value(self._store))))
         return states
@@ -593,10 +613,9 @@ class Guest:
         """Restore mutable globals captured by :meth:`read_globals`."""
         self._check_open()
         for state in states:
-            glob = self._globals.get(state.name)
-            if glob is None:
+            if state.name not in self.module.mutable_globals:
                 raise GuestABIError(f"{self.stage}: snapshot has global {state.name!r} the module lacks")
-            glob.set_value(self._store, _from_bits(state.valtype, state.value))
+            self._global(state.name).set_value(self._store, _from_bits(state.valtype, state.value))
 
     def restored(self) -> None:
         """Finish a restore: re-read the input area (its pointer lives in restored memory)."""
