@@ -77,6 +77,11 @@ def deferred_syncs(syncs: DeferredSyncs) -> Iterator[DeferredSyncs]:
         _deferred.reset(token)
 
 
+def deferring() -> bool:
+    """Whether this thread is inside :func:`deferred_syncs`."""
+    return _deferred.get() is not None
+
+
 def fsync(fd: int) -> None:
     """``os.fsync(fd)``, or inside :func:`deferred_syncs` a note for the barrier."""
     deferred = _deferred.get()

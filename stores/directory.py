@@ -31,7 +31,7 @@ from pathlib import Path
 
 import xxhash
 
-from pipeline._fs import fsync, fsync_dir
+from pipeline._fs import deferring, fsync, fsync_dir
 from pipeline.errors import Conflict, KeyNotFound, StoreError
 from pipeline.stores._base import BaseStore
 from pipeline.stores._retry import RetryPolicy
@@ -101,7 +101,15 @@ class DirectoryStore(BaseStore):
         self._write_atomically(key, data)
 
     def _sync_pending(self) -> None:
-        """Fsync every directory a put renamed into since the last sync."""
+        """Fsync every directory a put renamed into since the last sync.
+
+        Not while deferring (a group commit, on its own thread): those directories are other
+        sessions' — a run's checkpoint blobs, say — and a deferred fsync is only a note until the
+        group's barrier, while their run's next commit relies on them being durable already.
+        The group's barrier syncs whole filesystems, so it needs no list.
+        """
+        if deferring():
+            return
         with self._unsynced_lock:
             pending, self._unsynced = self._unsynced, set()
         try:

@@ -135,6 +135,24 @@ def test_directory_cas_creates_no_lock_files(tmp_path: Path) -> None:
         store.cas("sessions/s/manifest", b"3", version)
 
 
+def test_a_deferred_commit_leaves_other_runs_pending_directory_syncs_to_them(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A group commit (deferring, on its thread) must not take over a running session's pending
+    directory fsyncs: deferred, they would only be noted while that run's commit relies on them."""
+    from pipeline._fs import DeferredSyncs, deferred_syncs
+
+    store = DirectoryStore(str(tmp_path))
+    store.put("sessions/a/pages/p1", b"page")  # a running session's blob: its dir fsync is pending
+    syncs = DeferredSyncs()
+    with deferred_syncs(syncs):
+        store.cas("sessions/b/manifest", b"complete", None)  # another session's deferred commit
+    syncs.close()
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    store.cas("sessions/a/manifest", b"running", None)  # the blob's directory is durable before this
+    assert str(tmp_path / "sessions" / "a" / "pages") in synced
+
+
 def test_directory_key_that_is_a_folder_is_not_found(tmp_path: Path) -> None:
     store = DirectoryStore(str(tmp_path))
     store.put("a/b", b"x")
