@@ -16,9 +16,11 @@ process) runs its files on threads instead.
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import dataclasses
 import hashlib
+import logging
 import multiprocessing
 import os
 import re
@@ -254,15 +256,55 @@ class _SharedFlag:
         return bool(self._value.value)
 
 
-def _worker(conn: Connection, files: _Files, stop: _SharedFlag, batch_pid: int, environ: dict[str, str]) -> None:
-    """A worker process: run each URL the batch sends and send its outcome back; None ends it."""
+def _worker(
+    conn: Connection, files: _Files, stop: _SharedFlag, batch_pid: int, environ: dict[str, str], log_level: int
+) -> None:
+    """A worker process: run the files the batch sends and send each outcome back (and its log
+    records, for the batch's own handlers); None ends it."""
     os.environ.clear()  # the batch's environment now, not the forkserver's when it started
     os.environ.update(environ)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the batch decides about Ctrl-C: it sets `stop`
     threading.Thread(target=_die_with, args=(batch_pid,), name="pipeline-batch-watch", daemon=True).start()
+    sending = threading.Lock()  # records may come from a session's checkpoint thread too
+
+    def send(message: FileOutcome | logging.LogRecord) -> None:
+        with sending:
+            conn.send(message)
+
+    logger = logging.getLogger("pipeline")
+    logger.setLevel(log_level)
+    logger.addHandler(_ToBatch(send))
+    logger.propagate = False  # the forkserver's handlers, if any, are not the batch's
     with contextlib.suppress(EOFError):  # the batch is gone: the watch thread kills us anyway
         while (urls := conn.recv()) is not None:
-            files.run(urls, stop, conn.send)
+            files.run(urls, stop, send)
+
+
+class _ToBatch(logging.Handler):
+    """Sends a worker's log records to the batch process, which hands them to its own handlers
+    (the CLI's ``warning:`` lines, a script's logging setup)."""
+
+    def __init__(self, send: Callable[[logging.LogRecord], None]) -> None:
+        super().__init__()
+        self._send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._send(_picklable(record))
+        except Exception:  # the batch is gone or the record cannot go: as logging does
+            self.handleError(record)
+
+
+def _picklable(record: logging.LogRecord) -> logging.LogRecord:
+    """The record with its message formatted and no arguments or traceback objects left
+    (``logging.handlers.QueueHandler.prepare`` without a formatter)."""
+    record = copy.copy(record)
+    record.msg = record.getMessage()
+    record.args = None
+    if record.exc_info:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    record.exc_info = None
+    return record
 
 
 def _die_with(pid: int) -> None:
@@ -374,8 +416,9 @@ class _Supervisor:
         environ = dict(os.environ)
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
+            level = logging.getLogger("pipeline").getEffectiveLevel()
             process = self.context.Process(
-                target=_worker, args=(theirs, self.files, self.stop, os.getpid(), environ), daemon=True
+                target=_worker, args=(theirs, self.files, self.stop, os.getpid(), environ, level), daemon=True
             )
             process.start()
             theirs.close()
@@ -394,9 +437,10 @@ class _Supervisor:
             worker.conn.send(worker.urls or None)
 
     def _collect(self, worker: _Running) -> list[tuple[str, FileOutcome]]:
-        """The next outcome ``worker`` reports, or, if it died, a failure for each file it held."""
+        """The next outcome ``worker`` reports (none for a log record, handed to this process's
+        handlers), or, if it died, a failure for each file it held."""
         try:
-            outcome: FileOutcome = worker.conn.recv()
+            message: FileOutcome | logging.LogRecord = worker.conn.recv()
         except (EOFError, OSError):
             worker.process.join()
             code = worker.process.exitcode
@@ -406,6 +450,10 @@ class _Supervisor:
             )
             lost, worker.urls = worker.urls, []
             return [(url, FileOutcome(redact_url(url), session_for(self.files.job, url), error=error)) for url in lost]
+        if isinstance(message, logging.LogRecord):
+            logging.getLogger(message.name).handle(message)
+            return []
+        outcome = message
         url = next(url for url in worker.urls if session_for(self.files.job, url) == outcome.session)
         worker.urls.remove(url)
         return [(url, outcome)]

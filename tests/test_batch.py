@@ -309,3 +309,17 @@ def test_sigkill_inside_a_group_then_rerun_gives_every_output_golden(tmp_path: P
     states = [row.state for row in batch_status(load_job(work / "nightly.yaml"))]
     assert states.count("complete") == (2 if kill_at.startswith("manifest") else 0), states
     _rerun_completes_golden(golden_dir, work)
+
+
+def test_a_workers_warnings_reach_the_batchs_handlers(tmp_path: Path) -> None:
+    """Worker processes send their log records to the batch: the CLI prints them as `warning:` lines."""
+    golden_dir, work = _golden_and_work(tmp_path)
+    killed = subprocess.run(_run_command(work, 1), env={**os.environ, KILL_ENV: "manifest-committed:4"}, timeout=300)
+    assert killed.returncode == -signal.SIGKILL  # in day0.csv, after a few running checkpoints
+    (head,) = [p for p in (work / ".pipeline" / "sessions").glob("*day0*/manifest")]
+    head.write_bytes(b"PLB1 damaged")
+    rerun = subprocess.run(_run_command(work, 2), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    lines = [line for line in rerun.stderr.splitlines() if "trying the checkpoint before it" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: "), rerun.stderr
+    assert _digests(work) == _digests(golden_dir)
