@@ -56,13 +56,9 @@ class FileSink:
     # -- fencing --------------------------------------------------------------------------
     def acquire(self, *, wait: bool = False) -> None:
         """Take the session's lock on this output; fail at once, or with ``wait`` block, if held."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SinkError(f"sink {self.url}: cannot create {self.path.parent}: {exc.strerror}") from exc
         while True:
             try:
-                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = self._open_lock_file()
             except OSError as exc:
                 raise SinkError(f"sink {self.url}: cannot open {self.lock_path}: {exc.strerror}") from exc
             try:
@@ -77,6 +73,16 @@ class FileSink:
                 self._lock_fd = fd
                 return
             os.close(fd)  # its holder unlinked it while we waited: lock the current one
+
+    def _open_lock_file(self) -> int:
+        try:
+            return os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the first output into a new folder (tried second: one syscall less)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise SinkError(f"sink {self.url}: cannot create {self.path.parent}: {exc.strerror}") from exc
+            return os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
 
     def _check_held(self) -> None:
         if self._lock_fd is None:

@@ -31,6 +31,7 @@ class DeferredSyncs:
 
     def __init__(self) -> None:
         self._filesystems: dict[int, int] = {}  # st_dev -> an fd open on that filesystem
+        self._directories: set[Path] = set()  # noted already: no need to open them again
 
     def note(self, fd: int) -> None:
         """Remember ``fd``'s filesystem for the next barrier (``fd`` may be closed after)."""
@@ -38,13 +39,20 @@ class DeferredSyncs:
         if device not in self._filesystems:
             self._filesystems[device] = os.dup(fd)
 
-    @property
-    def pending(self) -> bool:
-        return bool(self._filesystems)
+    def note_directory(self, path: Path) -> None:
+        """:meth:`note` for a directory (opened only the first time before a barrier)."""
+        if path not in self._directories:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                self.note(fd)
+            finally:
+                os.close(fd)
+            self._directories.add(path)
 
     def barrier(self) -> None:
         """Make everything written on the noted filesystems durable; raises ``OSError``."""
         filesystems, self._filesystems = self._filesystems, {}
+        self._directories = set()
         try:
             for fd in filesystems.values():
                 if _syncfs is None:
@@ -62,6 +70,7 @@ class DeferredSyncs:
         for fd in self._filesystems.values():
             os.close(fd)
         self._filesystems = {}
+        self._directories = set()
 
 
 _deferred: ContextVar[DeferredSyncs | None] = ContextVar("pipeline_deferred_syncs", default=None)
@@ -93,9 +102,13 @@ def fsync(fd: int) -> None:
 
 def fsync_dir(path: Path) -> None:
     """Make a rename or a new file in ``path`` durable (POSIX needs the directory fsynced)."""
+    deferred = _deferred.get()
+    if deferred is not None:
+        deferred.note_directory(path)
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
-        fsync(fd)
+        os.fsync(fd)
     finally:
         os.close(fd)
 
