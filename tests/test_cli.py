@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import click
@@ -127,3 +132,20 @@ def test_guest_and_config_mistakes_name_the_job_and_the_stage(
     result = CliRunner().invoke(cli, ["run", str(job)])
     assert result.exit_code == 1
     assert result.output.splitlines()[0].startswith(f"error: {job}: {message}")
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.1, 0.15, 0.2, 0.3])
+def test_ctrl_c_while_the_cli_starts_exits_130_without_a_traceback(tmp_path: Path, delay: float) -> None:
+    job = make_echo_job(tmp_path)
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}  # no .pyc: the imports take their longest
+    command = [sys.executable, "-m", "pipeline", "run", str(job)]
+    run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        time.sleep(delay)  # somewhere in the interpreter's start, the CLI's imports or the run
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert "Traceback" not in stderr
+    assert run.returncode in (0, 130, -signal.SIGINT), stderr  # 0: done first; -SIGINT: before Python's handler
