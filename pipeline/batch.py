@@ -115,12 +115,6 @@ class _Files:
     def run(self, urls: list[str], stop: _StopFlag, report: Callable[[FileOutcome], None]) -> None:
         """Run files one after another, with their small sessions committed as groups; report
         each file's outcome (its error included) once it is final, in the order they end."""
-        try:
-            group = SessionGroup(self.store_url or self.job.store, base_dir=self.job.base_dir)
-        except PipelineError as exc:
-            for url in urls:
-                report(FileOutcome(redact_url(url), session_for(self.job, url), error=exc))
-            return
         pending: list[FileOutcome] = []  # published, complete once the group commits them
         committing: list[tuple[Future[dict[str, PipelineError]], list[FileOutcome]]] = []
 
@@ -140,6 +134,18 @@ class _Files:
                 committing.append((group.commit(), pending.copy()))
                 pending.clear()
 
+        def commit_and_report() -> None:  # before a long run: the pending ones must not wait for it
+            commit()
+            settle()
+
+        try:
+            group = SessionGroup(
+                self.store_url or self.job.store, base_dir=self.job.base_dir, before_long_run=commit_and_report
+            )
+        except PipelineError as exc:
+            for url in urls:
+                report(FileOutcome(redact_url(url), session_for(self.job, url), error=exc))
+            return
         try:
             for url in urls:
                 outcome = self._run_one(group, url, stop)
@@ -344,9 +350,10 @@ class _Running:
 
 
 class _Supervisor:
-    """Runs a batch's files on worker processes, one file at a time each, and replaces a worker
-    that dies: only the file it was running fails (``ProcessPoolExecutor`` failed every file
-    left and terminated the other workers)."""
+    """Runs a batch's files on worker processes, a run of consecutive files at a time each (one
+    :class:`SessionGroup`), and replaces a worker that dies: only the files of its run not yet
+    reported fail (``ProcessPoolExecutor`` failed every file left and terminated the other
+    workers)."""
 
     def __init__(self, files: _Files, parallel: int) -> None:
         # forkserver: workers fork from a process that has imported the pipeline but started no

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline._faults import FaultPoints
-from pipeline._fs import DeferredSyncs, deferred_syncs
+from pipeline._fs import DeferredSyncs, barrier_covers, deferred_syncs
 from pipeline.connectors.base import Sink, open_recorded_sink, open_sink
 from pipeline.connectors.file_sink import FileSink
 from pipeline.connectors.source import Source, describe_change, is_verifiable
@@ -133,8 +133,15 @@ class SessionGroup:
     MAX_SECONDS = 0.25
     """How long the first published session waits at most, so a slow group still reports."""
 
-    def __init__(self, store_url: str, *, base_dir: Path | None = None) -> None:
+    def __init__(
+        self, store_url: str, *, base_dir: Path | None = None, before_long_run: Callable[[], None] | None = None
+    ) -> None:
+        """``before_long_run``: called before a run that may take long (one not deferred, or
+        one about to wait for a lock) while sessions are pending, for the caller to commit them
+        first (they would wait, holding their locks and unreported, as long as it runs)."""
         self.store = open_store(store_url, base_dir=base_dir)
+        self.store_directory = _local_root(self.store)
+        self._before_long_run = before_long_run
         self.syncs = DeferredSyncs()
         self._published: list[_Run] = []
         self._since = 0.0
@@ -154,6 +161,11 @@ class SessionGroup:
         :meth:`commit` says so (see :attr:`pending`)."""
         _check_session_id(session)
         return _Run(job, session, self.store, on_progress, group=self).execute(fresh=fresh, wait=wait)
+
+    def long_run_ahead(self) -> None:
+        """Called by a run that will not be deferred, or will wait for a lock."""
+        if self._published and self._before_long_run is not None:
+            self._before_long_run()
 
     def hand_over(self, run: _Run) -> None:
         """Called by a deferred run that has published: its ``complete`` commit waits for the group."""
@@ -226,6 +238,14 @@ class SessionGroup:
         self.syncs.close()
 
 
+def _local_root(store: SnapshotStore) -> Path:
+    """Where a store keeps its files locally; a remote store's commits are durable on return,
+    so a barrier has nothing to cover there (its working directory stands in)."""
+    while (inner := getattr(store, "inner", None)) is not None:  # encryption, retries
+        store = inner
+    return Path(getattr(store, "root", "."))
+
+
 def _barrier(syncs: DeferredSyncs) -> None:
     try:
         syncs.barrier()
@@ -283,6 +303,8 @@ class _Run:
             with contextlib.ExitStack() as durability:
                 # Local locks before the lease: a run that cannot write the sinks must not take
                 # the session from a run that can.
+                if wait and self.group is not None:
+                    self.group.long_run_ahead()
                 for sink in self.sinks.values():
                     sink.acquire(wait=wait)
                 resumed_from: int | None = None
@@ -290,10 +312,13 @@ class _Run:
                 candidate = None if fresh else self._resumable(source)
                 if candidate is not None and candidate.state == "complete":
                     return self._already_complete(candidate)
+                deferred = candidate is None and self._may_defer(source, fresh)
+                if self.group is not None and not deferred:
+                    self.group.long_run_ahead()
                 if candidate is not None:
                     resumed_from = candidate.source["offset"]
                     self._resume(candidate)
-                elif self._may_defer(source, fresh):
+                elif deferred:
                     assert self.group is not None
                     durability.enter_context(deferred_syncs(self.group.syncs))
                     self._start_deferred(source)
@@ -530,7 +555,8 @@ class _Run:
 
         Only a session with no head at all (nothing of an earlier run to protect), whose input
         fits in one chunk (it never checkpoints) and whose outputs are all local files (their
-        locks, held until the group commits, fence it: it commits no ``starting`` lease).
+        locks, held until the group commits, fence it: it commits no ``starting`` lease), on
+        filesystems whose ``syncfs`` the group's barriers can trust (:func:`barrier_covers`).
         """
         return (
             self.group is not None
@@ -538,7 +564,8 @@ class _Run:
             and self.state.version is None
             and source.size is not None
             and source.size <= self.job.source.chunk_size
-            and all(isinstance(sink, FileSink) for sink in self.sinks.values())
+            and all(isinstance(sink, FileSink) and barrier_covers(sink.path.parent) for sink in self.sinks.values())
+            and barrier_covers(self.group.store_directory)
         )
 
     def _start_deferred(self, source: Source) -> None:

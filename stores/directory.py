@@ -75,7 +75,10 @@ class DirectoryStore(BaseStore):
         """Write ``key`` through a fsynced temporary file and a rename.
 
         With ``dir_fd`` (the key's directory, open) the rename is made durable at once; without,
-        it is left for the next ``_sync_pending``.
+        it is left for the next ``_sync_pending``. The temporary file is fsynced even in a
+        group commit's deferred context (only the directory fsync may wait for its barrier): a
+        rename can reach the disk before the bytes it names, and a name without its bytes is a
+        damaged value, where a name not yet durable is only an older one.
         """
         path = self.root / key
         tmp = path.with_name(f"{_PRIVATE}{path.name}.{uuid.uuid4().hex}.tmp")
@@ -85,7 +88,7 @@ class DirectoryStore(BaseStore):
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
-                fsync(f.fileno())
+                os.fsync(f.fileno())
             os.replace(tmp, path)
             if dir_fd is not None:
                 fsync(dir_fd)
@@ -141,8 +144,11 @@ class DirectoryStore(BaseStore):
                 raise Conflict(f"{self.url}: {key!r} changed underneath (compare-and-swap lost)")
             # Creating a key (a new session's "starting" head) defers its directory fsync like a
             # put: until the session's next commit nothing depends on it, and a crash that loses
-            # it leaves no session, which starts afresh as it would have from "starting".
-            self._write_atomically(key, data, dir_fd=None if expected is None else dir_fd)
+            # it leaves no session, which starts afresh as it would have from "starting". In a
+            # group commit (deferring) the directory is noted for the group's barrier instead,
+            # which must cover it: the group reports the session complete after that barrier.
+            defer_to_next_commit = expected is None and not deferring()
+            self._write_atomically(key, data, dir_fd=None if defer_to_next_commit else dir_fd)
         except BaseException:
             if covered:
                 with self._unsynced_lock:
