@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from test_batch import JOB
 
 from pipeline import _fs
 from pipeline._faults import FaultPoints
@@ -14,17 +15,6 @@ from pipeline.batch import expand_sources, job_for, session_for
 from pipeline.runner import SessionGroup
 from pipeline.spec import load_job
 from pipeline.testing.data import write_orders_csv
-
-JOB = """\
-name: nightly
-source: {url: "incoming/*.csv"}
-stages:
-  - guest: builtin:csv-map
-    config: {select: [id, name, amount], upper: [name], filter: {column: amount, op: ">", value: 100}}
-sink: {url: "out/{stem}.csv"}
-rejects: {url: "out/{stem}-rejects.csv"}
-checkpoint: {every: 256KiB}
-"""
 
 WAIT = 20  # seconds: the hooks only pin down an order the threads can take on their own
 
