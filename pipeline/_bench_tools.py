@@ -396,6 +396,18 @@ def _peak_rss() -> int | None:
     return int(match.group(1)) * 1024 if match else None
 
 
+def _cpu_wait() -> float | None:
+    """Seconds this thread has spent ready to run but waiting for a CPU (``schedstat``), or None.
+
+    Other work on the machine lengthens a run mostly through these waits; the checkpoint
+    overhead's pairs also report their times without them.
+    """
+    try:
+        return int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def main(argv: list[str]) -> None:
     """Child process: run one tool once and write ``OUT/result.json``."""
     job, name, threads_arg, source, out = argv
@@ -404,10 +416,13 @@ def main(argv: list[str]) -> None:
     for module in tool.needs:
         importlib.import_module(module)
     effective = _pin(tool, threads)
+    waited = _cpu_wait()
     started = time.perf_counter()
     output = tool.run(Path(source), Path(out), threads)
     seconds = time.perf_counter() - started
     result = {"seconds": seconds, "output": str(output), "threads": effective, "peak_rss": _peak_rss()}
+    if waited is not None and (now := _cpu_wait()) is not None:
+        result["cpu_wait"] = now - waited
     if _CHECKPOINTS:
         result["checkpoints"] = sum(_CHECKPOINTS)
     (Path(out) / "result.json").write_text(json.dumps(result))

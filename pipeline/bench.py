@@ -111,11 +111,26 @@ class Pairs:
     off: list[float] = field(default_factory=list)
     checkpoints: list[int] = field(default_factory=list)
     """Checkpoints each ``on`` run took (the final one at the end of the input included)."""
+    on_wait: list[float] = field(default_factory=list)
+    """Seconds each run's thread waited for a CPU (empty where the system does not say)."""
+    off_wait: list[float] = field(default_factory=list)
 
     @property
     def overhead(self) -> Overhead:
         """The checkpoints' share of the run time, with its confidence interval."""
         return paired_overhead(self.on, self.off)
+
+    @property
+    def overhead_less_waits(self) -> Overhead | None:
+        """The same with each run's waits for a CPU taken out of its time: what other work on the
+        machine adds, mostly, and with it the noise (a checkpoint thread that kept the run's
+        thread from a CPU is taken out too; on a machine with a free core there is none)."""
+        if len(self.on_wait) != len(self.on) or len(self.off_wait) != len(self.off):
+            return None
+        return paired_overhead(
+            [t - w for t, w in zip(self.on, self.on_wait, strict=True)],
+            [t - w for t, w in zip(self.off, self.off_wait, strict=True)],
+        )
 
 
 @dataclass
@@ -273,6 +288,7 @@ def _run_pairs(report: JobReport, source: Path, folder: Path, count: int, log: L
     pairs = Pairs()
     for index in range(count):
         seconds: dict[str, float] = {}
+        waits: dict[str, float] = {}
         for run in (on, off) if index % 2 == 0 else (off, on):
             out = folder / f"pair-{index}-{run.tool.name}"
             out.mkdir()
@@ -283,11 +299,16 @@ def _run_pairs(report: JobReport, source: Path, folder: Path, count: int, log: L
                 log(f"{report.job}: {run.tool.name}, pair {index + 1}: error: {exc}")
                 return None
             seconds[run.tool.name] = float(result["seconds"])  # type: ignore[arg-type]
+            if "cpu_wait" in result:
+                waits[run.tool.name] = float(result["cpu_wait"])  # type: ignore[arg-type]
             if run is on:
                 pairs.checkpoints.append(int(result.get("checkpoints", 0)))  # type: ignore[call-overload]
             shutil.rmtree(out)
         pairs.on.append(seconds[on.tool.name])
         pairs.off.append(seconds[off.tool.name])
+        if len(waits) == 2:
+            pairs.on_wait.append(waits[on.tool.name])
+            pairs.off_wait.append(waits[off.tool.name])
         times = f"{pairs.on[-1]:.3f} / {pairs.off[-1]:.3f} s"
         log(f"{report.job}: checkpoints on / off, pair {index + 1} of {count}: {times}")
     return pairs

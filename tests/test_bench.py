@@ -75,11 +75,17 @@ def test_the_checkpoint_overhead_comes_from_interleaved_pairs(report: bench.Repo
     row = next(line for line in report.markdown().splitlines() if line.startswith("| csv: checkpoint overhead"))
     assert re.search(r" \| -?\d+\.\d% \(95% interval -?\d+\.\d% to -?\d+\.\d%; 6 interleaved pairs, medians ", row), row
     assert "the table's medians: " in row and "every 8 MiB, table medians: " in row
+    if Path("/proc/thread-self/schedstat").exists():
+        assert len(csv.pairs.on_wait) == len(csv.pairs.off_wait) == 6
+        assert all(0 <= wait < seconds for wait, seconds in zip(csv.pairs.on_wait, csv.pairs.on, strict=True))
+        assert re.search(r"; less the waits for a CPU: -?\d+\.\d% \(95% interval ", row), row
 
 
-def _with_pairs(report: bench.Report, on: list[float], off: list[float]) -> tuple[str, str, str]:
+def _with_pairs(
+    report: bench.Report, on: list[float], off: list[float], waits: tuple[list[float], list[float]] = ([], [])
+) -> tuple[str, str, str]:
     csv = copy.copy(report.jobs[0])
-    csv.pairs = bench.Pairs(on, off, [2] * len(on))
+    csv.pairs = bench.Pairs(on, off, [2] * len(on), *waits)
     return _bench_report._checkpoint_target(csv)
 
 
@@ -89,6 +95,12 @@ def test_the_overhead_verdict_needs_the_whole_interval_on_one_side(report: bench
     assert _with_pairs(report, [t * 1.01 * e for t, e in zip(off, noise, strict=True)], off)[2] == "met"
     assert _with_pairs(report, [t * 1.06 * e for t, e in zip(off, noise, strict=True)], off)[2] == "**not met**"
     assert _with_pairs(report, [t * 1.03 * e for t, e in zip(off, noise, strict=True)], off)[2].startswith("unresolved")
+    # Wall times too noisy to decide; without the waits for a CPU the same pairs decide.
+    burst = [0.3 * (i % 2) for i in range(20)]
+    on = [t * 1.01 * e + w for t, e, w in zip(off, noise, burst, strict=True)]
+    verdict = _with_pairs(report, on, off, (burst, [0.0] * 20))[2]
+    assert verdict == "met less the waits for a CPU (wall time unresolved)"
+    assert _with_pairs(report, on, off)[2].startswith("unresolved")
     _, measured, verdict = _with_pairs(report, [1.6, 1.5, 1.7], [1.5, 1.5, 1.5])
     assert "too few pairs for an interval; 3 interleaved pairs" in measured and verdict.startswith("unresolved")
     no_pairs = copy.copy(report.jobs[0])
