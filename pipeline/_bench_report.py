@@ -149,6 +149,8 @@ def _checkpoint_target(csv: JobReport | None) -> tuple[str, str, str]:
     measured += f"; the table's medians: {table:.1%}"
     if fine:
         measured += f"; every 8 MiB, table medians: {(fine.median - off.median) / fine.median:.1%}"
+    if not any(csv.pairs.checkpoints):  # done within one interval: the runs with checkpoints took none
+        return text, measured, "— (no checkpoint within the runs: the input is too small)"
     verdict = _side(overhead)
     if verdict is None and less_waits and (verdict := _side(less_waits)):
         verdict += " less the waits for a CPU (wall time unresolved)"
