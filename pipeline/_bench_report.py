@@ -154,7 +154,7 @@ def _checkpoint_target(csv: JobReport | None) -> tuple[str, str, str]:
     verdict = _side(overhead)
     if verdict is None and less_waits and (verdict := _side(less_waits)):
         verdict += " less the waits for a CPU (wall time unresolved)"
-    return text, measured, verdict or f"unresolved (the interval holds {CHECKPOINT_TARGET:.0%})"
+    return text, measured, verdict or f"unresolved (the interval holds {CHECKPOINT_TARGET:.0%}: more `--pairs`)"
 
 
 def _side(overhead: Overhead) -> str | None:
