@@ -33,6 +33,8 @@ ToolRun = Callable[[Path, Path, "int | None"], Path]
 
 CHECKPOINT_OFF = "1TiB"
 """The checkpoint interval of the ``wasm-pipeline-no-ckpt`` variant: never within a run."""
+NO_CHECKPOINTS = "wasm-pipeline-no-ckpt"
+"""The csv tool whose runs, paired with wasm-pipeline's, measure the checkpoint overhead."""
 CHECKPOINT_FINE = "8MiB"
 """The interval of the ``wasm-pipeline-8mib`` variant (the default before it became a time): ~60 a second here."""
 
@@ -69,11 +71,15 @@ def _wasm_job(out: Path, source: str, stage: str, sink: str, rejects: str, check
     return job
 
 
+_CHECKPOINTS: list[int] = []
+"""Checkpoints each wasm-pipeline session of this child took, for ``result.json``."""
+
+
 def _run_wasm(job_file: Path) -> None:
     from pipeline.runner import run_session
     from pipeline.spec import load_job
 
-    run_session(load_job(job_file))
+    _CHECKPOINTS.append(run_session(load_job(job_file)).checkpoints)
 
 
 def _wasm_csv(checkpoint: str | None, doc: str) -> ToolRun:
@@ -334,7 +340,7 @@ class Tool:
 
 TOOLS = [
     Tool("wasm-pipeline", "csv", wasm_csv, ("pipeline.runner",)),
-    Tool("wasm-pipeline-no-ckpt", "csv", wasm_csv_no_checkpoints, ("pipeline.runner",)),
+    Tool(NO_CHECKPOINTS, "csv", wasm_csv_no_checkpoints, ("pipeline.runner",)),
     Tool("wasm-pipeline-8mib", "csv", wasm_csv_checkpoint_every_8mib, ("pipeline.runner",)),
     Tool("python-csv", "csv", python_csv),
     Tool("pyarrow", "csv", pyarrow_csv, ("pyarrow", "pyarrow.csv", "pyarrow.compute"), threaded=True),
@@ -390,6 +396,18 @@ def _peak_rss() -> int | None:
     return int(match.group(1)) * 1024 if match else None
 
 
+def _cpu_wait() -> float | None:
+    """Seconds this thread has spent ready to run but waiting for a CPU (``schedstat``), or None.
+
+    Other work on the machine lengthens a run mostly through these waits; the checkpoint
+    overhead's pairs also report their times without them.
+    """
+    try:
+        return int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def main(argv: list[str]) -> None:
     """Child process: run one tool once and write ``OUT/result.json``."""
     job, name, threads_arg, source, out = argv
@@ -398,10 +416,15 @@ def main(argv: list[str]) -> None:
     for module in tool.needs:
         importlib.import_module(module)
     effective = _pin(tool, threads)
+    waited = _cpu_wait()
     started = time.perf_counter()
     output = tool.run(Path(source), Path(out), threads)
     seconds = time.perf_counter() - started
     result = {"seconds": seconds, "output": str(output), "threads": effective, "peak_rss": _peak_rss()}
+    if waited is not None and (now := _cpu_wait()) is not None:
+        result["cpu_wait"] = now - waited
+    if _CHECKPOINTS:
+        result["checkpoints"] = sum(_CHECKPOINTS)
     (Path(out) / "result.json").write_text(json.dumps(result))
 
 

@@ -7,6 +7,12 @@ multiple of wasm-pipeline's, with the machine it ran on, as Markdown. The tools 
 in :mod:`pipeline._bench_tools`. A tool whose library is missing is reported "not installed"; a
 tool whose rows differ is marked FAIL (and :attr:`Report.ok` is false).
 
+``pairs`` measures the checkpoint overhead apart from the table: on the csv job's input,
+wasm-pipeline with checkpoints at the default interval and without, in pairs of child processes
+run back to back, the order alternating; :mod:`pipeline._bench_stats` turns the pairs into an
+estimate with a confidence interval. The table's medians cannot resolve a few percent on a
+machine whose runs move by 10%.
+
 ``rss_sizes`` adds a memory check: wasm-pipeline's csv job on inputs of each size (written to
 disk by repeating one generated block), comparing peak RSS. A named pipe would save the disk,
 but the source needs a seekable file.
@@ -34,7 +40,8 @@ from itertools import zip_longest
 from pathlib import Path
 
 from pipeline._bench_report import render
-from pipeline._bench_tools import CHECKPOINT_OFF, TOOLS, Tool
+from pipeline._bench_stats import Overhead, paired_overhead
+from pipeline._bench_tools import CHECKPOINT_OFF, NO_CHECKPOINTS, TOOLS, Tool
 from pipeline.errors import PipelineError
 from pipeline.testing.data import ORDERS_HEADER, write_events_jsonl, write_orders_csv, write_small_files
 
@@ -62,6 +69,8 @@ class BenchOptions:
     files: int = 10_000
     repeat: int = 1
     """Rounds; every tool runs once per round, rounds interleaved, and the table shows medians."""
+    pairs: int = 30
+    """Interleaved pairs of csv runs with checkpoints on and off (0: none); see the module docstring."""
     rss_sizes: tuple[int, ...] = ()
     tools: tuple[str, ...] = ()
     """Only these tools (default: all)."""
@@ -95,6 +104,36 @@ class ToolRun:
 
 
 @dataclass
+class Pairs:
+    """wasm-pipeline's csv runs with checkpoints (``on``) and without (``off``), pair by pair."""
+
+    on: list[float] = field(default_factory=list)
+    off: list[float] = field(default_factory=list)
+    checkpoints: list[int] = field(default_factory=list)
+    """Checkpoints each ``on`` run took (the final one at the end of the input included)."""
+    on_wait: list[float] = field(default_factory=list)
+    """Seconds each run's thread waited for a CPU (empty where the system does not say)."""
+    off_wait: list[float] = field(default_factory=list)
+
+    @property
+    def overhead(self) -> Overhead:
+        """The checkpoints' share of the run time, with its confidence interval."""
+        return paired_overhead(self.on, self.off)
+
+    @property
+    def overhead_less_waits(self) -> Overhead | None:
+        """The same with each run's waits for a CPU taken out of its time: what other work on the
+        machine adds, mostly, and with it the noise (a checkpoint thread that kept the run's
+        thread from a CPU is taken out too; on a machine with a free core there is none)."""
+        if len(self.on_wait) != len(self.on) or len(self.off_wait) != len(self.off):
+            return None
+        return paired_overhead(
+            [t - w for t, w in zip(self.on, self.on_wait, strict=True)],
+            [t - w for t, w in zip(self.off, self.off_wait, strict=True)],
+        )
+
+
+@dataclass
 class JobReport:
     """One job: its input and every tool's figures."""
 
@@ -104,6 +143,8 @@ class JobReport:
     files: int
     rows_out: int | None = None
     runs: list[ToolRun] = field(default_factory=list)
+    pairs: Pairs | None = None
+    """The checkpoint overhead's pairs (csv job, with both wasm-pipeline variants selected)."""
 
     def find(self, tool: str, threads: int | None = None, *, any_threads: bool = False) -> ToolRun | None:
         """The measured run of ``tool`` at ``threads`` (the first at any setting with ``any_threads``)."""
@@ -234,8 +275,43 @@ def _run_job(job: str, folder: Path, options: BenchOptions, log: Log) -> JobRepo
                 # journal scans recently deleted inodes: 31 -> 468 us a file here), which would
                 # charge one tool's cleanup to the next tool's time.
                 shutil.rmtree(out)
+    report.pairs = _run_pairs(report, source, folder, options.pairs, log)
     shutil.rmtree(folder)
     return report
+
+
+def _run_pairs(report: JobReport, source: Path, folder: Path, count: int, log: Log) -> Pairs | None:
+    """``count`` pairs of runs with checkpoints on and off, back to back, the order alternating."""
+    on, off = report.find(REFERENCE), report.find(NO_CHECKPOINTS)
+    if not count or on is None or off is None:
+        return None
+    pairs = Pairs()
+    for index in range(count):
+        seconds: dict[str, float] = {}
+        waits: dict[str, float] = {}
+        for run in (on, off) if index % 2 == 0 else (off, on):
+            out = folder / f"pair-{index}-{run.tool.name}"
+            out.mkdir()
+            try:
+                result, _ = run_child(run.tool, run.threads, source, out)
+            except ChildFailed as exc:
+                run.status, run.detail = "error", f"checkpoint overhead pairs: {exc}"
+                log(f"{report.job}: {run.tool.name}, pair {index + 1}: error: {exc}")
+                return None
+            seconds[run.tool.name] = float(result["seconds"])  # type: ignore[arg-type]
+            if "cpu_wait" in result:
+                waits[run.tool.name] = float(result["cpu_wait"])  # type: ignore[arg-type]
+            if run is on:
+                pairs.checkpoints.append(int(result.get("checkpoints", 0)))  # type: ignore[call-overload]
+            shutil.rmtree(out)
+        pairs.on.append(seconds[on.tool.name])
+        pairs.off.append(seconds[off.tool.name])
+        if len(waits) == 2:
+            pairs.on_wait.append(waits[on.tool.name])
+            pairs.off_wait.append(waits[off.tool.name])
+        times = f"{pairs.on[-1]:.3f} / {pairs.off[-1]:.3f} s"
+        log(f"{report.job}: checkpoints on / off, pair {index + 1} of {count}: {times}")
+    return pairs
 
 
 class ChildFailed(Exception):
@@ -414,6 +490,7 @@ __all__ = [
     "JOBS",
     "BenchOptions",
     "JobReport",
+    "Pairs",
     "Report",
     "ToolRun",
     "compare_outputs",

@@ -319,6 +319,13 @@ def inspect(guest: str) -> None:
 )
 @click.option("--files", default=10_000, show_default=True, type=click.IntRange(1), help="Small-files job: files.")
 @click.option("--repeat", default=1, show_default=True, type=click.IntRange(1), help="Rounds; the table shows medians.")
+@click.option(
+    "--pairs",
+    default=30,
+    show_default=True,
+    type=click.IntRange(0),
+    help="csv: pairs of runs with checkpoints on and off, for the checkpoint overhead (0: none).",
+)
 @click.option("--tools", metavar="A,B", help="Only these tools (default: all).")
 @click.option("--rss", "rss_sizes", metavar="SIZES", help="Also compare peak RSS at these sizes: 100MB,10GB.")
 @click.option(
@@ -335,6 +342,7 @@ def bench(
     threads: str,
     files: int,
     repeat: int,
+    pairs: int,
     tools: str | None,
     rss_sizes: str | None,
     out: Path,
@@ -351,6 +359,7 @@ def bench(
     Example:
         pipeline bench --size 200MB --repeat 3
         pipeline bench --jobs csv --threads 1 --out -
+        pipeline bench --jobs csv --tools wasm-pipeline,wasm-pipeline-no-ckpt --pairs 60
         pipeline bench --jobs none --rss 100MB,10GB --out rss.md
     """
     from pipeline.bench import JOBS, BenchOptions, run_benchmarks
@@ -366,6 +375,7 @@ def bench(
         threads=threads,
         files=files,
         repeat=repeat,
+        pairs=pairs,
         rss_sizes=tuple(parse_size(s, "--rss") for s in (rss_sizes or "").split(",") if s),
         tools=tuple((tools or "").split(",")) if tools else (),
         workdir=workdir,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import re
 import subprocess
 import sys
@@ -12,7 +14,8 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from pipeline import bench
+from pipeline import _bench_report, bench
+from pipeline._bench_stats import _interval_rank, paired_overhead, signed_rank_counts
 from pipeline.bench import BenchOptions, compare_outputs, count_rows, run_benchmarks
 from pipeline.cli import cli
 from pipeline.testing.data import write_events_jsonl, write_small_files
@@ -20,7 +23,7 @@ from pipeline.testing.data import write_events_jsonl, write_small_files
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> bench.Report:
-    options = BenchOptions(size=1_000_000, files=40, threads="both", workdir=tmp_path_factory.mktemp("bench"))
+    options = BenchOptions(size=1_000_000, files=40, threads="both", pairs=6, workdir=tmp_path_factory.mktemp("bench"))
     return run_benchmarks(options, command="pipeline bench --size 1MB --files 40", log=lambda line: None)
 
 
@@ -61,6 +64,74 @@ def test_the_report_is_well_formed(report: bench.Report) -> None:
     targets = text.split("## Targets (issue 7)")[1].split("## How it is measured")[0]
     assert len(re.findall(r"^\| (csv|jsonl|peak RSS|small files)", targets, re.M)) == 8
     assert "not measured in this run" in targets  # no --rss here
+
+
+def test_the_checkpoint_overhead_comes_from_interleaved_pairs(report: bench.Report) -> None:
+    csv, *others = report.jobs
+    assert csv.pairs is not None and all(job.pairs is None for job in others)
+    assert len(csv.pairs.on) == len(csv.pairs.off) == len(csv.pairs.checkpoints) == 6
+    assert all(seconds > 0 for seconds in csv.pairs.on + csv.pairs.off)
+    assert all(count >= 0 for count in csv.pairs.checkpoints)  # a 1 MB run ends before the first interval
+    row = next(line for line in report.markdown().splitlines() if line.startswith("| csv: checkpoint overhead"))
+    assert re.search(r" \| -?\d+\.\d% \(95% interval -?\d+\.\d% to -?\d+\.\d%; 6 interleaved pairs, medians ", row), row
+    assert "the table's medians: " in row and "every 8 MiB, table medians: " in row
+    assert row.endswith(" | — (no checkpoint within the runs: the input is too small) |")
+    if Path("/proc/thread-self/schedstat").exists():
+        assert len(csv.pairs.on_wait) == len(csv.pairs.off_wait) == 6
+        assert all(0 <= wait < seconds for wait, seconds in zip(csv.pairs.on_wait, csv.pairs.on, strict=True))
+        assert re.search(r"; less the waits for a CPU: -?\d+\.\d% \(95% interval ", row), row
+
+
+def _with_pairs(
+    report: bench.Report, on: list[float], off: list[float], waits: tuple[list[float], list[float]] = ([], [])
+) -> tuple[str, str, str]:
+    csv = copy.copy(report.jobs[0])
+    csv.pairs = bench.Pairs(on, off, [2] * len(on), *waits)
+    return _bench_report._checkpoint_target(csv)
+
+
+def test_the_overhead_verdict_needs_the_whole_interval_on_one_side(report: bench.Report) -> None:
+    off = [1.5 + 0.01 * (i % 7) for i in range(20)]
+    noise = [1 + 0.004 * ((i * 5) % 9 - 4) for i in range(20)]  # symmetric: -1.6% .. +1.6%
+    assert _with_pairs(report, [t * 1.01 * e for t, e in zip(off, noise, strict=True)], off)[2] == "met"
+    assert _with_pairs(report, [t * 1.06 * e for t, e in zip(off, noise, strict=True)], off)[2] == "**not met**"
+    assert _with_pairs(report, [t * 1.03 * e for t, e in zip(off, noise, strict=True)], off)[2].startswith("unresolved")
+    # Wall times too noisy to decide; without the waits for a CPU the same pairs decide.
+    burst = [0.3 * (i % 2) for i in range(20)]
+    on = [t * 1.01 * e + w for t, e, w in zip(off, noise, burst, strict=True)]
+    verdict = _with_pairs(report, on, off, (burst, [0.0] * 20))[2]
+    assert verdict == "met less the waits for a CPU (wall time unresolved)"
+    assert _with_pairs(report, on, off)[2].startswith("unresolved")
+    _, measured, verdict = _with_pairs(report, [1.6, 1.5, 1.7], [1.5, 1.5, 1.5])
+    assert "too few pairs for an interval; 3 interleaved pairs" in measured and verdict.startswith("unresolved")
+    no_pairs = copy.copy(report.jobs[0])
+    no_pairs.pairs = None
+    _, measured, verdict = _bench_report._checkpoint_target(no_pairs)
+    assert measured.endswith(" from the table's medians of 1 round, too noisy to judge (run with `--pairs`)")
+    assert verdict == "—"
+
+
+def test_the_signed_rank_interval_is_the_published_one() -> None:
+    # Two-sided 5% critical values of Wilcoxon's signed-rank statistic (reject when T <= value).
+    published = {6: 0, 7: 2, 8: 3, 9: 5, 10: 8, 11: 10, 12: 13, 15: 25, 20: 52, 25: 89, 30: 137}
+    assert all(_interval_rank(n, 0.95) == value + 1 for n, value in published.items())
+    assert [_interval_rank(n, 0.95) for n in range(1, 6)] == [0] * 5  # no 95% interval from 5 pairs
+    assert signed_rank_counts(3) == [1, 1, 1, 2, 1, 1, 1] and sum(signed_rank_counts(12)) == 2**12
+
+
+def test_paired_overhead_finds_a_known_shift_through_noise() -> None:
+    off = [1.4 * (1 + 0.1 * math.sin(i)) for i in range(40)]  # the machine drifts by ±10%
+    noise = [1 + 0.02 * math.sin(3.7 * i + 1) for i in range(40)]  # the pair's own noise
+    on = [t * 1.02 * e for t, e in zip(off, noise, strict=True)]
+    overhead = paired_overhead(on, off)
+    assert overhead.pairs == 40 and overhead.confidence == 0.95
+    assert overhead.low is not None and overhead.high is not None
+    assert overhead.low < 1 - 1 / 1.02 < overhead.high and overhead.high - overhead.low < 0.01
+    same = paired_overhead(off[:6], off[:6])
+    assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)
+    assert paired_overhead([2.0], [1.0]).low is None
+    with pytest.raises(ValueError):
+        paired_overhead([1.0, 2.0], [1.0])
 
 
 def _csv(path: Path, rows: list[str]) -> Path:
