@@ -1550,45 +1550,61 @@ PL_API bool pl_parse_number(const uint8_t *s, size_t n, double *out) {
 PL_COLD bool pl__parse_number_cold(const uint8_t *s, size_t n, double *out) { return pl_parse_number(s, n, out); }
 
 /*
- * pl_parse_number for text followed by at least 8 readable bytes (as every pl_csv value is). A
- * plain decimal of up to 8 characters after an optional '-' ("123.45", "-7", ".5") is parsed
- * without a loop, 8 bytes at once in a 64-bit word; anything else goes to pl_parse_number.
- * Inlined: small, and a call would cost a good part of it.
+ * The plain decimals pl_parse_number_padded parses without a loop: up to 8 characters after an
+ * optional '-', digits with at most one '.' and at least one digit ("123.45", "-7", ".5"), read
+ * 8 bytes at once in a 64-bit word (the text must be followed by at least 8 readable bytes, as
+ * every pl_csv value is). Its value is -(neg) mant / 10^frac, mant < 10^8 and frac < 8; as a
+ * double, (double)mant / pl__pow10[frac] (exact operands, so correctly rounded) negated if neg.
+ * Returns false for any other text, which may still be a number.
+ */
+__attribute__((always_inline, unused)) static inline bool pl_parse_decimal8(const uint8_t *s, size_t n, uint64_t *mant,
+                                                                            unsigned *frac, bool *neg) {
+    *neg = n && s[0] == '-';
+    const size_t len = n - *neg;
+    if (len - 1 >= 8) return false;
+    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+    uint64_t x;
+    memcpy(&x, s + *neg, 8); /* byte i of x is character i */
+    const uint64_t keep = len == 8 ? ~0ull : (1ull << (8 * len)) - 1;
+    x &= keep;
+    /* The first '.', if any: the lowest zero byte of x ^ '.'s (exact for the lowest one). */
+    const uint64_t dx = x ^ ('.' * ones), dots = (dx - ones) & ~dx & high & keep;
+    size_t digits = len;
+    *frac = 0;
+    if (dots) {
+        const unsigned at = (unsigned)__builtin_ctzll(dots) & ~7u; /* bit offset of the '.' */
+        const uint64_t below = (1ull << at) - 1;
+        x = (x & below) | ((x >> 8) & ~below);
+        digits = len - 1;
+        *frac = (unsigned)(len - 1 - at / 8);
+    }
+    if (!digits) return false;
+    /* Right-align the digits behind '0's: byte 0 is the most significant one. */
+    const unsigned pad = 8 * (unsigned)(8 - digits);
+    x = x << pad | ('0' * ones) >> (63 - pad) >> 1;
+    /* All eight bytes '0'..'9' (a second '.' or any other byte fails here). */
+    if ((x & 0xF0F0F0F0F0F0F0F0ull) != 0x3030303030303030ull ||
+        ((x + 0x0606060606060606ull) & 0xF0F0F0F0F0F0F0F0ull) != 0x3030303030303030ull)
+        return false;
+    x = (x & 0x0F0F0F0F0F0F0F0Full) * 2561 >> 8;
+    x = (x & 0x00FF00FF00FF00FFull) * 6553601 >> 16;
+    *mant = (x & 0x0000FFFF0000FFFFull) * 42949672960001ull >> 32;
+    return true;
+}
+
+/*
+ * pl_parse_number for text followed by at least 8 readable bytes (as every pl_csv value is):
+ * the plain decimals of pl_parse_decimal8 without a loop, anything else through
+ * pl_parse_number. Inlined: small, and a call would cost a good part of it.
  */
 __attribute__((always_inline, unused)) static inline bool pl_parse_number_padded(const uint8_t *s, size_t n, double *out) {
-    const bool neg = n && s[0] == '-';
-    const size_t len = n - neg;
-    if (len - 1 < 8) {
-        const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
-        uint64_t x;
-        memcpy(&x, s + neg, 8); /* byte i of x is character i */
-        const uint64_t keep = len == 8 ? ~0ull : (1ull << (8 * len)) - 1;
-        x &= keep;
-        /* The first '.', if any: the lowest zero byte of x ^ '.'s (exact for the lowest one). */
-        const uint64_t dx = x ^ ('.' * ones), dots = (dx - ones) & ~dx & high & keep;
-        size_t digits = len, frac = 0;
-        if (dots) {
-            const unsigned at = (unsigned)__builtin_ctzll(dots) & ~7u; /* bit offset of the '.' */
-            const uint64_t below = (1ull << at) - 1;
-            x = (x & below) | ((x >> 8) & ~below);
-            digits = len - 1;
-            frac = len - 1 - at / 8;
-        }
-        if (digits) {
-            /* Right-align the digits behind '0's: byte 0 is the most significant one. */
-            const unsigned pad = 8 * (unsigned)(8 - digits);
-            x = x << pad | ('0' * ones) >> (63 - pad) >> 1;
-            /* All eight bytes '0'..'9' (a second '.' or any other byte fails here). */
-            if ((x & 0xF0F0F0F0F0F0F0F0ull) == 0x3030303030303030ull &&
-                ((x + 0x0606060606060606ull) & 0xF0F0F0F0F0F0F0F0ull) == 0x3030303030303030ull) {
-                x = (x & 0x0F0F0F0F0F0F0F0Full) * 2561 >> 8;
-                x = (x & 0x00FF00FF00FF00FFull) * 6553601 >> 16;
-                const uint64_t mant = (x & 0x0000FFFF0000FFFFull) * 42949672960001ull >> 32;
-                const double v = (double)mant / pl__pow10[frac];
-                *out = neg ? -v : v;
-                return true;
-            }
-        }
+    uint64_t mant;
+    unsigned frac;
+    bool neg;
+    if (pl_parse_decimal8(s, n, &mant, &frac, &neg)) {
+        const double v = (double)mant / pl__pow10[frac];
+        *out = neg ? -v : v;
+        return true;
     }
     return pl__parse_number_cold(s, n, out);
 }
