@@ -1065,8 +1065,9 @@ PL_COLD uint64_t pl__csv_walk_block(pl_csv *p, uint64_t quotes, uint64_t seps, u
     return out;
 }
 
-/* The separators of a block that holds quotes, or starts inside or right after them. Inlined: a
- * call in the scanner's loop would make the JIT spill the block's vectors around it. */
+/* The separators of a block (exact for blocks without quotes too: they need no case of their
+ * own, and half the blocks of typical data hold a quote, so a branch on it mispredicts often).
+ * Inlined: a call in the scanner's loop would make the JIT spill the block's vectors around it. */
 __attribute__((always_inline)) static inline uint64_t pl__csv_quoted_block(pl_csv *p, uint64_t q, uint64_t seps, uint64_t valid) {
     const unsigned state = p->state;
     const uint64_t in = pl__prefix_xor(q) ^ (state == PL__CSV_QUOTED ? ~0ull : 0); /* inside quotes */
@@ -1077,11 +1078,13 @@ __attribute__((always_inline)) static inline uint64_t pl__csv_quoted_block(pl_cs
     const uint64_t may_close = (seps | opens) >> 1 | ~valid >> 1 | 1ull << 63;
     const bool resumed_ok = state != PL__CSV_QUOTE || ((seps | q) & 1);
     if ((opens & ~may_open) || (closes & ~may_close) || !resumed_ok) return pl__csv_walk_block(p, q, seps, valid);
+    /* The state after the last byte, from its bits (inside quotes, quote, separator; a byte is
+     * never both of the last two): a table, as a chain of conditions would be branches that
+     * mispredict. */
+    static const uint8_t after[8] = {PL__CSV_FIELD,  PL__CSV_START,  PL__CSV_QUOTE,  PL__CSV_QUOTE,
+                                     PL__CSV_QUOTED, PL__CSV_QUOTED, PL__CSV_QUOTED, PL__CSV_QUOTED};
     const unsigned last = 63u - (unsigned)__builtin_clzll(valid);
-    p->state = in >> last & 1     ? PL__CSV_QUOTED
-               : q >> last & 1    ? PL__CSV_QUOTE
-               : seps >> last & 1 ? PL__CSV_START
-                                  : PL__CSV_FIELD;
+    p->state = after[(in >> last & 1) << 2 | (q >> last & 1) << 1 | (seps >> last & 1)];
     return seps & ~in & valid;
 }
 
@@ -1108,13 +1111,7 @@ __attribute__((always_inline)) static inline void pl__csv_index(pl_csv *p, uint3
     __asm__ volatile("" : : "r"(b) : "memory");
     const pl__csv_masks m = {b->seps, b->quotes, b->ends, b->lines};
     const uint64_t all = m.commas | m.breaks;
-    uint64_t seps;
-    if (m.quotes || p->state >= PL__CSV_QUOTED) {
-        seps = pl__csv_quoted_block(p, m.quotes, all, valid);
-    } else {
-        seps = all & valid;
-        p->state = seps >> (63 - __builtin_clzll(valid)) & 1 ? PL__CSV_START : PL__CSV_FIELD;
-    }
+    uint64_t seps = pl__csv_quoted_block(p, m.quotes, all, valid);
     /* A line break outside quotes ends a record, unless it comes right after another one (or at
      * the stream start): then it is a blank line, or the LF of a CRLF. */
     const uint64_t breaks = m.breaks & seps;
@@ -1154,7 +1151,9 @@ __attribute__((always_inline)) static inline int pl__csv_records(pl_csv *p, cons
     /* Records alternate with runs of line breaks: the record open at the block's start (or its
      * first start), then after each record end the next start. */
     if (p->in_record) {
-        if (b->quotes && p->rec_quote == INT64_MAX) p->rec_quote = base + (uint32_t)__builtin_ctzll(b->quotes);
+        /* The open record's first quote: the earlier one if it has one (a select, not a branch). */
+        const int64_t q = b->quotes ? (int64_t)(base + (uint32_t)__builtin_ctzll(b->quotes)) : INT64_MAX;
+        p->rec_quote = q < p->rec_quote ? q : p->rec_quote;
     } else if (b->starts) {
         pl__csv_open(p, b, base, (unsigned)__builtin_ctzll(b->starts));
     }
