@@ -114,6 +114,9 @@ QUOTED_FIELDS = [
     b'"ab"c',
     b'"q"',
     b'x"y',
+    # Quote-free blocks inside quotes, and after a record's first quote but before its end.
+    b'"' + b"long, quoted\r\ntext " * 6 + b'"',
+    b'x"y' + b"z" * 140,
 ]
 
 
