@@ -1123,11 +1123,24 @@ __attribute__((always_inline)) static inline void pl__csv_index(pl_csv *p, uint3
     *b = (pl__csv_block){seps, ends, valid & ~breaks & after_break, m.quotes, lines, p->line, p->nends};
     uint32_t *out = p->ends + p->nends;
     for (uint64_t s = seps; s; out += 8) { /* may write 7 entries past the last: see pl__csv_full */
+#ifdef __wasm_simd128__
+        /* Four offsets a store: Cranelift computes each scalar store's address on its own. */
+        uint32_t at[8];
+#pragma clang loop unroll(full)
+        for (int i = 0; i < 8; i++) {
+            at[i] = (uint32_t)__builtin_ctzll(s);
+            s &= s - 1;
+        }
+        const v128_t vbase = wasm_i32x4_splat((int32_t)base);
+        wasm_v128_store(out, wasm_i32x4_add(wasm_i32x4_make((int32_t)at[0], (int32_t)at[1], (int32_t)at[2], (int32_t)at[3]), vbase));
+        wasm_v128_store(out + 4, wasm_i32x4_add(wasm_i32x4_make((int32_t)at[4], (int32_t)at[5], (int32_t)at[6], (int32_t)at[7]), vbase));
+#else
 #pragma clang loop unroll(full)
         for (int i = 0; i < 8; i++) {
             out[i] = base + (uint32_t)__builtin_ctzll(s);
             s &= s - 1;
         }
+#endif
     }
     p->nends += (uint32_t)__builtin_popcountll(seps);
     p->line += (uint64_t)__builtin_popcountll(lines);
