@@ -140,9 +140,13 @@ typedef struct run {
 static struct {
     bool on;
     bool filter;        /* the filter is one numeric condition: */
-    uint8_t accept;     /*   the outcomes its op accepts (see test_cond) */
     uint32_t fsrc;      /*   header index of its column */
-    double value;       /*   its number */
+    /* The condition on a plain decimal (pl_parse_decimal8: -(neg) mant / 10^frac) without
+     * floating point: its double is below the condition's number iff mant < below[neg][frac],
+     * above it iff mant >= above[neg][frac] (for neg, compared with minus the number); bit
+     * (mant >= below) + (mant >= above) of accept[neg] says whether the row is kept. */
+    uint32_t below[2][8], above[2][8];
+    uint8_t accept[2];
     uint32_t first;     /* header index of the first output column */
     uint32_t last;      /* of the last */
     uint32_t ncased;
@@ -551,6 +555,21 @@ static int make_runs(void) {
     return 0;
 }
 
+/* The least mant < 10^8 whose value as pl_parse_decimal8 gives it, (double)mant / 10^frac, is at
+ * least `value` (above it if `strict`), or 10^8. That value grows with mant, so this is a
+ * bisection; it computes the value exactly as a parse does, so comparing mant with the result
+ * is comparing the doubles. */
+static uint32_t least_mant(double value, unsigned frac, bool strict) {
+    uint32_t lo = 0, hi = 100000000;
+    while (lo < hi) {
+        const uint32_t mid = lo + (hi - lo) / 2;
+        const double v = (double)mid / pl__pow10[frac];
+        if (strict ? v > value : v >= value) hi = mid;
+        else lo = mid + 1;
+    }
+    return lo;
+}
+
 /* Sets up fast (see there) if the config and header have its shape; after make_runs and
  * rows_checked. */
 static int choose_fast(void) {
@@ -570,9 +589,17 @@ static int choose_fast(void) {
     fast.last = u->src + u->n - 1;
     fast.filter = cfg.has_filter;
     if (fast.filter) {
-        fast.accept = ACCEPT[c->op];
         fast.fsrc = c->src;
-        fast.value = c->number;
+        for (int neg = 0; neg < 2; neg++) {
+            for (unsigned frac = 0; frac < 8; frac++) {
+                fast.below[neg][frac] = least_mant(neg ? -c->number : c->number, frac, false);
+                fast.above[neg][frac] = least_mant(neg ? -c->number : c->number, frac, true);
+            }
+        }
+        /* ACCEPT's bits are (less, equal, greater); -x < -v iff x > v: mirrored for neg. */
+        const uint8_t a = ACCEPT[c->op];
+        fast.accept[0] = a;
+        fast.accept[1] = (uint8_t)((a & 2) | (a >> 2 & 1) | (a << 2 & 4));
     }
     fast.on = true;
     return 0;
@@ -963,12 +990,14 @@ __attribute__((always_inline)) static inline void case_map_col(uint8_t *d, uint3
 /* Rows k, k + 1, ... of the batch in the common shape (see fast): each kept row is its output
  * columns' raw bytes, copied at once and case-mapped in place. Returns the index of the first
  * row it leaves to on_row (b->count if none): a wrong field count, a filter field that is quoted
- * or not a short plain number (on_row parses it again, and rejects it if it is no number), raw
- * bytes that are not their output, or a row the output buffer has no room for (on_row flushes). */
+ * or not a plain decimal of pl_parse_decimal8 (on_row parses it in full, and rejects it if it is
+ * no number), raw bytes that are not their output, or a row the output buffer has no room for
+ * (on_row flushes). */
 __attribute__((noinline)) static uint32_t fast_rows(const pl_csv_batch *b, uint32_t k) {
     const uint8_t *const data = b->data;
     const uint32_t *const ends = b->ends;
-    const uint32_t ncols = g.ncols, first = fast.first, last = fast.last, fsrc = fast.fsrc;
+    /* Locals, not fast's fields: the compiler must assume the output writes change those. */
+    const uint32_t ncols = g.ncols, first = fast.first, last = fast.last, fsrc = fast.fsrc, ncased = fast.ncased;
     const bool filter = fast.filter;
     pl_out *const o = pl_port(0);
     const uint32_t from = k;
@@ -979,18 +1008,20 @@ __attribute__((noinline)) static uint32_t fast_rows(const pl_csv_batch *b, uint3
         const uint32_t *e = ends + r->first;
         if (filter) {
             const uint32_t fb = fsrc ? e[fsrc - 1] + 1 : r->start, fe = e[fsrc];
-            double v;
-            if ((r->quote < fe && data[fb] == '"') || !pl_parse_number_padded(data + fb, fe - fb, &v)) break;
-            const int cmp = (v > fast.value) - (v < fast.value);
-            if (!(fast.accept >> (cmp + 1) & 1)) continue;
+            uint64_t mant;
+            unsigned frac;
+            bool neg;
+            if ((r->quote < fe && data[fb] == '"') || !pl_parse_decimal8(data + fb, fe - fb, &mant, &frac, &neg)) break;
+            const unsigned at = (mant >= fast.below[neg][frac]) + (mant >= fast.above[neg][frac]);
+            if (!(fast.accept[neg] >> at & 1)) continue;
         }
         const uint32_t begin = first ? e[first - 1] + 1 : r->start, end = e[last], n = end - begin;
         if ((r->quote < end && !raw_quoted_ok(b, r)) || n >= PL_OUT_CAP - len) break;
         uint8_t *d = o->buf + len;
         pl_copy_over(d, data + begin, n);
-        if (fast.ncased) { /* the first one outside the loop: a loop iteration costs an interruption check */
+        if (ncased) { /* the first one outside the loop: a loop iteration costs an interruption check */
             case_map_col(d, begin, e, r->start, 0);
-            for (uint32_t c = 1; c < fast.ncased; c++) case_map_col(d, begin, e, r->start, c);
+            for (uint32_t c = 1; c < ncased; c++) case_map_col(d, begin, e, r->start, c);
         }
         d[n] = '\n';
         len += n + 1;

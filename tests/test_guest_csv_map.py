@@ -114,6 +114,9 @@ QUOTED_FIELDS = [
     b'"ab"c',
     b'"q"',
     b'x"y',
+    # Quote-free blocks inside quotes, and after a record's first quote but before its end.
+    b'"' + b"long, quoted\r\ntext " * 6 + b'"',
+    b'x"y' + b"z" * 140,
 ]
 
 
@@ -227,6 +230,33 @@ COMMON_SHAPE_ROWS = [
 def test_the_common_shape_writes_what_the_generic_steps_write(row: bytes) -> None:
     data = b"id,name,amount,city\n" + b"".join(b"%d,%s\n" % (i, row if i % 3 == 1 else b"a,50,b") for i in range(40))
     check(COMMON_SHAPE, data, [None, 1, 5, 64])
+
+
+def _decimals_near(value: float) -> list[str]:
+    """Plain decimals of at most 8 characters after an optional '-' (the ones fast_rows compares
+    as integers against per-precision thresholds) next to value and to -value, at every precision."""
+    out = {"0", "-0", ".0", "-.0", "0.", "00000000", "99999999", "-99999999", ".9999999", "-.0000001"}
+    for target in (value, -value):
+        for frac in range(8):
+            scaled = round(abs(target) * 10**frac)
+            for mant in (scaled - 1, scaled, scaled + 1):
+                if not 0 <= mant < 10**8:
+                    continue
+                text = str(mant).rjust(frac + 1, "0")
+                text = text[: len(text) - frac] + "." + text[len(text) - frac :] if frac else text
+                if len(text) <= 8:
+                    out.add(("-" if target < 0 else "") + text)
+    return sorted(out)
+
+
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("value", [100, 0.1, 0.3, 100.005, -2.5, 1e-7, 99999999.5, 0, 1e300, -1e300, 1.000000001])
+def test_the_common_shape_compares_plain_decimals_exactly(op: str, value: float) -> None:
+    # fast_rows compares a plain decimal's digits with thresholds worked out at the header; the
+    # model compares floats: they agree on numbers at, just below and just above the constant.
+    amounts = _decimals_near(value)
+    data = b"id,name,amount,city\n" + b"".join(b"%d,n,%s,c\n" % (i, a.encode()) for i, a in enumerate(amounts))
+    check({"select": ["name", "amount"], "filter": {"column": "amount", "op": op, "value": value}}, data, [None])
 
 
 def test_case_mapping_keeps_quoting_intact() -> None:

@@ -1065,8 +1065,9 @@ PL_COLD uint64_t pl__csv_walk_block(pl_csv *p, uint64_t quotes, uint64_t seps, u
     return out;
 }
 
-/* The separators of a block that holds quotes, or starts inside or right after them. Inlined: a
- * call in the scanner's loop would make the JIT spill the block's vectors around it. */
+/* The separators of a block (exact for blocks without quotes too: they need no case of their
+ * own, and half the blocks of typical data hold a quote, so a branch on it mispredicts often).
+ * Inlined: a call in the scanner's loop would make the JIT spill the block's vectors around it. */
 __attribute__((always_inline)) static inline uint64_t pl__csv_quoted_block(pl_csv *p, uint64_t q, uint64_t seps, uint64_t valid) {
     const unsigned state = p->state;
     const uint64_t in = pl__prefix_xor(q) ^ (state == PL__CSV_QUOTED ? ~0ull : 0); /* inside quotes */
@@ -1077,11 +1078,13 @@ __attribute__((always_inline)) static inline uint64_t pl__csv_quoted_block(pl_cs
     const uint64_t may_close = (seps | opens) >> 1 | ~valid >> 1 | 1ull << 63;
     const bool resumed_ok = state != PL__CSV_QUOTE || ((seps | q) & 1);
     if ((opens & ~may_open) || (closes & ~may_close) || !resumed_ok) return pl__csv_walk_block(p, q, seps, valid);
+    /* The state after the last byte, from its bits (inside quotes, quote, separator; a byte is
+     * never both of the last two): a table, as a chain of conditions would be branches that
+     * mispredict. */
+    static const uint8_t after[8] = {PL__CSV_FIELD,  PL__CSV_START,  PL__CSV_QUOTE,  PL__CSV_QUOTE,
+                                     PL__CSV_QUOTED, PL__CSV_QUOTED, PL__CSV_QUOTED, PL__CSV_QUOTED};
     const unsigned last = 63u - (unsigned)__builtin_clzll(valid);
-    p->state = in >> last & 1     ? PL__CSV_QUOTED
-               : q >> last & 1    ? PL__CSV_QUOTE
-               : seps >> last & 1 ? PL__CSV_START
-                                  : PL__CSV_FIELD;
+    p->state = after[(in >> last & 1) << 2 | (q >> last & 1) << 1 | (seps >> last & 1)];
     return seps & ~in & valid;
 }
 
@@ -1108,13 +1111,7 @@ __attribute__((always_inline)) static inline void pl__csv_index(pl_csv *p, uint3
     __asm__ volatile("" : : "r"(b) : "memory");
     const pl__csv_masks m = {b->seps, b->quotes, b->ends, b->lines};
     const uint64_t all = m.commas | m.breaks;
-    uint64_t seps;
-    if (m.quotes || p->state >= PL__CSV_QUOTED) {
-        seps = pl__csv_quoted_block(p, m.quotes, all, valid);
-    } else {
-        seps = all & valid;
-        p->state = seps >> (63 - __builtin_clzll(valid)) & 1 ? PL__CSV_START : PL__CSV_FIELD;
-    }
+    uint64_t seps = pl__csv_quoted_block(p, m.quotes, all, valid);
     /* A line break outside quotes ends a record, unless it comes right after another one (or at
      * the stream start): then it is a blank line, or the LF of a CRLF. */
     const uint64_t breaks = m.breaks & seps;
@@ -1126,11 +1123,24 @@ __attribute__((always_inline)) static inline void pl__csv_index(pl_csv *p, uint3
     *b = (pl__csv_block){seps, ends, valid & ~breaks & after_break, m.quotes, lines, p->line, p->nends};
     uint32_t *out = p->ends + p->nends;
     for (uint64_t s = seps; s; out += 8) { /* may write 7 entries past the last: see pl__csv_full */
+#ifdef __wasm_simd128__
+        /* Four offsets a store: Cranelift computes each scalar store's address on its own. */
+        uint32_t at[8];
+#pragma clang loop unroll(full)
+        for (int i = 0; i < 8; i++) {
+            at[i] = (uint32_t)__builtin_ctzll(s);
+            s &= s - 1;
+        }
+        const v128_t vbase = wasm_i32x4_splat((int32_t)base);
+        wasm_v128_store(out, wasm_i32x4_add(wasm_i32x4_make((int32_t)at[0], (int32_t)at[1], (int32_t)at[2], (int32_t)at[3]), vbase));
+        wasm_v128_store(out + 4, wasm_i32x4_add(wasm_i32x4_make((int32_t)at[4], (int32_t)at[5], (int32_t)at[6], (int32_t)at[7]), vbase));
+#else
 #pragma clang loop unroll(full)
         for (int i = 0; i < 8; i++) {
             out[i] = base + (uint32_t)__builtin_ctzll(s);
             s &= s - 1;
         }
+#endif
     }
     p->nends += (uint32_t)__builtin_popcountll(seps);
     p->line += (uint64_t)__builtin_popcountll(lines);
@@ -1154,7 +1164,9 @@ __attribute__((always_inline)) static inline int pl__csv_records(pl_csv *p, cons
     /* Records alternate with runs of line breaks: the record open at the block's start (or its
      * first start), then after each record end the next start. */
     if (p->in_record) {
-        if (b->quotes && p->rec_quote == INT64_MAX) p->rec_quote = base + (uint32_t)__builtin_ctzll(b->quotes);
+        /* The open record's first quote: the earlier one if it has one (a select, not a branch). */
+        const int64_t q = b->quotes ? (int64_t)(base + (uint32_t)__builtin_ctzll(b->quotes)) : INT64_MAX;
+        p->rec_quote = q < p->rec_quote ? q : p->rec_quote;
     } else if (b->starts) {
         pl__csv_open(p, b, base, (unsigned)__builtin_ctzll(b->starts));
     }
@@ -1550,45 +1562,61 @@ PL_API bool pl_parse_number(const uint8_t *s, size_t n, double *out) {
 PL_COLD bool pl__parse_number_cold(const uint8_t *s, size_t n, double *out) { return pl_parse_number(s, n, out); }
 
 /*
- * pl_parse_number for text followed by at least 8 readable bytes (as every pl_csv value is). A
- * plain decimal of up to 8 characters after an optional '-' ("123.45", "-7", ".5") is parsed
- * without a loop, 8 bytes at once in a 64-bit word; anything else goes to pl_parse_number.
- * Inlined: small, and a call would cost a good part of it.
+ * The plain decimals pl_parse_number_padded parses without a loop: up to 8 characters after an
+ * optional '-', digits with at most one '.' and at least one digit ("123.45", "-7", ".5"), read
+ * 8 bytes at once in a 64-bit word (the text must be followed by at least 8 readable bytes, as
+ * every pl_csv value is). Its value is -(neg) mant / 10^frac, mant < 10^8 and frac < 8; as a
+ * double, (double)mant / pl__pow10[frac] (exact operands, so correctly rounded) negated if neg.
+ * Returns false for any other text, which may still be a number.
+ */
+__attribute__((always_inline, unused)) static inline bool pl_parse_decimal8(const uint8_t *s, size_t n, uint64_t *mant,
+                                                                            unsigned *frac, bool *neg) {
+    *neg = n && s[0] == '-';
+    const size_t len = n - *neg;
+    if (len - 1 >= 8) return false;
+    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+    uint64_t x;
+    memcpy(&x, s + *neg, 8); /* byte i of x is character i */
+    const uint64_t keep = len == 8 ? ~0ull : (1ull << (8 * len)) - 1;
+    x &= keep;
+    /* The first '.', if any: the lowest zero byte of x ^ '.'s (exact for the lowest one). */
+    const uint64_t dx = x ^ ('.' * ones), dots = (dx - ones) & ~dx & high & keep;
+    size_t digits = len;
+    *frac = 0;
+    if (dots) {
+        const unsigned at = (unsigned)__builtin_ctzll(dots) & ~7u; /* bit offset of the '.' */
+        const uint64_t below = (1ull << at) - 1;
+        x = (x & below) | ((x >> 8) & ~below);
+        digits = len - 1;
+        *frac = (unsigned)(len - 1 - at / 8);
+    }
+    if (!digits) return false;
+    /* Right-align the digits behind '0's: byte 0 is the most significant one. */
+    const unsigned pad = 8 * (unsigned)(8 - digits);
+    x = x << pad | ('0' * ones) >> (63 - pad) >> 1;
+    /* All eight bytes '0'..'9' (a second '.' or any other byte fails here). */
+    if ((x & 0xF0F0F0F0F0F0F0F0ull) != 0x3030303030303030ull ||
+        ((x + 0x0606060606060606ull) & 0xF0F0F0F0F0F0F0F0ull) != 0x3030303030303030ull)
+        return false;
+    x = (x & 0x0F0F0F0F0F0F0F0Full) * 2561 >> 8;
+    x = (x & 0x00FF00FF00FF00FFull) * 6553601 >> 16;
+    *mant = (x & 0x0000FFFF0000FFFFull) * 42949672960001ull >> 32;
+    return true;
+}
+
+/*
+ * pl_parse_number for text followed by at least 8 readable bytes (as every pl_csv value is):
+ * the plain decimals of pl_parse_decimal8 without a loop, anything else through
+ * pl_parse_number. Inlined: small, and a call would cost a good part of it.
  */
 __attribute__((always_inline, unused)) static inline bool pl_parse_number_padded(const uint8_t *s, size_t n, double *out) {
-    const bool neg = n && s[0] == '-';
-    const size_t len = n - neg;
-    if (len - 1 < 8) {
-        const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
-        uint64_t x;
-        memcpy(&x, s + neg, 8); /* byte i of x is character i */
-        const uint64_t keep = len == 8 ? ~0ull : (1ull << (8 * len)) - 1;
-        x &= keep;
-        /* The first '.', if any: the lowest zero byte of x ^ '.'s (exact for the lowest one). */
-        const uint64_t dx = x ^ ('.' * ones), dots = (dx - ones) & ~dx & high & keep;
-        size_t digits = len, frac = 0;
-        if (dots) {
-            const unsigned at = (unsigned)__builtin_ctzll(dots) & ~7u; /* bit offset of the '.' */
-            const uint64_t below = (1ull << at) - 1;
-            x = (x & below) | ((x >> 8) & ~below);
-            digits = len - 1;
-            frac = len - 1 - at / 8;
-        }
-        if (digits) {
-            /* Right-align the digits behind '0's: byte 0 is the most significant one. */
-            const unsigned pad = 8 * (unsigned)(8 - digits);
-            x = x << pad | ('0' * ones) >> (63 - pad) >> 1;
-            /* All eight bytes '0'..'9' (a second '.' or any other byte fails here). */
-            if ((x & 0xF0F0F0F0F0F0F0F0ull) == 0x3030303030303030ull &&
-                ((x + 0x0606060606060606ull) & 0xF0F0F0F0F0F0F0F0ull) == 0x3030303030303030ull) {
-                x = (x & 0x0F0F0F0F0F0F0F0Full) * 2561 >> 8;
-                x = (x & 0x00FF00FF00FF00FFull) * 6553601 >> 16;
-                const uint64_t mant = (x & 0x0000FFFF0000FFFFull) * 42949672960001ull >> 32;
-                const double v = (double)mant / pl__pow10[frac];
-                *out = neg ? -v : v;
-                return true;
-            }
-        }
+    uint64_t mant;
+    unsigned frac;
+    bool neg;
+    if (pl_parse_decimal8(s, n, &mant, &frac, &neg)) {
+        const double v = (double)mant / pl__pow10[frac];
+        *out = neg ? -v : v;
+        return true;
     }
     return pl__parse_number_cold(s, n, out);
 }
