@@ -19,9 +19,11 @@ from pathlib import Path
 _libc = ctypes.CDLL(None, use_errno=True)
 _syncfs = getattr(_libc, "syncfs", None)  # Linux only
 _statfs = getattr(_libc, "statfs", None)
-# Filesystems whose syncfs does not make writes durable the way fsync does: FUSE (sshfs, gcsfuse:
-# the daemon gets no FSYNC) and network filesystems (NFS, SMB).
-_SYNCFS_UNTRUSTED = {0x65735546, 0x6969, 0xFF534D42, 0xFE534D42}
+# Local filesystems whose syncfs makes writes durable as fsync does (statfs f_type): ext2/3/4,
+# XFS, btrfs, F2FS, tmpfs. Not FUSE (sshfs, gcsfuse: the daemon gets no FSYNC), network or
+# cluster filesystems (NFS, SMB, 9p, Ceph, Lustre), nor overlayfs (older kernels did not pass
+# the upper layer's writeback errors to syncfs): an allowlist, so one not known here is refused.
+_SYNCFS_TRUSTED = {0xEF53, 0x58465342, 0x9123683E, 0xF2F52010, 0x01021994}
 
 
 def _kernel() -> tuple[int, ...]:
@@ -33,14 +35,16 @@ def barrier_covers(path: Path) -> bool:
     """Whether a :class:`DeferredSyncs` barrier can stand in for fsyncs of files in ``path``.
 
     Linux 5.8 or later (before, syncfs returned 0 even when writeback failed) and a local
-    filesystem; elsewhere a group commit fsyncs as a single run does.
+    filesystem it knows; elsewhere a group commit fsyncs as a single run does.
     """
     if _syncfs is None or _statfs is None or _kernel() < (5, 8):
         return False
     buffer = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first field
     if _statfs(os.fsencode(path), buffer) != 0:
         return False
-    return ctypes.c_long.from_buffer(buffer).value not in _SYNCFS_UNTRUSTED
+    # A long (signed) on most ABIs: the mask reads a 32-bit one's magic above 2**31 right. Where
+    # f_type is laid out otherwise (s390x), no magic matches and deferral is refused.
+    return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF in _SYNCFS_TRUSTED
 
 
 class DeferredSyncs:

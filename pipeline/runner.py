@@ -39,6 +39,7 @@ from pipeline.errors import (
     GuestError,
     PipelineError,
     ResumeMismatch,
+    SinkError,
     SnapshotCorrupt,
     SpecError,
     StoreError,
@@ -163,8 +164,9 @@ class SessionGroup:
         return _Run(job, session, self.store, on_progress, group=self).execute(fresh=fresh, wait=wait)
 
     def long_run_ahead(self) -> None:
-        """Called by a run that will not be deferred, or will wait for a lock."""
-        if self._published and self._before_long_run is not None:
+        """Called by a run that will not be deferred, or will wait for a lock: pending sessions,
+        and a commit in flight, are reported first."""
+        if (self._published or self._inflight is not None) and self._before_long_run is not None:
             self._before_long_run()
 
     def hand_over(self, run: _Run) -> None:
@@ -303,10 +305,8 @@ class _Run:
             with contextlib.ExitStack() as durability:
                 # Local locks before the lease: a run that cannot write the sinks must not take
                 # the session from a run that can.
-                if wait and self.group is not None:
-                    self.group.long_run_ahead()
                 for sink in self.sinks.values():
-                    sink.acquire(wait=wait)
+                    self._acquire(sink, wait=wait)
                 resumed_from: int | None = None
                 had_head = True
                 candidate = None if fresh else self._resumable(source)
@@ -360,6 +360,16 @@ class _Run:
             source.close()
             if not handed_over:
                 self.close()
+
+    def _acquire(self, sink: Sink, *, wait: bool) -> None:
+        """Take a sink's lock; in a group, what is pending is reported before waiting for one."""
+        if wait and self.group is not None:
+            try:
+                sink.acquire(wait=False)
+                return
+            except SinkError:  # held: the wait may be long
+                self.group.long_run_ahead()
+        sink.acquire(wait=wait)
 
     def complete(self) -> None:
         """Commit the ``complete`` manifest of a run its group took over after publishing."""
