@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -26,6 +27,7 @@ _statfs = getattr(_libc, "statfs", None)
 _SYNCFS_TRUSTED = {0xEF53, 0x58465342, 0x9123683E, 0xF2F52010, 0x01021994}
 
 
+@functools.cache
 def _kernel() -> tuple[int, ...]:
     release = os.uname().release.split("-")[0].split(".")
     return tuple(int(part) for part in release[:2] if part.isdigit())
@@ -77,18 +79,16 @@ class DeferredSyncs:
             self._directories.add(path)
 
     def barrier(self) -> None:
-        """Make everything written on the noted filesystems durable; raises ``OSError``."""
-        filesystems, self._filesystems = self._filesystems, {}
-        self._directories = set()
+        """Make everything written on the noted filesystems durable, then forget them; raises
+        ``OSError``."""
         try:
-            for fd in filesystems.values():
+            for fd in self._filesystems.values():
                 assert _syncfs is not None, "deferred only where barrier_covers() said so"
                 if _syncfs(fd) != 0:
                     errno = ctypes.get_errno()
                     raise OSError(errno, os.strerror(errno))
         finally:
-            for fd in filesystems.values():
-                os.close(fd)
+            self.close()
 
     def close(self) -> None:
         """Forget what is noted without syncing it (the group failed; nothing relies on it)."""

@@ -142,6 +142,7 @@ class SessionGroup:
         first (they would wait, holding their locks and unreported, as long as it runs)."""
         self.store = open_store(store_url, base_dir=base_dir)
         self.store_directory = _local_root(self.store)
+        self._covered: dict[Path, bool] = {}
         self._before_long_run = before_long_run
         self.syncs = DeferredSyncs()
         self._published: list[_Run] = []
@@ -162,6 +163,14 @@ class SessionGroup:
         :meth:`commit` says so (see :attr:`pending`)."""
         _check_session_id(session)
         return _Run(job, session, self.store, on_progress, group=self).execute(fresh=fresh, wait=wait)
+
+    def covers(self, directory: Path) -> bool:
+        """:func:`~pipeline._fs.barrier_covers`, asked once per directory for the group (a
+        ``statfs`` each: the same few folders come back with every file)."""
+        covered = self._covered.get(directory)
+        if covered is None:
+            covered = self._covered[directory] = barrier_covers(directory)
+        return covered
 
     def long_run_ahead(self) -> None:
         """Called by a run that will not be deferred, or will wait for a lock: pending sessions,
@@ -312,13 +321,13 @@ class _Run:
                 candidate = None if fresh else self._resumable(source)
                 if candidate is not None and candidate.state == "complete":
                     return self._already_complete(candidate)
-                deferred = candidate is None and self._may_defer(source, fresh)
-                if self.group is not None and not deferred:
+                self.deferred = candidate is None and self._may_defer(source, fresh)
+                if self.group is not None and not self.deferred:
                     self.group.long_run_ahead()
                 if candidate is not None:
                     resumed_from = candidate.source["offset"]
                     self._resume(candidate)
-                elif deferred:
+                elif self.deferred:
                     assert self.group is not None
                     durability.enter_context(deferred_syncs(self.group.syncs))
                     self._start_deferred(source)
@@ -574,13 +583,12 @@ class _Run:
             and self.state.version is None
             and source.size is not None
             and source.size <= self.job.source.chunk_size
-            and all(isinstance(sink, FileSink) and barrier_covers(sink.path.parent) for sink in self.sinks.values())
-            and barrier_covers(self.group.store_directory)
+            and all(isinstance(sink, FileSink) and self.group.covers(sink.path.parent) for sink in self.sinks.values())
+            and self.group.covers(self.group.store_directory)
         )
 
     def _start_deferred(self, source: Source) -> None:
         """Start a deferred run: no ``starting`` commit (its group commits ``complete`` only)."""
-        self.deferred = True
         self.manifest = self._starting_manifest(source, None)
         self.state.adopt(self.manifest)
         for sink in self.sinks.values():

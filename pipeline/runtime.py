@@ -338,7 +338,7 @@ class Guest:
         self._funcs: dict[str, Export] = {}
         self._globals: dict[str, wasmtime.Global] = {}
         if module.sha256 not in _SPEAKS_OUR_ABI:  # every instance of a module answers the same
-            self.check_abi_version()
+            self._check_abi_version()
             _SPEAKS_OUR_ABI.add(module.sha256)
         self._input_ptr = 0
         self._input_cap = 0
@@ -428,7 +428,7 @@ class Guest:
             self._globals[name] = glob = found
         return glob
 
-    def check_abi_version(self) -> None:
+    def _check_abi_version(self) -> None:
         """Refuse a guest that speaks another ABI version."""
         version = self._call("pl_abi_version")
         if version != ABI_VERSION:
