@@ -3,8 +3,10 @@
 Every fsync the directory store and the file sinks make goes through :func:`fsync` or
 :func:`fsync_dir`. Inside :func:`deferred_syncs` they only note the file's filesystem, and
 :meth:`DeferredSyncs.barrier` later syncs each noted filesystem once (``syncfs``): a group of
-small sessions then makes its writes durable with two barriers instead of ~7 fsyncs each
-(group commit; see ``runner.SessionGroup``). Outside it they fsync at once, as always.
+small sessions then makes its writes durable with two syncs instead of ~7 fsyncs each (group
+commit; see ``runner.SessionGroup``). Outside it they fsync at once, as always. A rename that
+must not reach the disk before the bytes it names (the store's manifests) is *staged* instead:
+the barrier makes it between its two syncs.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import contextlib
 import ctypes
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -49,6 +52,13 @@ def barrier_covers(path: Path) -> bool:
     return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF in _SYNCFS_TRUSTED
 
 
+@dataclass
+class _Staged:
+    owner: str
+    publish: Callable[[], None]
+    discard: Callable[[], None] | None
+
+
 class DeferredSyncs:
     """Fsyncs put off to one :meth:`barrier`: it syncs every filesystem they touched, once.
 
@@ -61,6 +71,25 @@ class DeferredSyncs:
     def __init__(self) -> None:
         self._filesystems: dict[int, int] = {}  # st_dev -> an fd open on that filesystem
         self._directories: set[Path] = set()  # noted already: no need to open them again
+        self._staged: list[_Staged] = []
+        self._owner = ""
+
+    @contextlib.contextmanager
+    def owner(self, name: str) -> Iterator[None]:
+        """Within the block, :meth:`stage` files what it stages under ``name`` (for
+        :meth:`barrier`'s failures)."""
+        previous, self._owner = self._owner, name
+        try:
+            yield
+        finally:
+            self._owner = previous
+
+    def stage(self, publish: Callable[[], None], discard: Callable[[], None] | None = None) -> None:
+        """A step that must wait until what is noted so far is durable — naming a file whose
+        bytes were written unsynced, say: :meth:`barrier` calls ``publish`` between its two
+        syncs, or ``discard`` (if any) when it never gets that far. ``publish`` makes changes
+        only on filesystems already noted (the second sync covers those alone)."""
+        self._staged.append(_Staged(self._owner, publish, discard))
 
     def note(self, fd: int) -> None:
         """Remember ``fd``'s filesystem for the next barrier (``fd`` may be closed after)."""
@@ -78,20 +107,43 @@ class DeferredSyncs:
                 os.close(fd)
             self._directories.add(path)
 
-    def barrier(self) -> None:
-        """Make everything written on the noted filesystems durable, then forget them; raises
-        ``OSError``."""
+    def barrier(self) -> dict[str, Exception]:
+        """Make everything written on the noted filesystems durable; then, if anything is
+        staged, publish it in order and sync again; then forget it all.
+
+        Returns the owners of the publishes that raised, with what they raised (the others
+        went on); raises ``OSError`` when a sync fails (what it had not yet published is
+        discarded).
+        """
+        failed: dict[str, Exception] = {}
         try:
-            for fd in self._filesystems.values():
-                assert _syncfs is not None, "deferred only where barrier_covers() said so"
-                if _syncfs(fd) != 0:
-                    errno = ctypes.get_errno()
-                    raise OSError(errno, os.strerror(errno))
+            self._sync()
+            if self._staged:
+                while self._staged:
+                    item = self._staged.pop(0)
+                    try:
+                        item.publish()
+                    except Exception as exc:  # the owner's failure, reported by the caller
+                        failed[item.owner] = exc
+                self._sync()
         finally:
             self.close()
+        return failed
+
+    def _sync(self) -> None:
+        for fd in self._filesystems.values():
+            assert _syncfs is not None, "deferred only where barrier_covers() said so"
+            if _syncfs(fd) != 0:
+                errno = ctypes.get_errno()
+                raise OSError(errno, os.strerror(errno))
 
     def close(self) -> None:
-        """Forget what is noted without syncing it (the group failed; nothing relies on it)."""
+        """Forget what is noted without syncing it, and discard what is staged (the group
+        failed; nothing relies on it)."""
+        staged, self._staged = self._staged, []
+        for item in staged:
+            if item.discard is not None:
+                item.discard()
         for fd in self._filesystems.values():
             os.close(fd)
         self._filesystems = {}
@@ -111,9 +163,9 @@ def deferred_syncs(syncs: DeferredSyncs) -> Iterator[DeferredSyncs]:
         _deferred.reset(token)
 
 
-def deferring() -> bool:
-    """Whether this thread is inside :func:`deferred_syncs`."""
-    return _deferred.get() is not None
+def deferring() -> DeferredSyncs | None:
+    """The :class:`DeferredSyncs` this thread notes into (inside :func:`deferred_syncs`), or None."""
+    return _deferred.get()
 
 
 def fsync(fd: int) -> None:

@@ -75,6 +75,7 @@ class BenchOptions:
     tools: tuple[str, ...] = ()
     """Only these tools (default: all)."""
     workdir: Path | None = None
+    """Where the scratch folder goes (created if missing; default: the system's temp folder)."""
 
 
 @dataclass
@@ -192,6 +193,13 @@ class Report:
 def run_benchmarks(options: BenchOptions, *, command: str = "pipeline bench", log: Log = print) -> Report:
     """Run every selected job with every selected tool; see the module docstring."""
     report = Report(options, command, machine=machine_info())
+    if options.workdir is not None:
+        try:
+            options.workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PipelineError(
+                f"--workdir {options.workdir}: cannot create it: {exc.strerror}", hint="pass a folder you can write to"
+            ) from exc
     with tempfile.TemporaryDirectory(prefix="pipeline-bench-", dir=options.workdir) as tmp:
         work = Path(tmp).resolve()  # the children run in their own folders
         for job in options.jobs:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline._faults import FaultPoints
-from pipeline._fs import DeferredSyncs, barrier_covers, deferred_syncs
+from pipeline._fs import DeferredSyncs, barrier_covers, deferred_syncs, deferring
 from pipeline.connectors.base import Sink, open_recorded_sink, open_sink
 from pipeline.connectors.file_sink import FileSink
 from pipeline.connectors.source import Source, describe_change, is_verifiable
@@ -118,11 +119,12 @@ class SessionGroup:
     new, whose input fits in one chunk and whose outputs are local files runs with every fsync
     deferred (:class:`~pipeline._fs.DeferredSyncs`), publishes its outputs, and is handed to the
     group still holding its outputs' locks. :meth:`commit` then makes the group durable in the
-    order a single session's fsyncs would: one barrier (every published output on disk), the
-    ``complete`` manifests, a second barrier; only then are the sessions complete and their
-    locks released. A crash before that leaves those sessions without a head: the next run
-    starts them over and publishes the same bytes again. Any other session (resumed, large,
-    with remote outputs) runs as :func:`run_session` runs it, at once.
+    order a single session's fsyncs would: the ``complete`` manifests are written but not yet
+    named, a sync (every published output and manifest on disk), the manifests named, a second
+    sync; only then are the sessions complete and their locks released. A crash before that
+    leaves those sessions without a head: the next run starts them over and publishes the same
+    bytes again. Any other session (resumed, large, with remote outputs) runs as
+    :func:`run_session` runs it, at once.
 
     It commits no ``starting`` lease for a deferred session: nothing of an earlier run is there
     to protect, and the outputs' locks keep out every other run until ``complete`` is on disk.
@@ -197,8 +199,8 @@ class SessionGroup:
         )
 
     def commit(self) -> Future[dict[str, PipelineError]]:
-        """Start making every pending session complete — barrier, ``complete`` manifests,
-        barrier — on the group's committer thread, and return at once: the next sessions run
+        """Start making every pending session complete — ``complete`` manifests written, sync,
+        named, sync — on the group's committer thread, and return at once: the next sessions run
         meanwhile (their fsyncs are noted for the next commit's barriers). One commit is in flight
         at most: this first waits for the one before.
 
@@ -217,13 +219,14 @@ class SessionGroup:
         failed: dict[str, PipelineError] = {}
         try:
             with deferred_syncs(syncs):
-                _barrier(syncs)  # the outputs are on disk before any manifest says they are
                 for run in runs:
                     try:
-                        run.complete()
+                        with syncs.owner(run.session):
+                            run.complete()  # written; the store stages its name for the barrier
                     except PipelineError as exc:
                         failed[run.session] = exc
-            _barrier(syncs)
+            # The outputs and the manifests' bytes on disk, then the manifests' names.
+            failed |= _barrier(syncs)
         except StoreError as exc:
             failed = dict.fromkeys((run.session for run in runs), exc)
         finally:
@@ -257,11 +260,18 @@ def _local_root(store: SnapshotStore) -> Path:
     return Path(getattr(store, "root", "."))
 
 
-def _barrier(syncs: DeferredSyncs) -> None:
+def _barrier(syncs: DeferredSyncs) -> dict[str, PipelineError]:
+    """The group's barrier; returns the sessions whose manifest it could not name (a ``Conflict``)."""
     try:
-        syncs.barrier()
+        raised = syncs.barrier()
     except OSError as exc:
         raise StoreError(f"cannot make a group of sessions durable: {exc.strerror}") from exc
+    failed: dict[str, PipelineError] = {}
+    for session, exc in raised.items():
+        if not isinstance(exc, PipelineError):
+            raise exc  # a bug, not a session's failure
+        failed[session] = exc
+    return failed
 
 
 class _Run:
@@ -720,7 +730,12 @@ class _Run:
         self.faults.reached("blobs-written")
         manifest.stats["stored_bytes"] = manifest.stored_bytes()
         self.state.commit(manifest)
-        self.faults.reached("manifest-committed")
+        if syncs := deferring():
+            # A group's commit: the directory store only staged the manifest; its name, and so
+            # this step, comes at the group's barrier (the staged steps run in order).
+            syncs.stage(functools.partial(self.faults.reached, "manifest-committed"))
+        else:
+            self.faults.reached("manifest-committed")
         self.checkpoints += 1
         self.state.release(manifest)
         self.pages.retain(self.state.referenced())

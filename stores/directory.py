@@ -9,6 +9,12 @@ its rename). Blobs are only ever reached through a manifest a ``cas`` committed,
 order of DESIGN §4 holds, with one directory fsync per checkpoint instead of one per page blob,
 and a new small session commits its two manifests with one directory fsync, not two.
 
+In a group commit (``_fs.deferred_syncs``) a ``cas`` that creates its key writes the temporary
+file unsynced and stages its naming: the group's barrier syncs the filesystem (those bytes with
+every other session's), then links each into place — still under the directory's lock, failing
+if the key appeared meanwhile — then syncs again. No fsync per manifest, and still never a name
+before its bytes.
+
 ``cas`` serialises writers with an ``flock`` on the key's directory, which works across threads
 and processes on one machine (not across machines: use S3 or PostgreSQL for a store shared by
 several hosts); versions are content hashes. Locking the directory rather than a sidecar lock
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import threading
 import uuid
@@ -31,7 +38,7 @@ from pathlib import Path
 
 import xxhash
 
-from pipeline._fs import deferring, fsync, fsync_dir
+from pipeline._fs import DeferredSyncs, deferring, fsync, fsync_dir
 from pipeline.errors import Conflict, KeyNotFound, StoreError
 from pipeline.stores._base import BaseStore
 from pipeline.stores._retry import RetryPolicy
@@ -41,6 +48,11 @@ _PRIVATE = ".~"  # prefix of the store's own temporary files; never a key segmen
 
 def _version(data: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(data)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 class DirectoryStore(BaseStore):
@@ -75,10 +87,10 @@ class DirectoryStore(BaseStore):
         """Write ``key`` through a fsynced temporary file and a rename.
 
         With ``dir_fd`` (the key's directory, open) the rename is made durable at once; without,
-        it is left for the next ``_sync_pending``. The temporary file is fsynced even in a
-        group commit's deferred context (only the directory fsync may wait for its barrier): a
-        rename can reach the disk before the bytes it names, and a name without its bytes is a
-        damaged value, where a name not yet durable is only an older one.
+        it is left for the next ``_sync_pending``. The temporary file is fsynced whatever is
+        deferred (a group commit stages a creation instead, :meth:`_stage_creation`): a rename
+        can reach the disk before the bytes it names, and a name without its bytes is a damaged
+        value, where a name not yet durable is only an older one.
         """
         path = self.root / key
         tmp = path.with_name(f"{_PRIVATE}{path.name}.{uuid.uuid4().hex}.tmp")
@@ -96,8 +108,7 @@ class DirectoryStore(BaseStore):
                 with self._unsynced_lock:
                     self._unsynced.add(path.parent)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            _unlink_quietly(tmp)
             raise StoreError(f"{self.url}: cannot write {key!r}: {exc.strerror}") from exc
 
     def _put(self, key: str, data: bytes) -> None:
@@ -124,6 +135,8 @@ class DirectoryStore(BaseStore):
             raise StoreError(f"{self.url}: cannot sync {directory}: {exc.strerror}") from exc
 
     def _cas(self, key: str, data: bytes, expected: str | None) -> str:
+        if expected is None and (syncs := deferring()):
+            return self._stage_creation(key, data, syncs)
         path = self.root / key
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,11 +157,8 @@ class DirectoryStore(BaseStore):
                 raise Conflict(f"{self.url}: {key!r} changed underneath (compare-and-swap lost)")
             # Creating a key (a new session's "starting" head) defers its directory fsync like a
             # put: until the session's next commit nothing depends on it, and a crash that loses
-            # it leaves no session, which starts afresh as it would have from "starting". In a
-            # group commit (deferring) the directory is noted for the group's barrier instead,
-            # which must cover it: the group reports the session complete after that barrier.
-            defer_to_next_commit = expected is None and not deferring()
-            self._write_atomically(key, data, dir_fd=None if defer_to_next_commit else dir_fd)
+            # it leaves no session, which starts afresh as it would have from "starting".
+            self._write_atomically(key, data, dir_fd=None if expected is None else dir_fd)
         except BaseException:
             if covered:
                 with self._unsynced_lock:
@@ -157,6 +167,45 @@ class DirectoryStore(BaseStore):
         finally:
             os.close(dir_fd)  # closing releases the flock
         return _version(data)
+
+    def _stage_creation(self, key: str, data: bytes, syncs: DeferredSyncs) -> str:
+        """``cas(key, data, None)`` in a group commit: the bytes now, unsynced; the name at the
+        group's barrier (:meth:`_name_created`), once a sync has made them durable."""
+        path = self.root / key
+        tmp = path.with_name(f"{_PRIVATE}{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                syncs.note(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            raise StoreError(f"{self.url}: cannot write {key!r}: {exc.strerror}") from exc
+        syncs.stage(functools.partial(self._name_created, key, tmp), functools.partial(_unlink_quietly, tmp))
+        return _version(data)
+
+    def _name_created(self, key: str, tmp: Path) -> None:
+        """Link a staged value into place under the directory's lock, as ``cas`` would have
+        renamed it: ``Conflict`` if the key exists by now (a link never replaces a name)."""
+        path = self.root / key
+        try:
+            dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(dir_fd, fcntl.LOCK_EX)
+                os.link(tmp, path)
+            finally:
+                os.close(dir_fd)  # closing releases the flock
+        except FileExistsError:
+            raise Conflict(f"{self.url}: {key!r} changed underneath (compare-and-swap lost)") from None
+        except OSError as exc:
+            raise StoreError(f"{self.url}: cannot write {key!r}: {exc.strerror}") from exc
+        finally:
+            _unlink_quietly(tmp)
 
     def _list(self, prefix: str) -> Iterator[str]:
         # Walk only the deepest directory the prefix names in full, not the whole store.

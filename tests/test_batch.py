@@ -267,7 +267,7 @@ def test_small_new_sessions_are_made_durable_by_group_barriers_not_fsyncs(tmp_pa
     outcomes = run_batch(load_job(_small_batch(tmp_path, files=8)))  # one thread: one group of 4, then 4
     assert all(o.error is None and o.result and o.result.checkpoints == 0 for o in outcomes)
     assert len(barriers) == 4  # two per group, one filesystem
-    assert len(fsyncs) == 8  # each manifest's bytes, before its name: nothing else
+    assert fsyncs == []  # outputs, manifests and their names: all made durable by the syncs
     heads = sorted((tmp_path / ".pipeline" / "sessions").glob("*/manifest"))
     assert len(heads) == 8 and not list((tmp_path / ".pipeline" / "sessions").glob("*/manifests/*"))
     assert {row.state for row in batch_status(load_job(tmp_path / "nightly.yaml"))} == {"complete"}
@@ -295,7 +295,7 @@ def test_a_group_mixes_deferred_small_sessions_with_a_checkpointing_one(tmp_path
     "kill_at",
     [
         "published:3",  # mid-group: two sessions published and pending, none complete
-        "manifest-committed:2",  # after the first barrier: two sessions complete, two pending
+        "manifest-committed:2",  # after the first sync, two manifests named: two complete, two pending
     ],
 )
 def test_sigkill_inside_a_group_then_rerun_gives_every_output_golden(tmp_path: Path, kill_at: str) -> None:

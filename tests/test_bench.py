@@ -237,6 +237,18 @@ def test_an_unwritable_report_is_one_error_line(tmp_path: Path) -> None:
     assert "error: --out: cannot write" in result.output and "Traceback" not in result.output
 
 
+def test_a_missing_workdir_is_created_and_one_that_cannot_be_is_one_error_line(tmp_path: Path) -> None:
+    args = ["bench", "--jobs", "none", "--rss", "1MB", "--out", "-", "--workdir"]
+    result = CliRunner().invoke(cli, [*args, str(tmp_path / "new" / "scratch")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "new" / "scratch").is_dir()
+    (tmp_path / "file").write_text("not a folder")
+    result = CliRunner().invoke(cli, [*args, str(tmp_path / "file" / "scratch")])
+    assert result.exit_code == 1
+    assert "error: --workdir" in result.output and "cannot create it: Not a directory" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_a_memory_check_without_room_is_one_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench.shutil, "disk_usage", lambda path: SimpleNamespace(free=0))
     args = ["bench", "--jobs", "none", "--rss", "1MB", "--workdir", str(tmp_path), "--out", "-"]

@@ -145,6 +145,7 @@ def test_a_group_commit_makes_each_manifest_durable_before_its_name(tmp_path: Pa
     events: list[tuple[str, str]] = []
     lock = threading.Lock()
     real_fsync, real_replace, real_syncfs, real_note = os.fsync, os.replace, _fs._syncfs, _fs.DeferredSyncs.note
+    real_link = os.link
     assert real_syncfs is not None
 
     def record(kind: str, path: str) -> None:
@@ -163,6 +164,10 @@ def test_a_group_commit_makes_each_manifest_durable_before_its_name(tmp_path: Pa
         real_replace(src, dst, *args, **kwargs)
         record("replace", f"{src} -> {dst}")
 
+    def link(src, dst, *args, **kwargs):  # type: ignore[no-untyped-def]
+        real_link(src, dst, *args, **kwargs)
+        record("replace", f"{src} -> {dst}")  # a name given to written bytes, as a rename
+
     def syncfs(fd: int) -> int:
         result = real_syncfs(fd)
         record("syncfs", "")
@@ -170,6 +175,7 @@ def test_a_group_commit_makes_each_manifest_durable_before_its_name(tmp_path: Pa
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "link", link)
     monkeypatch.setattr(_fs, "_syncfs", syncfs)
     monkeypatch.setattr(_fs.DeferredSyncs, "note", note)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import stat
 import threading
@@ -151,6 +152,74 @@ def test_a_deferred_commit_leaves_other_runs_pending_directory_syncs_to_them(tmp
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
     store.cas("sessions/a/manifest", b"running", None)  # the blob's directory is durable before this
     assert str(tmp_path / "sessions" / "a" / "pages") in synced
+
+
+def _private_files(root: Path) -> list[str]:
+    return sorted(p.name for p in root.rglob(".~*"))
+
+
+def test_a_group_commit_names_a_created_key_only_at_its_barrier(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Inside a group commit a creating ``cas`` writes its bytes unsynced and names them only
+    after the barrier's first sync: no fsync, and no name a power loss could leave empty."""
+    from pipeline import _fs
+    from pipeline._fs import DeferredSyncs, deferred_syncs
+
+    store = DirectoryStore(str(tmp_path))
+    events: list[str] = []
+    real_syncfs, real_link = _fs._syncfs, os.link
+    assert real_syncfs is not None
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync"))
+    monkeypatch.setattr(_fs, "_syncfs", lambda fd: (events.append("sync"), real_syncfs(fd))[1])
+    monkeypatch.setattr(
+        os, "link", lambda src, dst: (events.append(f"name {Path(dst).parent.name}"), real_link(src, dst))
+    )
+    syncs = DeferredSyncs()
+    with deferred_syncs(syncs):
+        for session in ("a", "b"):
+            with syncs.owner(session):
+                store.cas(f"sessions/{session}/manifest", session.encode(), None)
+    with pytest.raises(KeyNotFound):  # staged: written, not yet named
+        store.get("sessions/a/manifest")
+    assert syncs.barrier() == {}
+    assert events == ["sync", "name a", "name b", "sync"]
+    assert store.get("sessions/a/manifest") == b"a" and store.get("sessions/b/manifest") == b"b"
+    assert _private_files(tmp_path) == []
+
+
+def test_a_key_created_while_a_group_staged_it_fails_only_that_session(tmp_path: Path) -> None:
+    from pipeline._fs import DeferredSyncs, deferred_syncs
+
+    store = DirectoryStore(str(tmp_path))
+    syncs = DeferredSyncs()
+    with deferred_syncs(syncs):
+        for session in ("a", "b"):
+            with syncs.owner(session):
+                store.cas(f"sessions/{session}/manifest", b"group", None)
+    store.cas("sessions/b/manifest", b"another run", None)  # wins between staging and naming
+    failed = syncs.barrier()
+    assert list(failed) == ["b"] and isinstance(failed["b"], Conflict)
+    assert "sessions/b/manifest" in str(failed["b"]) and "compare-and-swap lost" in str(failed["b"])
+    assert store.get("sessions/a/manifest") == b"group"
+    assert store.get("sessions/b/manifest") == b"another run"  # a link never replaces a name
+    assert _private_files(tmp_path) == []
+
+
+def test_a_failed_group_sync_names_nothing_and_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import errno
+
+    from pipeline import _fs
+    from pipeline._fs import DeferredSyncs, deferred_syncs
+
+    store = DirectoryStore(str(tmp_path))
+    syncs = DeferredSyncs()
+    with deferred_syncs(syncs):
+        store.cas("sessions/a/manifest", b"group", None)
+    monkeypatch.setattr(_fs, "_syncfs", lambda fd: (ctypes.set_errno(errno.EIO), -1)[1])
+    with pytest.raises(OSError, match="Input/output error"):
+        syncs.barrier()
+    with pytest.raises(KeyNotFound):
+        store.get("sessions/a/manifest")
+    assert _private_files(tmp_path) == []
 
 
 def test_directory_key_that_is_a_folder_is_not_found(tmp_path: Path) -> None:
