@@ -30,6 +30,7 @@ HostHandler = Callable[..., int | None]
 """A host import: ``handler(context, *i32 args) -> i32 result or None``; one that raises traps the guest."""
 
 _I32_KIND = 0  # WASMTIME_I32 (wasmtime/val.h)
+_EXTERN_FUNC = 0  # WASMTIME_EXTERN_FUNC (wasmtime/extern.h)
 _NO_FINALIZER = ffi._wasmtime_func_new.argtypes[4]()  # a NULL finalizer: the callback has no env to free
 
 
@@ -78,7 +79,10 @@ class Export:
 
     __slots__ = ("_args", "_context", "_func", "_keep", "_nargs", "_nresults", "_results")
 
-    def __init__(self, store: wasmtime.Store, func: wasmtime.Func, nargs: int, nresults: int) -> None:
+    def __init__(
+        self, store: wasmtime.Store, func: wasmtime.Func | ffi.wasmtime_func_t, nargs: int, nresults: int
+    ) -> None:
+        """``func``: a wasmtime-py ``Func``, or the raw handle :func:`instance_func` found."""
         if nargs > 1 or nresults > 1:
             raise ValueError(f"Export: at most one parameter and one result, not {nargs} and {nresults}")
         self._nargs, self._nresults = nargs, nresults
@@ -87,7 +91,7 @@ class Export:
         self._results = (ffi.wasmtime_val_t * 1)()
         self._context = store._context()  # the same pointer for the store's whole life
         self._keep = (store, func)
-        self._func = ctypes.byref(func._func)
+        self._func = ctypes.byref(func._func if isinstance(func, wasmtime.Func) else func)
 
     def __call__(self, arg: int = 0) -> int | None:
         """Call the export (with ``arg`` if it takes one); a trap raises ``wasmtime.Trap``."""
@@ -111,18 +115,30 @@ class Export:
         return int(self._results[0].of.i32) if self._nresults else None
 
 
+def _export_item(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> ffi.wasmtime_extern_t | None:
+    item = ffi.wasmtime_extern_t()
+    raw = name.encode()
+    found = ffi._wasmtime_instance_export_get(
+        store._context(), ctypes.byref(instance._instance), raw, len(raw), ctypes.byref(item)
+    )
+    return item if found else None
+
+
 def instance_export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> wasmtime.AsExtern | None:
     """One export of an instance by name, or None.
 
     ``Instance.exports`` wraps every export of the module (12 for a builtin guest) before it can
     answer one lookup: ~0.13 ms a Guest, a tenth of what a small file's guest costs to start.
     """
-    item = ffi.wasmtime_extern_t()
-    raw = name.encode()
-    found = ffi._wasmtime_instance_export_get(
-        store._context(), ctypes.byref(instance._instance), raw, len(raw), ctypes.byref(item)
-    )
-    return wrap_extern(item) if found else None
+    item = _export_item(store, instance, name)
+    return None if item is None else wrap_extern(item)
+
+
+def instance_func(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> ffi.wasmtime_func_t | None:
+    """An exported function's raw handle for :class:`Export`, or None: no wasmtime-py ``Func``
+    built around it (a small file's guest looks up 7)."""
+    item = _export_item(store, instance, name)
+    return item.of.func if item is not None and item.kind == _EXTERN_FUNC else None
 
 
 # Per engine: a wasm_functype_t binds itself to the first engine it is used with, and wasmtime

@@ -145,6 +145,7 @@ class SessionGroup:
         self.store = open_store(store_url, base_dir=base_dir)
         self.store_directory = _local_root(self.store)
         self._covered: dict[Path, bool] = {}
+        self._modules: dict[tuple[str, str, bool], GuestModule] = {}
         self._before_long_run = before_long_run
         self.syncs = DeferredSyncs()
         self._published: list[_Run] = []
@@ -165,6 +166,15 @@ class SessionGroup:
         :meth:`commit` says so (see :attr:`pending`)."""
         _check_session_id(session)
         return _Run(job, session, self.store, on_progress, group=self).execute(fresh=fresh, wait=wait)
+
+    def load_module(self, guest: str, *, name: str, fuel: bool) -> GuestModule:
+        """:meth:`GuestModule.load`, once per guest for the group: its files share their job's
+        stages, and a load stats the module file (twice for a builtin) to see if it changed."""
+        key = (guest, name, fuel)
+        module = self._modules.get(key)
+        if module is None:
+            module = self._modules[key] = GuestModule.load(guest, name=name, fuel=fuel)
+        return module
 
     def covers(self, directory: Path) -> bool:
         """:func:`~pipeline._fs.barrier_covers`, asked once per directory for the group (a
@@ -288,6 +298,7 @@ class _Run:
         self.job = job
         self.session = session
         self.on_progress = on_progress
+        self.group = group
         self.state = SessionStore(store, session)
         self.spec_sha = job.sha256()
         self.modules = [self._load_module(index) for index in range(len(job.stages))]
@@ -304,14 +315,14 @@ class _Run:
         self.faults = FaultPoints()
         self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline-checkpoint")
         self._inflight: Future[None] | None = None
-        self.group = group
         self.deferred = False
         """Whether this run publishes with its fsyncs deferred to its group's barrier."""
 
     def _load_module(self, index: int) -> GuestModule:
         stage = self.job.stages[index]
+        load = GuestModule.load if self.group is None else self.group.load_module
         try:
-            return GuestModule.load(stage.guest, name=stage.label, fuel=stage.limits.fuel is not None)
+            return load(stage.guest, name=stage.label, fuel=stage.limits.fuel is not None)
         except (SpecError, GuestABIError) as exc:
             raise type(exc)(f"{self.job.path}: stages[{index}].guest: {exc.message}", hint=exc.hint) from exc
 
