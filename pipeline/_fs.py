@@ -3,10 +3,10 @@
 Every fsync the directory store and the file sinks make goes through :func:`fsync` or
 :func:`fsync_dir`. Inside :func:`deferred_syncs` they only note the file's filesystem, and
 :meth:`DeferredSyncs.barrier` later syncs each noted filesystem once (``syncfs``): a group of
-small sessions then makes its writes durable with two syncs instead of ~7 fsyncs each (group
-commit; see ``runner.SessionGroup``). Outside it they fsync at once, as always. A rename that
-must not reach the disk before the bytes it names (the store's manifests) is *staged* instead:
-the barrier makes it between its two syncs.
+small sessions then makes its writes durable with three syncs instead of ~7 fsyncs each
+(group commit; see ``runner.SessionGroup``). Outside it they fsync at once, as always. A rename
+that must not reach the disk before the bytes it names (the store's manifests) is *staged*
+instead: the barrier makes it between its two syncs.
 """
 
 from __future__ import annotations
@@ -54,9 +54,14 @@ def barrier_covers(path: Path) -> bool:
 
 @dataclass
 class _Staged:
-    owner: str
+    owner: str | None
+    key: object
     publish: Callable[[], None]
     discard: Callable[[], None] | None
+
+    def drop(self) -> None:
+        if self.discard is not None:
+            self.discard()
 
 
 class DeferredSyncs:
@@ -72,24 +77,45 @@ class DeferredSyncs:
         self._filesystems: dict[int, int] = {}  # st_dev -> an fd open on that filesystem
         self._directories: set[Path] = set()  # noted already: no need to open them again
         self._staged: list[_Staged] = []
-        self._owner = ""
+        self._keyed: dict[object, _Staged] = {}  # the staged steps that have a key, by key
+        self._owner: str | None = None
 
     @contextlib.contextmanager
     def owner(self, name: str) -> Iterator[None]:
-        """Within the block, :meth:`stage` files what it stages under ``name`` (for
-        :meth:`barrier`'s failures)."""
+        """Within the block, :meth:`stage` files what it stages under ``name``: the barrier
+        reports its failure under that name and skips the owner's later steps."""
         previous, self._owner = self._owner, name
         try:
             yield
         finally:
             self._owner = previous
 
-    def stage(self, publish: Callable[[], None], discard: Callable[[], None] | None = None) -> None:
+    def stage(
+        self, publish: Callable[[], None], discard: Callable[[], None] | None = None, *, key: object = None
+    ) -> None:
         """A step that must wait until what is noted so far is durable — naming a file whose
         bytes were written unsynced, say: :meth:`barrier` calls ``publish`` between its two
         syncs, or ``discard`` (if any) when it never gets that far. ``publish`` makes changes
-        only on filesystems already noted (the second sync covers those alone)."""
-        self._staged.append(_Staged(self._owner, publish, discard))
+        only on filesystems already noted (the second sync covers those alone).
+
+        A step staged again under the same ``key`` (not None) replaces the earlier one, which
+        is discarded: a store's retried write stages its value once.
+        """
+        item = _Staged(self._owner, key, publish, discard)
+        if key is not None:
+            replaced = self._keyed.pop(key, None)
+            if replaced is not None:
+                self._staged.remove(replaced)
+                replaced.drop()
+            self._keyed[key] = item
+        self._staged.append(item)
+
+    def drop(self, owner: str) -> None:
+        """Discard what ``owner`` staged (its later work failed: none of it may be published)."""
+        for item in [item for item in self._staged if item.owner == owner]:
+            self._staged.remove(item)
+            self._keyed.pop(item.key, None)
+            item.drop()
 
     def note(self, fd: int) -> None:
         """Remember ``fd``'s filesystem for the next barrier (``fd`` may be closed after)."""
@@ -111,26 +137,32 @@ class DeferredSyncs:
         """Make everything written on the noted filesystems durable; then, if anything is
         staged, publish it in order and sync again; then forget it all.
 
-        Returns the owners of the publishes that raised, with what they raised (the others
-        went on); raises ``OSError`` when a sync fails (what it had not yet published is
-        discarded).
+        Returns the owners whose step raised, with what it raised: their later steps are
+        discarded, every other owner's go on. Raises ``OSError`` when a sync fails (what was
+        not yet published is discarded), and what a step outside any :meth:`owner` raised.
         """
         failed: dict[str, Exception] = {}
         try:
-            self._sync()
+            self.sync()
             if self._staged:
                 while self._staged:
                     item = self._staged.pop(0)
+                    if item.owner in failed:
+                        item.drop()
+                        continue
                     try:
                         item.publish()
-                    except Exception as exc:  # the owner's failure, reported by the caller
+                    except Exception as exc:
+                        if item.owner is None:
+                            raise  # nobody to report it for: the whole barrier fails
                         failed[item.owner] = exc
-                self._sync()
+                self.sync()
         finally:
             self.close()
         return failed
 
-    def _sync(self) -> None:
+    def sync(self) -> None:
+        """Make everything written on the noted filesystems durable now; raises ``OSError``."""
         for fd in self._filesystems.values():
             assert _syncfs is not None, "deferred only where barrier_covers() said so"
             if _syncfs(fd) != 0:
@@ -140,10 +172,9 @@ class DeferredSyncs:
     def close(self) -> None:
         """Forget what is noted without syncing it, and discard what is staged (the group
         failed; nothing relies on it)."""
-        staged, self._staged = self._staged, []
+        staged, self._staged, self._keyed = self._staged, [], {}
         for item in staged:
-            if item.discard is not None:
-                item.discard()
+            item.drop()
         for fd in self._filesystems.values():
             os.close(fd)
         self._filesystems = {}

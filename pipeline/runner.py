@@ -28,7 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline._faults import FaultPoints
 from pipeline._fs import DeferredSyncs, barrier_covers, deferred_syncs, deferring
@@ -36,6 +36,7 @@ from pipeline.connectors.base import Sink, open_recorded_sink, open_sink
 from pipeline.connectors.file_sink import FileSink
 from pipeline.connectors.source import Source, describe_change, is_verifiable
 from pipeline.errors import (
+    Conflict,
     GuestABIError,
     GuestError,
     PipelineError,
@@ -119,9 +120,10 @@ class SessionGroup:
     new, whose input fits in one chunk and whose outputs are local files runs with every fsync
     deferred (:class:`~pipeline._fs.DeferredSyncs`), publishes its outputs, and is handed to the
     group still holding its outputs' locks. :meth:`commit` then makes the group durable in the
-    order a single session's fsyncs would: the ``complete`` manifests are written but not yet
-    named, a sync (every published output and manifest on disk), the manifests named, a second
-    sync; only then are the sessions complete and their locks released. A crash before that
+    order a single session's fsyncs would: a sync (every published output on disk), the
+    ``complete`` manifests (the directory store writes them but stages their names), a second
+    sync (their bytes), the manifests named, a third sync; only then are the sessions complete
+    and their locks released. A crash before that
     leaves those sessions without a head: the next run starts them over and publishes the same
     bytes again. Any other session (resumed, large, with remote outputs) runs as
     :func:`run_session` runs it, at once.
@@ -209,8 +211,8 @@ class SessionGroup:
         )
 
     def commit(self) -> Future[dict[str, PipelineError]]:
-        """Start making every pending session complete — ``complete`` manifests written, sync,
-        named, sync — on the group's committer thread, and return at once: the next sessions run
+        """Start making every pending session complete — sync, ``complete`` manifests written,
+        sync, named, sync — on the group's committer thread, and return at once: the next sessions run
         meanwhile (their fsyncs are noted for the next commit's barriers). One commit is in flight
         at most: this first waits for the one before.
 
@@ -228,15 +230,20 @@ class SessionGroup:
     def _commit(runs: list[_Run], syncs: DeferredSyncs) -> dict[str, PipelineError]:
         failed: dict[str, PipelineError] = {}
         try:
+            # The outputs on disk before any "complete" is committed, in whatever store: a
+            # remote store's commit is durable when it returns.
+            _durably(syncs.sync)
             with deferred_syncs(syncs):
                 for run in runs:
                     try:
                         with syncs.owner(run.session):
-                            run.complete()  # written; the store stages its name for the barrier
+                            run.complete()  # a directory store writes it; its name waits for the barrier
                     except PipelineError as exc:
                         failed[run.session] = exc
-            # The outputs and the manifests' bytes on disk, then the manifests' names.
-            failed |= _barrier(syncs)
+                        syncs.drop(run.session)
+            # The manifests' bytes on disk, then their names, then those.
+            for session, exc in _durably(syncs.barrier).items():
+                failed[session] = _group_failure(session, exc)
         except StoreError as exc:
             failed = dict.fromkeys((run.session for run in runs), exc)
         finally:
@@ -256,7 +263,7 @@ class SessionGroup:
         for run in runs:
             run.close()
         # What the store still defers (the directory of the last manifest created) the last
-        # commit's second barrier covered: it synced the whole filesystem.
+        # commit's last sync covered: it synced the whole filesystem.
         with deferred_syncs(self.syncs):
             self.store.close()
         self.syncs.close()
@@ -270,18 +277,27 @@ def _local_root(store: SnapshotStore) -> Path:
     return Path(getattr(store, "root", "."))
 
 
-def _barrier(syncs: DeferredSyncs) -> dict[str, PipelineError]:
-    """The group's barrier; returns the sessions whose manifest it could not name (a ``Conflict``)."""
+_T = TypeVar("_T")
+
+
+def _durably(step: Callable[[], _T]) -> _T:
+    """A group's sync or barrier, its ``OSError`` a ``StoreError`` for every session of the group."""
     try:
-        raised = syncs.barrier()
+        return step()
     except OSError as exc:
         raise StoreError(f"cannot make a group of sessions durable: {exc.strerror}") from exc
-    failed: dict[str, PipelineError] = {}
-    for session, exc in raised.items():
-        if not isinstance(exc, PipelineError):
-            raise exc  # a bug, not a session's failure
-        failed[session] = exc
-    return failed
+
+
+def _group_failure(session: str, exc: Exception) -> PipelineError:
+    """What a session's staged step raised at the group's barrier, as that session's error."""
+    if isinstance(exc, Conflict):  # its head appeared between the group's write and its naming
+        return Conflict(
+            f"session {session!r} was committed by another run while this run's group committed it",
+            hint="only one run per session may proceed; `pipeline status` shows how it ended",
+        )
+    if isinstance(exc, PipelineError):
+        return exc
+    raise exc  # a bug, not the session's failure
 
 
 class _Run:
@@ -742,11 +758,15 @@ class _Run:
         manifest.stats["stored_bytes"] = manifest.stored_bytes()
         self.state.commit(manifest)
         if syncs := deferring():
-            # A group's commit: the directory store only staged the manifest; its name, and so
-            # this step, comes at the group's barrier (the staged steps run in order).
-            syncs.stage(functools.partial(self.faults.reached, "manifest-committed"))
+            # A group's commit: the directory store only staged the manifest. What follows a
+            # commit waits for its name, at the group's barrier (an owner's steps run in order).
+            syncs.stage(functools.partial(self._committed, manifest))
         else:
-            self.faults.reached("manifest-committed")
+            self._committed(manifest)
+
+    def _committed(self, manifest: Manifest) -> None:
+        """After a commit: count it, and forget what it replaced."""
+        self.faults.reached("manifest-committed")
         self.checkpoints += 1
         self.state.release(manifest)
         self.pages.retain(self.state.referenced())

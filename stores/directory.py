@@ -13,7 +13,8 @@ In a group commit (``_fs.deferred_syncs``) a ``cas`` that creates its key writes
 file unsynced and stages its naming: the group's barrier syncs the filesystem (those bytes with
 every other session's), then links each into place — still under the directory's lock, failing
 if the key appeared meanwhile — then syncs again. No fsync per manifest, and still never a name
-before its bytes.
+before its bytes. A crash leaves the staged temporary files; the next creation of the key in
+that folder removes them.
 
 ``cas`` serialises writers with an ``flock`` on the key's directory, which works across threads
 and processes on one machine (not across machines: use S3 or PostgreSQL for a store shared by
@@ -53,6 +54,18 @@ def _version(data: bytes) -> str:
 def _unlink_quietly(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink()
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files of ``path``'s writers that died (a crash in a group commit
+    leaves one per staged manifest); called by a writer creating ``path`` in a folder that was
+    there already. A live writer's file would go too: it then fails, as one of two writers
+    creating the same key must."""
+    prefix = f"{_PRIVATE}{path.name}."
+    with contextlib.suppress(OSError):
+        for name in os.listdir(path.parent):
+            if name.startswith(prefix) and name.endswith(".tmp"):
+                _unlink_quietly(path.parent / name)
 
 
 class DirectoryStore(BaseStore):
@@ -174,7 +187,12 @@ class DirectoryStore(BaseStore):
         path = self.root / key
         tmp = path.with_name(f"{_PRIVATE}{path.name}.{uuid.uuid4().hex}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.mkdir(path.parent)
+            except FileExistsError:
+                _remove_stale_temporaries(path)
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             try:
                 view = memoryview(data)
@@ -186,7 +204,8 @@ class DirectoryStore(BaseStore):
         except OSError as exc:
             _unlink_quietly(tmp)
             raise StoreError(f"{self.url}: cannot write {key!r}: {exc.strerror}") from exc
-        syncs.stage(functools.partial(self._name_created, key, tmp), functools.partial(_unlink_quietly, tmp))
+        # Keyed by the path: a retry of this cas (its answer lost) replaces this staging.
+        syncs.stage(functools.partial(self._name_created, key, tmp), functools.partial(_unlink_quietly, tmp), key=path)
         return _version(data)
 
     def _name_created(self, key: str, tmp: Path) -> None:

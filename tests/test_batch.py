@@ -266,7 +266,7 @@ def test_small_new_sessions_are_made_durable_by_group_barriers_not_fsyncs(tmp_pa
     monkeypatch.setattr(_fs, "_syncfs", lambda fd: (barriers.append(fd), real_syncfs(fd))[1])
     outcomes = run_batch(load_job(_small_batch(tmp_path, files=8)))  # one thread: one group of 4, then 4
     assert all(o.error is None and o.result and o.result.checkpoints == 0 for o in outcomes)
-    assert len(barriers) == 4  # two per group, one filesystem
+    assert len(barriers) == 6  # three per group (outputs; manifests' bytes; their names), one filesystem
     assert fsyncs == []  # outputs, manifests and their names: all made durable by the syncs
     heads = sorted((tmp_path / ".pipeline" / "sessions").glob("*/manifest"))
     assert len(heads) == 8 and not list((tmp_path / ".pipeline" / "sessions").glob("*/manifests/*"))
