@@ -4,7 +4,8 @@ A guest call, a host import call (a guest's ``pl_emit`` reaching Python), page h
 compression, a checkpoint (full and delta, at 1 MiB and 64 MiB of guest memory, in memory; and
 as a run takes it, in the default directory store with its fsyncs), a warm and a cold resume,
 one 1 MiB chunk through the csv-map guest (output dropped, written to a file, and with a float
-column typed and filtered on), and one through jsonl-map (filter and projection).
+column typed and filtered on), and one through jsonl-map (filter and projection); and a group of
+32 small files, a durable session each, committed together.
 """
 
 from __future__ import annotations
@@ -263,3 +264,36 @@ def test_cold_resume_new_process(benchmark, tmp_path) -> None:  # type: ignore[n
         subprocess.run([sys.executable, "-m", "pipeline", "run", job, "--quiet"], check=True)
 
     benchmark.pedantic(resume, setup=setup, rounds=5)
+
+
+GROUP_FILES = 32  # a full group (runner.SessionGroup.MAX_SESSIONS)
+
+
+def test_small_files_group(benchmark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """32 one-KB JSON Lines files, a durable session each (jsonl-map, two outputs), run as one
+    group and committed together in the directory store; extra_info has the time per file."""
+    from pipeline._bench_tools import _JSONL_MAP, _wasm_job
+    from pipeline.batch import expand_sources, job_for, session_for
+    from pipeline.runner import SessionGroup
+    from pipeline.spec import JobSpec, load_job
+    from pipeline.testing.data import write_small_files
+
+    rounds = iter(range(10**6))
+
+    def setup() -> tuple[tuple[JobSpec, list[str]], dict[str, object]]:
+        work = tmp_path / f"group{next(rounds)}"
+        write_small_files(work / "in", GROUP_FILES)
+        job = load_job(_wasm_job(work, f"{work}/in/*.jsonl", _JSONL_MAP, "out/{stem}.jsonl", "rejects/{stem}.csv"))
+        return (job, expand_sources(job)), {}
+
+    def run_group(job: JobSpec, urls: list[str]) -> None:
+        group = SessionGroup(job.store, base_dir=job.base_dir)
+        try:
+            for url in urls:
+                group.run(job_for(job, url), session=session_for(job, url))
+            assert len(group.pending) == GROUP_FILES and not group.commit().result()
+        finally:
+            group.close()
+
+    benchmark.pedantic(run_group, setup=setup, rounds=20)
+    benchmark.extra_info["ms per file"] = round(benchmark.stats.stats.median / GROUP_FILES * 1e3, 3)
