@@ -670,7 +670,6 @@ __attribute__((noinline)) static int on_header(const pl_csv_record *h) {
     if (!rc) rc = resolve_row_steps(h, renamed, mark_cols);
 
     if (!rc) rc = make_runs();
-    if (!rc) rc = choose_fast();
     if (!rc) {
         bool dup_select = false;
         for (uint32_t i = 0; i < g.nout; i++)
@@ -688,6 +687,7 @@ __attribute__((noinline)) static int on_header(const pl_csv_record *h) {
         }
         if (!rc) rc = pl_out_putc(o, '\n');
     }
+    if (!rc) rc = choose_fast();
     free(renamed);
     free(mark);
     free(mark_cols);
