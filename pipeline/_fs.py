@@ -110,6 +110,11 @@ class DeferredSyncs:
             self._keyed[key] = item
         self._staged.append(item)
 
+    def keyed_owners(self) -> set[str]:
+        """The owners of a keyed step still staged: a store's staged value, which the barrier
+        must name before their commit holds."""
+        return {item.owner for item in self._keyed.values() if item.owner is not None}
+
     def drop(self, owner: str) -> None:
         """Discard what ``owner`` staged (its later work failed: none of it may be published)."""
         for item in [item for item in self._staged if item.owner == owner]:
@@ -147,6 +152,7 @@ class DeferredSyncs:
             if self._staged:
                 while self._staged:
                     item = self._staged.pop(0)
+                    self._keyed.pop(item.key, None)
                     if item.owner in failed:
                         item.drop()
                         continue
@@ -173,12 +179,14 @@ class DeferredSyncs:
         """Forget what is noted without syncing it, and discard what is staged (the group
         failed; nothing relies on it)."""
         staged, self._staged, self._keyed = self._staged, [], {}
-        for item in staged:
-            item.drop()
-        for fd in self._filesystems.values():
-            os.close(fd)
-        self._filesystems = {}
-        self._directories = set()
+        try:
+            for item in staged:
+                item.drop()
+        finally:
+            for fd in self._filesystems.values():
+                os.close(fd)
+            self._filesystems = {}
+            self._directories = set()
 
 
 _deferred: ContextVar[DeferredSyncs | None] = ContextVar("pipeline_deferred_syncs", default=None)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pipeline._faults import FaultPoints
 from pipeline._fs import DeferredSyncs, barrier_covers, deferred_syncs, deferring
@@ -230,9 +230,12 @@ class SessionGroup:
     def _commit(runs: list[_Run], syncs: DeferredSyncs) -> dict[str, PipelineError]:
         failed: dict[str, PipelineError] = {}
         try:
-            # The outputs on disk before any "complete" is committed, in whatever store: a
-            # remote store's commit is durable when it returns.
-            _durably(syncs.sync)
+            try:
+                # The outputs on disk before any "complete" is committed, in whatever store: a
+                # remote store's commit is durable when it returns.
+                syncs.sync()
+            except OSError as exc:
+                return dict.fromkeys((run.session for run in runs), _not_durable(exc))
             with deferred_syncs(syncs):
                 for run in runs:
                     try:
@@ -241,11 +244,14 @@ class SessionGroup:
                     except PipelineError as exc:
                         failed[run.session] = exc
                         syncs.drop(run.session)
-            # The manifests' bytes on disk, then their names, then those.
-            for session, exc in _durably(syncs.barrier).items():
-                failed[session] = _group_failure(session, exc)
-        except StoreError as exc:
-            failed = dict.fromkeys((run.session for run in runs), exc)
+            # Sessions whose "complete" is staged; a remote store's are committed already.
+            staged = syncs.keyed_owners()
+            try:
+                raised = syncs.barrier()  # the manifests' bytes on disk, then their names, then those
+            except OSError as exc:
+                failed |= dict.fromkeys(staged, _not_durable(exc))
+            else:
+                failed |= {session: _group_failure(session, exc) for session, exc in raised.items()}
         finally:
             syncs.close()
             for run in runs:
@@ -277,15 +283,8 @@ def _local_root(store: SnapshotStore) -> Path:
     return Path(getattr(store, "root", "."))
 
 
-_T = TypeVar("_T")
-
-
-def _durably(step: Callable[[], _T]) -> _T:
-    """A group's sync or barrier, its ``OSError`` a ``StoreError`` for every session of the group."""
-    try:
-        return step()
-    except OSError as exc:
-        raise StoreError(f"cannot make a group of sessions durable: {exc.strerror}") from exc
+def _not_durable(exc: OSError) -> StoreError:
+    return StoreError(f"cannot make a group of sessions durable: {exc.strerror}")
 
 
 def _group_failure(session: str, exc: Exception) -> PipelineError:

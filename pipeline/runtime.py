@@ -190,8 +190,9 @@ def _read_module(path: str, version: tuple[int, ...]) -> bytes:
     """A module file's bytes, read again only when the file changed (``version``: its device,
     inode, size, mtime and ctime; ctime catches a rewrite that kept or restored the mtime).
 
-    A batch loads its guests once per file: the same bytes object each time is also what keeps
-    :func:`_compile`'s cache lookup cheap (a bytes object hashes its content once).
+    A batch loads its guests once per group of files (``SessionGroup.load_module``): the same
+    bytes object each time is also what keeps :func:`_compile`'s cache lookup cheap (a bytes
+    object hashes its content once).
     """
     with open(path, "rb") as file:
         return file.read()

@@ -13,8 +13,8 @@ In a group commit (``_fs.deferred_syncs``) a ``cas`` that creates its key writes
 file unsynced and stages its naming: the group's barrier syncs the filesystem (those bytes with
 every other session's), then links each into place — still under the directory's lock, failing
 if the key appeared meanwhile — then syncs again. No fsync per manifest, and still never a name
-before its bytes. A crash leaves the staged temporary files; the next creation of the key in
-that folder removes them.
+before its bytes. A crash leaves the staged temporary files; the next creation of the key (a
+rerun's, deferred or not) removes them.
 
 ``cas`` serialises writers with an ``flock`` on the key's directory, which works across threads
 and processes on one machine (not across machines: use S3 or PostgreSQL for a store shared by
@@ -56,9 +56,20 @@ def _unlink_quietly(path: Path) -> None:
         path.unlink()
 
 
+def _make_folder(folder: Path) -> bool:
+    """Create ``folder`` (and its parents); whether it was there already."""
+    try:
+        os.mkdir(folder)
+    except FileExistsError:
+        return True
+    except FileNotFoundError:
+        folder.mkdir(parents=True, exist_ok=True)
+    return False
+
+
 def _remove_stale_temporaries(path: Path) -> None:
     """Remove the temporary files of ``path``'s writers that died (a crash in a group commit
-    leaves one per staged manifest); called by a writer creating ``path`` in a folder that was
+    leaves one per staged manifest); called by every creation of ``path`` in a folder that was
     there already. A live writer's file would go too: it then fails, as one of two writers
     creating the same key must."""
     prefix = f"{_PRIVATE}{path.name}."
@@ -152,7 +163,7 @@ class DirectoryStore(BaseStore):
             return self._stage_creation(key, data, syncs)
         path = self.root / key
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            existed = _make_folder(path.parent)
             dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise StoreError(f"{self.url}: cannot lock {key!r}: {exc.strerror}") from exc
@@ -162,6 +173,8 @@ class DirectoryStore(BaseStore):
         try:
             self._sync_pending()  # blobs put before this commit must be durable before it
             fcntl.flock(dir_fd, fcntl.LOCK_EX)
+            if expected is None and existed:
+                _remove_stale_temporaries(path)
             try:
                 current: str | None = _version(path.read_bytes())
             except FileNotFoundError:
@@ -187,12 +200,8 @@ class DirectoryStore(BaseStore):
         path = self.root / key
         tmp = path.with_name(f"{_PRIVATE}{path.name}.{uuid.uuid4().hex}.tmp")
         try:
-            try:
-                os.mkdir(path.parent)
-            except FileExistsError:
+            if _make_folder(path.parent):
                 _remove_stale_temporaries(path)
-            except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             try:
                 view = memoryview(data)
@@ -219,9 +228,11 @@ class DirectoryStore(BaseStore):
                 os.link(tmp, path)
             finally:
                 os.close(dir_fd)  # closing releases the flock
-        except FileExistsError:
-            raise Conflict(f"{self.url}: {key!r} changed underneath (compare-and-swap lost)") from None
         except OSError as exc:
+            # The key exists: another writer created it first (and may have removed this
+            # temporary file as stale: a link never replaces a name, so ENOENT can mean that).
+            if isinstance(exc, FileExistsError) or (isinstance(exc, FileNotFoundError) and path.exists()):
+                raise Conflict(f"{self.url}: {key!r} changed underneath (compare-and-swap lost)") from None
             raise StoreError(f"{self.url}: cannot write {key!r}: {exc.strerror}") from exc
         finally:
             _unlink_quietly(tmp)

@@ -82,8 +82,11 @@ def test_a_failed_barrier_does_not_report_sessions_a_remote_store_already_holds_
         finally:
             in_barrier.on = False
 
+    refused: list[int] = []
+
     def syncfs(fd: int) -> int:
         if getattr(in_barrier, "on", False):
+            refused.append(fd)
             ctypes.set_errno(errno.EIO)
             return -1
         return real_syncfs(fd)
@@ -92,12 +95,12 @@ def test_a_failed_barrier_does_not_report_sessions_a_remote_store_already_holds_
     monkeypatch.setattr(_fs, "_syncfs", syncfs)
     job = load_job(_small_batch(tmp_path, files=4))
     outcomes = run_batch(job, store_url=store_url)
+    assert refused, "no group barrier ran: the scenario did not happen"
     failed = [o.session for o in outcomes if o.error is not None]
-    assert failed, "no session was deferred: the scenario did not happen"
     store = open_store(store_url, base_dir=job.base_dir)
     try:
-        heads = {session: SessionStore(store, session).read_head() for session in failed}
+        heads = {o.session: SessionStore(store, o.session).read_head() for o in outcomes}
     finally:
         store.close()
-    complete = sorted(s for s, head in heads.items() if head is not None and head.state == "complete")
-    assert complete == [], f"reported failed, yet complete (and durable) in the store: {complete}"
+    assert all(head is not None and head.state == "complete" for head in heads.values()), heads
+    assert failed == [], f"reported failed, yet complete (and durable) in the store: {failed}"
