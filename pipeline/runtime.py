@@ -41,6 +41,7 @@ from pipeline._wasm_call import (
     instance_func,
     memory_size,
     memory_view,
+    set_epoch_deadline,
 )
 from pipeline.errors import (
     GuestABIError,
@@ -330,6 +331,8 @@ class Guest:
 
         HELD_INTERRUPTS.install()  # Ctrl-C must not land inside a host import's ctypes callback
         self._store = wasmtime.Store(_engine(module.fuel))
+        self._deadline_ticks = max(1, round(self.limits.call_timeout / EPOCH_TICK_SECONDS))
+        self._fuel = self.limits.fuel if module.fuel else None
         self._store.set_limits(
             memory_size=self.limits.memory,
             table_elements=MAX_TABLE_ELEMENTS,
@@ -408,9 +411,9 @@ class Guest:
 
     def _arm(self) -> None:
         """Give the next guest call its deadline (and fuel)."""
-        self._store.set_epoch_deadline(max(1, round(self.limits.call_timeout / EPOCH_TICK_SECONDS)))
-        if self.module.fuel and self.limits.fuel is not None:
-            self._store.set_fuel(self.limits.fuel)
+        set_epoch_deadline(self._store, self._deadline_ticks)
+        if self._fuel is not None:
+            self._store.set_fuel(self._fuel)
 
     def _call(self, name: str, *args: int) -> Any:
         self._check_open()
