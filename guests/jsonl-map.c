@@ -111,6 +111,7 @@ static struct {
     int32_t (*slots)[64];
     uint32_t nnodes;
     pl_buf tokens;
+    pl_buf kinds; /* per token of g.tokens (same index), its first byte: match_shape reads 8 at once */
     uint64_t line_no; /* the line being handled */
     bool escapes;     /* the line may have a backslash (fast path: has one) */
     bool spaced;  /* the line may have whitespace inside its object (fast path: any outside strings) */
@@ -733,20 +734,24 @@ static bool escapes_valid(const uint8_t *b, uint64_t escaped) {
     return true;
 }
 
-/* Appends the position of each set bit of `bits` (byte i of the block at b) to out; returns the
- * new end. It writes up to 8 further (garbage) entries past the end: whole groups of 8, the
- * first two without a loop (the usual block has fewer than 16 tokens). */
-static inline __attribute__((always_inline)) const uint8_t **put_tokens(const uint8_t **out, const uint8_t *b, uint64_t bits) {
+/* Appends the position of each set bit of `bits` (byte i of the block at b) to out, and the byte
+ * there to kinds (out's entries' twins in g.kinds); returns the new end. It writes up to 8
+ * further (garbage) entries past the end: whole groups of 8, the first two without a loop (the
+ * usual block has fewer than 16 tokens). */
+static inline __attribute__((always_inline)) const uint8_t **put_tokens(const uint8_t **out, uint8_t *kinds,
+                                                                       const uint8_t *b, uint64_t bits) {
     const uint32_t n = (uint32_t)__builtin_popcountll(bits);
-#define PUT_8(o)                                                                                                     \
+#define PUT_8(o, ko)                                                                                                 \
     for (int k = 0; k < 8; k++) {                                                                                    \
-        (o)[k] = b + __builtin_ctzll(bits);                                                                          \
+        const uint8_t *const at = b + __builtin_ctzll(bits);                                                         \
+        (o)[k] = at;                                                                                                 \
+        (ko)[k] = *at;                                                                                               \
         bits &= bits - 1;                                                                                            \
     }
-    PUT_8(out);
+    PUT_8(out, kinds);
     if (n > 8) {
-        PUT_8(out + 8);
-        for (const uint8_t **o = out + 16; bits; o += 8) PUT_8(o);
+        PUT_8(out + 8, kinds + 8);
+        for (uint32_t i = 16; bits; i += 8) PUT_8(out + i, kinds + i);
     }
 #undef PUT_8
     return out + n;
@@ -880,6 +885,9 @@ static line_ix lines_ix[WINDOW_LINES];
 
 static inline const uint8_t **token_at(uint32_t i) { return (const uint8_t **)(void *)g.tokens.data + i; }
 
+/* The twin in g.kinds of the token entry at tok. */
+static inline uint8_t *kind_at(const uint8_t *const *tok) { return g.kinds.data + (tok - token_at(0)); }
+
 /* Starts the state of the line at p, whose tokens start at the i-th of g.tokens. */
 static inline void start_line(const uint8_t *p, uint32_t i) {
     scan.in_string = scan.escape_carry = scan.scalar_carry = scan.spaced = 0;
@@ -923,7 +931,7 @@ static inline __attribute__((always_inline)) const uint8_t **segment(const uint8
     const uint64_t tokens =
         (structural & ~inside) | (quotes & inside) | (scalar & ~(scalar << 1 | scan.scalar_carry));
     scan.scalar_carry = scalar >> 63;
-    return put_tokens(tok, b, tokens);
+    return put_tokens(tok, kind_at(tok), b, tokens);
 }
 
 /* index_block for a block with a byte to check (a backslash, a control character other than
@@ -992,7 +1000,7 @@ static __attribute__((noinline)) const uint8_t **index_block(const uint8_t *b, s
     const uint64_t scalar = valid & ~(inside | quotes | structural | ws);
     const uint64_t tokens = (structural & ~inside) | (quotes & inside) |
                             (scalar & ~(scalar << 1 | scan.scalar_carry)) | newlines;
-    const uint8_t **const end = put_tokens(tok, b, tokens);
+    const uint8_t **const end = put_tokens(tok, kind_at(tok), b, tokens);
     const uint64_t spaced = ws & ~inside & ~newlines;
     if (newlines)
         end_lines(b, newlines, tokens, spaced, tok);
@@ -1025,7 +1033,8 @@ static const uint8_t **index_blocks(const uint8_t *const start, const uint8_t *c
     scan.nlines = 0;
     start_line(start, first);
     tb->len = first * sizeof(const uint8_t *);
-    if (!pl_buf_reserve(tb, room)) {
+    g.kinds.len = first;
+    if (!pl_buf_reserve(tb, room) || !pl_buf_reserve(&g.kinds, room / sizeof(const uint8_t *))) {
         scan.bad = true;
         return NULL;
     }
@@ -1035,7 +1044,9 @@ static const uint8_t **index_blocks(const uint8_t *const start, const uint8_t *c
             if (scan.nlines) break;
             /* A line of more than WINDOW_TOKENS tokens: the list grows for it. */
             tb->len = (size_t)((const uint8_t *)tok - tb->data);
-            if ((size_t)(b - scan.line) >= FAST_MAX_LINE || !pl_buf_reserve(tb, room)) {
+            g.kinds.len = tb->len / sizeof(const uint8_t *);
+            if ((size_t)(b - scan.line) >= FAST_MAX_LINE || !pl_buf_reserve(tb, room) ||
+                !pl_buf_reserve(&g.kinds, room / sizeof(const uint8_t *))) {
                 scan.bad = true;
                 break;
             }
@@ -1064,6 +1075,7 @@ static bool index_line(const uint8_t *start, const uint8_t *end, const uint8_t *
     const uint8_t **tok = index_blocks(start, end, first);
     if (scan.bad || scan.in_string) return false;
     for (int k = 0; k < 8; k++) tok[k] = &NO_TOKEN;
+    memset(kind_at(tok), 0, 8);
     *t = token_at(first);
     *n = (uint32_t)(tok - token_at(first));
     g.spaced = scan.spaced != 0;
@@ -1345,6 +1357,7 @@ typedef struct shape {
     uint32_t ntokens; /* 0: none recorded */
     int32_t trust;    /* matches minus misses since recorded (see SHAPE_TRUST_NEW) */
     uint32_t nshort, nlong, nscalars, nfound;
+    uint32_t nfilter; /* the first nfilter places are the filter's paths' (see match_shape) */
     /* Per token its first byte, or 0 for a number or a literal (with kind_mask 0 there); then 0
      * for the 8 NO_TOKEN sentinels. */
     uint8_t kinds[SHAPE_MAX_TOKENS + 8], kind_mask[SHAPE_MAX_TOKENS + 8];
@@ -1365,18 +1378,44 @@ typedef struct place {
 static shape shapes[SHAPE_SLOTS];
 /* Per shape, room for a place per path (SHAPE_SLOTS x g.paths.n); shape.nfound are used. */
 static place *shape_places;
+/* The places match_shape left for end_line to set, of the line's tokens rest_t: a line the filter
+ * drops (most, as a rule) needs only the filter's paths. */
+static const place *rest, *rest_end;
+static const uint8_t *const *rest_t;
+/* Per path, whether the filter compares it. */
+static bool *filter_path;
 
-/* Room for the places of every slot's shape; non-zero if memory ran out. */
-static int shapes_init(void) { return !(shape_places = calloc(SHAPE_SLOTS * g.paths.n + 1, sizeof *shape_places)); }
+/* Marks the paths the condition c compares in filter_path. */
+static void mark_filter_paths(const cond *c) {
+    if (c->kind == COND_COMPARE) filter_path[c->path] = true;
+    for (uint32_t i = 0; i < c->nparts; i++) mark_filter_paths(&c->parts[i]);
+}
 
-/* Whether the first bytes of the 8 tokens at t are k[0..7] where mask[0..7] is 0xFF: one
- * branch for the 8. */
-static inline bool kinds8(const uint8_t *const *t, const uint8_t *k, const uint8_t *mask) {
-    uint64_t want, care, got = 0;
+/* Room for the places of every slot's shape, and filter_path; non-zero if memory ran out. */
+static int shapes_init(void) {
+    if (!(shape_places = calloc(SHAPE_SLOTS * g.paths.n + 1, sizeof *shape_places)) ||
+        !(filter_path = calloc(g.paths.n + 1, sizeof *filter_path)))
+        return -1;
+    if (cfg.has_filter) mark_filter_paths(&cfg.filter);
+    return 0;
+}
+
+/* Sets g.found from the places [pl, end) of the tokens t. */
+static inline void set_places(const place *pl, const place *const end, const uint8_t *const *t) {
+    for (; pl < end; pl++) {
+        const uint8_t *const after = t[pl->after];
+        g.found[pl->path] = (span){t[pl->at], after[-1] > ' ' ? after : trim_end(after)};
+    }
+}
+
+/* Whether the first bytes of 8 tokens (their twins in g.kinds at got) are k[0..7] where
+ * mask[0..7] is 0xFF: one branch for the 8. */
+static inline bool kinds8(const uint8_t *got, const uint8_t *k, const uint8_t *mask) {
+    uint64_t want, care, have;
     memcpy(&want, k, 8);
     memcpy(&care, mask, 8);
-    for (int i = 0; i < 8; i++) got |= (uint64_t)*t[i] << (8 * i);
-    return (got & care) == want;
+    memcpy(&have, got, 8);
+    return (have & care) == want;
 }
 
 /* Whether the member name at p (followed by at least SHAPE_NAME_BYTES readable bytes) is the
@@ -1393,8 +1432,9 @@ static inline bool long_name_is(const shape *s, uint32_t k, const uint8_t *p) {
 /* Whether the line's n tokens at t have the shape s; if so, sets g.found as walk_line would. */
 static __attribute__((noinline)) bool match_shape(const shape *s, const uint8_t *const *t, uint32_t n) {
     /* Groups of 8 read at most 7 tokens past the line: its '\n''s and the next line's, or NO_TOKEN. */
+    const uint8_t *const got = kind_at(t);
     for (uint32_t i = 0; i < n; i += 8)
-        if (!kinds8(t + i, s->kinds + i, s->kind_mask + i)) return false;
+        if (!kinds8(got + i, s->kinds + i, s->kind_mask + i)) return false;
     for (uint32_t k = 0; k < s->nshort; k++) {
         uint64_t text;
         memcpy(&text, t[s->short_at[k]], 8);
@@ -1404,11 +1444,11 @@ static __attribute__((noinline)) bool match_shape(const shape *s, const uint8_t 
         if (!long_name_is(s, k, t[s->long_at[k]])) return false;
     for (uint32_t k = 0; k < s->nscalars; k++)
         if (!scalar_ok(t[s->scalar_at[k]])) return false;
-    const place *pl = shape_places + (size_t)(s - shapes) * g.paths.n;
-    for (const place *const end = pl + s->nfound; pl < end; pl++) {
-        const uint8_t *const after = t[pl->after];
-        g.found[pl->path] = (span){t[pl->at], after[-1] > ' ' ? after : trim_end(after)};
-    }
+    const place *const pl = shape_places + (size_t)(s - shapes) * g.paths.n;
+    set_places(pl, pl + s->nfilter, t);
+    rest = pl + s->nfilter;
+    rest_end = pl + s->nfound;
+    rest_t = t;
     return true;
 }
 
@@ -1441,7 +1481,7 @@ static bool record_name(shape *s, uint32_t i, const uint8_t *p, size_t len) {
  * empty if the line has too many names or scalars, or a name too long). */
 PL_COLD void record_shape(shape *s, const uint8_t *const *t, uint32_t n) {
     s->ntokens = 0;
-    s->nshort = s->nlong = s->nscalars = s->nfound = 0;
+    s->nshort = s->nlong = s->nscalars = s->nfound = s->nfilter = 0;
     for (uint32_t i = 0; i < n; i++) {
         const bool kind = IS_KIND[*t[i]];
         s->kinds[i] = kind ? *t[i] : 0;
@@ -1458,9 +1498,13 @@ PL_COLD void record_shape(shape *s, const uint8_t *const *t, uint32_t n) {
     /* A value starts at a token; the token after it is the first at or past its end (the
      * tokens inside a container are before its end). */
     place *pl = shape_places + (size_t)(s - shapes) * g.paths.n;
-    for (uint32_t k = 0; k < g.paths.n; k++) {
-        const span v = g.found[k];
-        if (v.p) pl[s->nfound++] = (place){(uint16_t)k, place_of(t, n, v.p), place_of(t, n, v.end)};
+    for (int filter = 1; filter >= 0; filter--) {
+        for (uint32_t k = 0; k < g.paths.n; k++) {
+            const span v = g.found[k];
+            if (v.p && filter_path[k] == filter)
+                pl[s->nfound++] = (place){(uint16_t)k, place_of(t, n, v.p), place_of(t, n, v.end)};
+        }
+        if (filter) s->nfilter = s->nfound;
     }
     s->ntokens = n;
     s->trust = SHAPE_TRUST_NEW;
@@ -1475,6 +1519,7 @@ static bool walk_tokens(const uint8_t *const *const t, const uint32_t n) {
         return true;
     }
     s->trust -= s->trust > 0;
+    rest = rest_end; /* walk_line sets every path's value */
     if (!walk_line(t, t + n)) return false;
     if (!s->trust && n <= SHAPE_MAX_TOKENS) record_shape(s, t, n);
     return true;
@@ -1516,6 +1561,7 @@ PL_COLD int other_line(const uint8_t *line, size_t len, uint64_t line_no) {
 /* The object `obj` of a line the fast path took: filtered and written. */
 static int end_line(span obj) {
     if (cfg.has_filter && !holds(&cfg.filter)) return 0;
+    set_places(rest, rest_end, rest_t);
     pl_stats.records_out++;
     if (!cfg.select.n && (g.spaced || cfg.rename_from.n)) {
         /* The whole object is written: compact it (renaming walks its compact members). */
