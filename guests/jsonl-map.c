@@ -518,7 +518,7 @@ static int compare(const cond *c, const uint8_t *p, const uint8_t *end) {
 }
 
 /* Whether the comparison c holds for the line whose paths resolve() found. */
-static inline bool compare_holds(const cond *c) {
+static __attribute__((noinline)) bool compare_holds_any(const cond *c) {
     const span v = g.found[c->path];
     const bool present = v.p != NULL;
     if (c->op == OP_EXISTS) return present;
@@ -531,6 +531,21 @@ static inline bool compare_holds(const cond *c) {
     case OP_LT: return cmp == -1;
     default: return cmp == -1 || cmp == 0; /* OP_LE */
     }
+}
+
+/* compare_holds_any, without a call for the usual == or != with a string: a value of another
+ * type, or whose text is shorter than the string (an escape only makes it shorter still) or, in
+ * a line without a backslash, of another length is not equal; a line without a backslash has
+ * the text of its strings as their value. */
+static inline bool compare_holds(const cond *c) {
+    if (c->op <= OP_NE && c->type == PL_JSON_STRING) {
+        const span v = g.found[c->path];
+        if (!v.p || *v.p != '"') return c->op == OP_NE;
+        const size_t raw = (size_t)(v.end - v.p) - 2;
+        if (raw < c->string.len || (!g.escapes && raw != c->string.len)) return c->op == OP_NE;
+        if (!g.escapes) return (bytes_compare(v.p + 1, (const uint8_t *)c->string.ptr, raw) == 0) == (c->op == OP_EQ);
+    }
+    return compare_holds_any(c);
 }
 
 /* Whether the condition holds for the line whose paths resolve() found (its comparisons without
@@ -819,6 +834,7 @@ static struct {
     uint32_t line_tok;     /* where its tokens start in g.tokens (an index: the buffer may move) */
     uint32_t nlines;       /* the window's lines so far (g.lines_ix) */
     block bl;              /* the classes of a block for index_rare */
+    const uint8_t *next;   /* where index_run stopped */
 } scan;
 
 /* True if the bytes >= 0x80 of the block at b (bit i for byte i) are whole valid UTF-8
@@ -973,7 +989,7 @@ static __attribute__((noinline)) void end_lines(const uint8_t *b, uint64_t newli
 
 /* Indexes the `left` bytes at b (64 at most): appends their tokens to tok, listing the lines
  * that end in them; returns the new end. */
-static __attribute__((noinline)) const uint8_t **index_block(const uint8_t *b, size_t left, const uint8_t **tok) {
+static inline __attribute__((always_inline)) const uint8_t **index_block(const uint8_t *b, size_t left, const uint8_t **tok) {
     const uint64_t valid = left >= 64 ? ~0ull : (1ull << left) - 1;
     /* 16 bytes at a time, only as many as there are. */
     block bl = {0};
@@ -1011,6 +1027,16 @@ static __attribute__((noinline)) const uint8_t **index_block(const uint8_t *b, s
     return end;
 }
 
+/* index_block over the blocks from b on, up to end or the first that starts with more tokens
+ * listed than `limit` or with more lines than WINDOW_LINES less 64; sets scan.next to where it
+ * stopped. One loop, without a call per block. */
+static __attribute__((noinline)) const uint8_t **index_run(const uint8_t *b, const uint8_t *end, const uint8_t **tok,
+                                                           const uint8_t **limit) {
+    for (; b < end && tok <= limit && scan.nlines <= WINDOW_LINES - 64; b += 64) tok = index_block(b, (size_t)(end - b), tok);
+    scan.next = b;
+    return tok;
+}
+
 /*
  * Pass 1 over the bytes from start to end (FAST_OVERREAD readable bytes after them), 64 at a
  * time whatever the lines: lists each line's tokens in g.tokens from its first-th entry on, each
@@ -1039,8 +1065,10 @@ static const uint8_t **index_blocks(const uint8_t *const start, const uint8_t *c
         return NULL;
     }
     const uint8_t **tok = token_at(first), **limit = tok + WINDOW_TOKENS;
-    for (const uint8_t *b = start; b < end; b += 64) {
-        if (tok > limit || scan.nlines > WINDOW_LINES - 64) {
+    for (const uint8_t *b = start; b < end;) {
+        tok = index_run(b, end, tok, limit);
+        if ((b = scan.next) >= end) break;
+        {
             if (scan.nlines) break;
             /* A line of more than WINDOW_TOKENS tokens: the list grows for it. */
             tb->len = (size_t)((const uint8_t *)tok - tb->data);
@@ -1054,6 +1082,7 @@ static const uint8_t **index_blocks(const uint8_t *const start, const uint8_t *c
             limit = tok + WINDOW_TOKENS;
         }
         tok = index_block(b, (size_t)(end - b), tok);
+        b += 64;
     }
     return tok;
 }
