@@ -1153,8 +1153,9 @@ static inline const uint8_t *number_end(const uint8_t *p) {
     const v128_t d = wasm_i8x16_sub(wasm_v128_load(p), wasm_i8x16_splat('0'));
     const uint32_t other = ~(uint32_t)wasm_i8x16_bitmask(wasm_u8x16_lt(d, wasm_i8x16_splat(10)));
     const uint32_t neg = p[0] == '-', whole = (uint32_t)__builtin_ctz(other >> neg);
-    /* No digit, or a leading zero followed by digits (invalid). */
-    if (!whole || (whole > 1 && p[neg] == '0')) return NULL;
+    /* No digit, or a leading zero followed by digits (invalid). Bitwise: with && the compiler
+     * makes a jump table of it. */
+    if ((whole == 0) | ((whole > 1) & (p[neg] == '0'))) return NULL;
     uint32_t end = neg + whole;
     if (p[end] == '.') {
         const uint32_t frac = (uint32_t)__builtin_ctz(other >> (end + 1));
@@ -1173,13 +1174,17 @@ static const bool ENDS_SCALAR[256] = {[0 ... 0x20] = true, ['"'] = true, [','] =
  * literal, the whole run. */
 static inline __attribute__((always_inline)) bool scalar_ok(const uint8_t *v) {
     const uint8_t *value_end;
-    if (*v == 't' || *v == 'n') {
+    /* Numbers first: the usual scalar, told apart in two compares (a switch on the first byte
+     * compiles to a jump table). */
+    if ((uint8_t)(*v - '0') < 10 || *v == '-') {
+        if (!(value_end = number_end(v))) return false;
+    } else if (*v == 't' || *v == 'n') {
         if (memcmp(v, *v == 't' ? "true" : "null", 4)) return false;
         value_end = v + 4;
     } else if (*v == 'f') {
         if (memcmp(v, "false", 5)) return false;
         value_end = v + 5;
-    } else if (!(value_end = number_end(v))) {
+    } else {
         return false;
     }
     return ENDS_SCALAR[*value_end];
@@ -1387,6 +1392,7 @@ typedef struct shape {
     int32_t trust;    /* matches minus misses since recorded (see SHAPE_TRUST_NEW) */
     uint32_t nshort, nlong, nscalars, nfound;
     uint32_t nfilter; /* the first nfilter places are the filter's paths' (see match_shape) */
+    struct place *places; /* its room in shape_places (a pointer: no division per line to find it) */
     /* Per token its first byte, or 0 for a number or a literal (with kind_mask 0 there); then 0
      * for the 8 NO_TOKEN sentinels. */
     uint8_t kinds[SHAPE_MAX_TOKENS + 8], kind_mask[SHAPE_MAX_TOKENS + 8];
@@ -1425,6 +1431,7 @@ static int shapes_init(void) {
     if (!(shape_places = calloc(SHAPE_SLOTS * g.paths.n + 1, sizeof *shape_places)) ||
         !(filter_path = calloc(g.paths.n + 1, sizeof *filter_path)))
         return -1;
+    for (uint32_t i = 0; i < SHAPE_SLOTS; i++) shapes[i].places = shape_places + (size_t)i * g.paths.n;
     if (cfg.has_filter) mark_filter_paths(&cfg.filter);
     return 0;
 }
@@ -1473,7 +1480,7 @@ static __attribute__((noinline)) bool match_shape(const shape *s, const uint8_t 
         if (!long_name_is(s, k, t[s->long_at[k]])) return false;
     for (uint32_t k = 0; k < s->nscalars; k++)
         if (!scalar_ok(t[s->scalar_at[k]])) return false;
-    const place *const pl = shape_places + (size_t)(s - shapes) * g.paths.n;
+    const place *const pl = s->places;
     set_places(pl, pl + s->nfilter, t);
     rest = pl + s->nfilter;
     rest_end = pl + s->nfound;
@@ -1526,7 +1533,7 @@ PL_COLD void record_shape(shape *s, const uint8_t *const *t, uint32_t n) {
     memset(s->kind_mask + n, 0, 8);
     /* A value starts at a token; the token after it is the first at or past its end (the
      * tokens inside a container are before its end). */
-    place *pl = shape_places + (size_t)(s - shapes) * g.paths.n;
+    place *pl = s->places;
     for (int filter = 1; filter >= 0; filter--) {
         for (uint32_t k = 0; k < g.paths.n; k++) {
             const span v = g.found[k];
