@@ -1112,12 +1112,19 @@ static bool index_line(const uint8_t *start, const uint8_t *end, const uint8_t *
     return true;
 }
 
+/* Bit i set for each decimal digit among the 16 bytes at p. Shifted by 0x50, the digits are the
+ * bytes 0x80 to 0x89, the only ones below (int8_t)0x8A: one signed compare, where an unsigned
+ * one takes four instructions. */
+static inline uint32_t digits16(const uint8_t *p) {
+    const v128_t d = wasm_i8x16_add(wasm_v128_load(p), wasm_i8x16_splat(0x50));
+    return (uint32_t)wasm_i8x16_bitmask(wasm_i8x16_lt(d, wasm_i8x16_splat((int8_t)0x8A)));
+}
+
 /* The number of decimal digits at p, found 16 bytes at a time (the line's last byte, '}' or
  * '\n', stops them). */
 static inline size_t digit_run(const uint8_t *p) {
     for (size_t n = 0;; n += 16) {
-        const v128_t d = wasm_i8x16_sub(wasm_v128_load(p + n), wasm_i8x16_splat('0'));
-        const uint32_t k = (uint32_t)__builtin_ctz(~wasm_i8x16_bitmask(wasm_u8x16_lt(d, wasm_i8x16_splat(10))));
+        const uint32_t k = (uint32_t)__builtin_ctz(~digits16(p + n));
         if (k < 16) return n + k;
     }
 }
@@ -1150,8 +1157,7 @@ PL_COLD const uint8_t *number_end_slow(const uint8_t *p) {
 /* number_end_slow, without a loop for the usual number: an integer part and maybe a fraction,
  * within 16 bytes (the digits of the 16 bytes at p in one mask). */
 static inline const uint8_t *number_end(const uint8_t *p) {
-    const v128_t d = wasm_i8x16_sub(wasm_v128_load(p), wasm_i8x16_splat('0'));
-    const uint32_t other = ~(uint32_t)wasm_i8x16_bitmask(wasm_u8x16_lt(d, wasm_i8x16_splat(10)));
+    const uint32_t other = ~digits16(p);
     const uint32_t neg = p[0] == '-', whole = (uint32_t)__builtin_ctz(other >> neg);
     /* No digit, or a leading zero followed by digits (invalid). Bitwise: with && the compiler
      * makes a jump table of it. */
