@@ -550,13 +550,23 @@ static inline bool compare_holds(const cond *c) {
 
 /* Whether the condition holds for the line whose paths resolve() found (its comparisons without
  * a call each). */
-static bool holds(const cond *c) {
+static __attribute__((noinline)) bool holds(const cond *c) {
     if (c->kind == COND_COMPARE) return compare_holds(c);
     for (uint32_t i = 0; i < c->nparts; i++) {
         const cond *part = &c->parts[i];
         if ((part->kind == COND_COMPARE ? compare_holds(part) : holds(part)) == (c->kind == COND_ANY))
             return c->kind == COND_ANY;
     }
+    return c->kind == COND_ALL;
+}
+
+/* holds for the config's filter, its top level inline (holds is recursive, so never inlined). */
+static inline bool filter_holds(void) {
+    const cond *const c = &cfg.filter;
+    if (c->kind == COND_COMPARE) return compare_holds(c);
+    for (const cond *part = c->parts, *const end = part + c->nparts; part < end; part++)
+        if ((part->kind == COND_COMPARE ? compare_holds(part) : holds(part)) == (c->kind == COND_ANY))
+            return c->kind == COND_ANY;
     return c->kind == COND_ALL;
 }
 
@@ -1613,7 +1623,7 @@ PL_COLD int other_line(const uint8_t *line, size_t len, uint64_t line_no) {
 
 /* The object `obj` of a line the fast path took: filtered and written. */
 static int end_line(span obj) {
-    if (cfg.has_filter && !holds(&cfg.filter)) return 0;
+    if (cfg.has_filter && !filter_holds()) return 0;
     set_places(rest, rest_end, rest_t);
     pl_stats.records_out++;
     if (!cfg.select.n && (g.spaced || cfg.rename_from.n)) {
