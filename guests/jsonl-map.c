@@ -651,7 +651,8 @@ static __attribute__((noinline)) int write_selected(pl_out *o, size_t obj_len) {
     return 0;
 }
 
-static int write_line(span obj) {
+static int write_line(const uint8_t *obj_p, const uint8_t *obj_end) {
+    const span obj = {obj_p, obj_end}; /* pointers, not a span: see end_line */
     pl_out *o = pl_port(0);
     if (cfg.select.n) return write_selected(o, (size_t)(obj.end - obj.p));
     if (!cfg.rename_from.n) return pl_out_write(o, obj.p, (size_t)(obj.end - obj.p)) || pl_out_putc(o, '\n');
@@ -685,7 +686,7 @@ PL_COLD int slow_line(const uint8_t *line, size_t len, uint64_t line_no) {
     resolve(obj);
     if (cfg.has_filter && !holds(&cfg.filter)) return 0;
     pl_stats.records_out++;
-    return write_line(obj);
+    return write_line(obj.p, obj.end);
 }
 
 static inline bool is_ws(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
@@ -1622,7 +1623,9 @@ PL_COLD int other_line(const uint8_t *line, size_t len, uint64_t line_no) {
 }
 
 /* The object `obj` of a line the fast path took: filtered and written. */
-static int end_line(span obj) {
+static int end_line(const uint8_t *obj_p, const uint8_t *obj_end) {
+    /* Pointers, not a span: a struct argument would pass through memory (wasm32's C ABI). */
+    span obj = {obj_p, obj_end};
     if (cfg.has_filter && !filter_holds()) return 0;
     set_places(rest, rest_end, rest_t);
     pl_stats.records_out++;
@@ -1635,7 +1638,7 @@ static int end_line(span obj) {
         *d = 0; /* padding for pl_json_compact_skip */
         obj = (span){c->data, d};
     }
-    return write_line(obj);
+    return write_line(obj.p, obj.end);
 }
 
 /* A line from the SDK's framer (pl_lines): one that began in an earlier chunk, or at the start
@@ -1653,7 +1656,7 @@ static int on_line(void *ctx, const uint8_t *line, size_t len, uint64_t line_no)
     if (line[i] != '{' || line[n - 1] != '}' || n - i > FAST_MAX_LINE || !overread_ok(line + n) ||
         !index_line(line + i, line + n, &t, &nt) || !walk_tokens(t, nt))
         return other_line(line, len, line_no);
-    return end_line((span){line + i, line + n});
+    return end_line(line + i, line + n);
 }
 
 /* A line that index_window took, up to its '\n' (less a '\r' before it: len bytes). */
@@ -1665,7 +1668,7 @@ static int indexed_line(const uint8_t *line, size_t len, uint64_t line_no, const
     g.escapes = x->escapes;
     const uint8_t *const *const t = token_at(x->tok);
     if (!walk_tokens(t, x->ntok)) return other_line(line, len, line_no);
-    return end_line((span){t[0], t[x->ntok - 1] + 1});
+    return end_line(t[0], t[x->ntok - 1] + 1);
 }
 
 /* Hands the line [p, nl) over, as the SDK's framer does (pl__lines_deliver): a '\r' before the
