@@ -271,6 +271,8 @@ static int select_keys(void) {
             const pl_str *a = &cfg.select.v[i], *b = &cfg.select.v[k];
             if (a->len < b->len && b->ptr[a->len] == '.' && memcmp(a->ptr, b->ptr, a->len) == 0) g.select_nested = true;
         }
+    /* write_selected copies keys 16 bytes at a time: room for the last one's overread. */
+    pl_buf_reserve(&g.keys, PL_PAD);
     return g.keys.oom ? pl_fail_str("out of memory") : 0;
 }
 
@@ -611,8 +613,8 @@ static inline uint8_t *put_over(uint8_t *d, const uint8_t *s, size_t n) {
 }
 
 /* A selected value: its text, or, if it is an object or an array with whitespace, compact. */
-PL_COLD uint8_t *put_container(uint8_t *d, span v) {
-    return g.spaced ? compact_into(d, v.p, v.end) : put_over(d, v.p, (size_t)(v.end - v.p));
+PL_COLD uint8_t *put_container(uint8_t *d, const uint8_t *p, const uint8_t *end) {
+    return g.spaced ? compact_into(d, p, end) : put_over(d, p, (size_t)(end - p));
 }
 
 /* With select: the object of the selected values the line (its object obj_len bytes) has. Its
@@ -641,8 +643,9 @@ static __attribute__((noinline)) int write_selected(pl_out *o, size_t obj_len) {
         const span v = g.found[s->path];
         if (!v.p) continue;
         if (d != start + 1) *d++ = ',';
-        d = put_over(d, g.keys.data + s->key, s->key_len);
-        d = (*v.p | 0x20) == '{' ? put_container(d, v) : put_over(d, v.p, (size_t)(v.end - v.p));
+        pl_copy_over(d, g.keys.data + s->key, s->key_len); /* g.keys has PL_PAD bytes of room after them */
+        d += s->key_len;
+        d = (*v.p | 0x20) == '{' ? put_container(d, v.p, v.end) : put_over(d, v.p, (size_t)(v.end - v.p));
     }
     *d++ = '}';
     *d++ = '\n';
