@@ -1074,7 +1074,8 @@ static const uint8_t **index_blocks(const uint8_t *const start, const uint8_t *c
     start_line(start, first);
     tb->len = first * sizeof(const uint8_t *);
     g.kinds.len = first;
-    if (!pl_buf_reserve(tb, room) || !pl_buf_reserve(&g.kinds, room / sizeof(const uint8_t *))) {
+    /* g.kinds: as many, and the 16 match_shape may read past a line's. */
+    if (!pl_buf_reserve(tb, room) || !pl_buf_reserve(&g.kinds, room / sizeof(const uint8_t *) + 16)) {
         scan.bad = true;
         return NULL;
     }
@@ -1088,7 +1089,7 @@ static const uint8_t **index_blocks(const uint8_t *const start, const uint8_t *c
             tb->len = (size_t)((const uint8_t *)tok - tb->data);
             g.kinds.len = tb->len / sizeof(const uint8_t *);
             if ((size_t)(b - scan.line) >= FAST_MAX_LINE || !pl_buf_reserve(tb, room) ||
-                !pl_buf_reserve(&g.kinds, room / sizeof(const uint8_t *))) {
+                !pl_buf_reserve(&g.kinds, room / sizeof(const uint8_t *) + 16)) {
                 scan.bad = true;
                 break;
             }
@@ -1414,8 +1415,8 @@ typedef struct shape {
     uint32_t nfilter; /* the first nfilter places are the filter's paths' (see match_shape) */
     struct place *places; /* its room in shape_places (a pointer: no division per line to find it) */
     /* Per token its first byte, or 0 for a number or a literal (with kind_mask 0 there); then 0
-     * for the 8 NO_TOKEN sentinels. */
-    uint8_t kinds[SHAPE_MAX_TOKENS + 8], kind_mask[SHAPE_MAX_TOKENS + 8];
+     * for the 16 match_shape may read past the line's tokens. */
+    uint8_t kinds[SHAPE_MAX_TOKENS + 16], kind_mask[SHAPE_MAX_TOKENS + 16];
     /* The member names (the tokens that open them, and their text, quotes included): those of
      * up to 8 bytes compared as one uint64_t under a mask, the others as two vectors. */
     uint16_t short_at[SHAPE_MAX_NAMES + 3], long_at[SHAPE_MAX_NAMES];
@@ -1464,14 +1465,11 @@ static inline void set_places(const place *pl, const place *const end, const uin
     }
 }
 
-/* Whether the first bytes of 8 tokens (their twins in g.kinds at got) are k[0..7] where
- * mask[0..7] is 0xFF: one branch for the 8. */
-static inline bool kinds8(const uint8_t *got, const uint8_t *k, const uint8_t *mask) {
-    uint64_t want, care, have;
-    memcpy(&want, k, 8);
-    memcpy(&care, mask, 8);
-    memcpy(&have, got, 8);
-    return (have & care) == want;
+/* Whether the first bytes of 16 tokens (their twins in g.kinds at got) are k[0..15] where
+ * mask[0..15] is 0xFF: one vector, one branch for the 16. */
+static inline bool kinds16(const uint8_t *got, const uint8_t *k, const uint8_t *mask) {
+    const v128_t have = wasm_v128_and(wasm_v128_load(got), wasm_v128_load(mask));
+    return !wasm_v128_any_true(wasm_v128_xor(have, wasm_v128_load(k)));
 }
 
 /* Whether the member name at p (followed by at least SHAPE_NAME_BYTES readable bytes) is the
@@ -1487,10 +1485,11 @@ static inline bool long_name_is(const shape *s, uint32_t k, const uint8_t *p) {
 
 /* Whether the line's n tokens at t have the shape s; if so, sets g.found as walk_line would. */
 static __attribute__((noinline)) bool match_shape(const shape *s, const uint8_t *const *t, uint32_t n) {
-    /* Groups of 8 read at most 7 tokens past the line: its '\n''s and the next line's, or NO_TOKEN. */
+    /* Groups of 16 read at most 15 kinds past the line's: its '\n''s and the next line's, or
+     * NO_TOKEN's, or room g.kinds keeps (compared under a zero mask). */
     const uint8_t *const got = kind_at(t);
-    for (uint32_t i = 0; i < n; i += 8)
-        if (!kinds8(got + i, s->kinds + i, s->kind_mask + i)) return false;
+    for (uint32_t i = 0; i < n; i += 16)
+        if (!kinds16(got + i, s->kinds + i, s->kind_mask + i)) return false;
     /* Four names a round, their differences or-ed: a quarter of the rounds (each with an
      * interruption check) and branches. The short names have room for three past nshort (kept
      * 0: the line's first token, compared under a zero mask). */
@@ -1556,8 +1555,8 @@ PL_COLD void record_shape(shape *s, const uint8_t *const *t, uint32_t n) {
             if (!record_name(s, i, t[i], (size_t)(name_end(t[i + 1]) + 1 - t[i]))) return;
         }
     }
-    memset(s->kinds + n, 0, 8);
-    memset(s->kind_mask + n, 0, 8);
+    memset(s->kinds + n, 0, 16);
+    memset(s->kind_mask + n, 0, 16);
     for (uint32_t k = s->nshort; k < s->nshort + 3; k++) { /* match_shape compares names four at a time */
         s->short_at[k] = 0;
         s->short_text[k] = s->short_mask[k] = 0;
