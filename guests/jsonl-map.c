@@ -111,6 +111,7 @@ static struct {
     int32_t (*slots)[64];
     uint32_t nnodes;
     pl_buf tokens;
+    pl_buf kinds; /* per token of g.tokens (same index), its first byte: match_shape reads 8 at once */
     uint64_t line_no; /* the line being handled */
     bool escapes;     /* the line may have a backslash (fast path: has one) */
     bool spaced;  /* the line may have whitespace inside its object (fast path: any outside strings) */
@@ -270,6 +271,8 @@ static int select_keys(void) {
             const pl_str *a = &cfg.select.v[i], *b = &cfg.select.v[k];
             if (a->len < b->len && b->ptr[a->len] == '.' && memcmp(a->ptr, b->ptr, a->len) == 0) g.select_nested = true;
         }
+    /* write_selected copies keys 16 bytes at a time: room for the last one's overread. */
+    pl_buf_reserve(&g.keys, PL_PAD);
     return g.keys.oom ? pl_fail_str("out of memory") : 0;
 }
 
@@ -517,7 +520,7 @@ static int compare(const cond *c, const uint8_t *p, const uint8_t *end) {
 }
 
 /* Whether the comparison c holds for the line whose paths resolve() found. */
-static inline bool compare_holds(const cond *c) {
+static __attribute__((noinline)) bool compare_holds_any(const cond *c) {
     const span v = g.found[c->path];
     const bool present = v.p != NULL;
     if (c->op == OP_EXISTS) return present;
@@ -532,15 +535,40 @@ static inline bool compare_holds(const cond *c) {
     }
 }
 
+/* compare_holds_any, without a call for the usual == or != with a string: a value of another
+ * type, or whose text is shorter than the string (an escape only makes it shorter still) or, in
+ * a line without a backslash, of another length is not equal; a line without a backslash has
+ * the text of its strings as their value. */
+static inline bool compare_holds(const cond *c) {
+    if (c->op <= OP_NE && c->type == PL_JSON_STRING) {
+        const span v = g.found[c->path];
+        if (!v.p || *v.p != '"') return c->op == OP_NE;
+        const size_t raw = (size_t)(v.end - v.p) - 2;
+        if (raw < c->string.len || (!g.escapes && raw != c->string.len)) return c->op == OP_NE;
+        if (!g.escapes) return (bytes_compare(v.p + 1, (const uint8_t *)c->string.ptr, raw) == 0) == (c->op == OP_EQ);
+    }
+    return compare_holds_any(c);
+}
+
 /* Whether the condition holds for the line whose paths resolve() found (its comparisons without
  * a call each). */
-static bool holds(const cond *c) {
+static __attribute__((noinline)) bool holds(const cond *c) {
     if (c->kind == COND_COMPARE) return compare_holds(c);
     for (uint32_t i = 0; i < c->nparts; i++) {
         const cond *part = &c->parts[i];
         if ((part->kind == COND_COMPARE ? compare_holds(part) : holds(part)) == (c->kind == COND_ANY))
             return c->kind == COND_ANY;
     }
+    return c->kind == COND_ALL;
+}
+
+/* holds for the config's filter, its top level inline (holds is recursive, so never inlined). */
+static inline bool filter_holds(void) {
+    const cond *const c = &cfg.filter;
+    if (c->kind == COND_COMPARE) return compare_holds(c);
+    for (const cond *part = c->parts, *const end = part + c->nparts; part < end; part++)
+        if ((part->kind == COND_COMPARE ? compare_holds(part) : holds(part)) == (c->kind == COND_ANY))
+            return c->kind == COND_ANY;
     return c->kind == COND_ALL;
 }
 
@@ -585,8 +613,8 @@ static inline uint8_t *put_over(uint8_t *d, const uint8_t *s, size_t n) {
 }
 
 /* A selected value: its text, or, if it is an object or an array with whitespace, compact. */
-PL_COLD uint8_t *put_container(uint8_t *d, span v) {
-    return g.spaced ? compact_into(d, v.p, v.end) : put_over(d, v.p, (size_t)(v.end - v.p));
+PL_COLD uint8_t *put_container(uint8_t *d, const uint8_t *p, const uint8_t *end) {
+    return g.spaced ? compact_into(d, p, end) : put_over(d, p, (size_t)(end - p));
 }
 
 /* With select: the object of the selected values the line (its object obj_len bytes) has. Its
@@ -615,8 +643,9 @@ static __attribute__((noinline)) int write_selected(pl_out *o, size_t obj_len) {
         const span v = g.found[s->path];
         if (!v.p) continue;
         if (d != start + 1) *d++ = ',';
-        d = put_over(d, g.keys.data + s->key, s->key_len);
-        d = (*v.p | 0x20) == '{' ? put_container(d, v) : put_over(d, v.p, (size_t)(v.end - v.p));
+        pl_copy_over(d, g.keys.data + s->key, s->key_len); /* g.keys has PL_PAD bytes of room after them */
+        d += s->key_len;
+        d = (*v.p | 0x20) == '{' ? put_container(d, v.p, v.end) : put_over(d, v.p, (size_t)(v.end - v.p));
     }
     *d++ = '}';
     *d++ = '\n';
@@ -625,7 +654,8 @@ static __attribute__((noinline)) int write_selected(pl_out *o, size_t obj_len) {
     return 0;
 }
 
-static int write_line(span obj) {
+static int write_line(const uint8_t *obj_p, const uint8_t *obj_end) {
+    const span obj = {obj_p, obj_end}; /* pointers, not a span: see end_line */
     pl_out *o = pl_port(0);
     if (cfg.select.n) return write_selected(o, (size_t)(obj.end - obj.p));
     if (!cfg.rename_from.n) return pl_out_write(o, obj.p, (size_t)(obj.end - obj.p)) || pl_out_putc(o, '\n');
@@ -659,7 +689,7 @@ PL_COLD int slow_line(const uint8_t *line, size_t len, uint64_t line_no) {
     resolve(obj);
     if (cfg.has_filter && !holds(&cfg.filter)) return 0;
     pl_stats.records_out++;
-    return write_line(obj);
+    return write_line(obj.p, obj.end);
 }
 
 static inline bool is_ws(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
@@ -733,20 +763,24 @@ static bool escapes_valid(const uint8_t *b, uint64_t escaped) {
     return true;
 }
 
-/* Appends the position of each set bit of `bits` (byte i of the block at b) to out; returns the
- * new end. It writes up to 8 further (garbage) entries past the end: whole groups of 8, the
- * first two without a loop (the usual block has fewer than 16 tokens). */
-static inline __attribute__((always_inline)) const uint8_t **put_tokens(const uint8_t **out, const uint8_t *b, uint64_t bits) {
+/* Appends the position of each set bit of `bits` (byte i of the block at b) to out, and the byte
+ * there to kinds (out's entries' twins in g.kinds); returns the new end. It writes up to 8
+ * further (garbage) entries past the end: whole groups of 8, the first two without a loop (the
+ * usual block has fewer than 16 tokens). */
+static inline __attribute__((always_inline)) const uint8_t **put_tokens(const uint8_t **out, uint8_t *kinds,
+                                                                       const uint8_t *b, uint64_t bits) {
     const uint32_t n = (uint32_t)__builtin_popcountll(bits);
-#define PUT_8(o)                                                                                                     \
+#define PUT_8(o, ko)                                                                                                 \
     for (int k = 0; k < 8; k++) {                                                                                    \
-        (o)[k] = b + __builtin_ctzll(bits);                                                                          \
+        const uint8_t *const at = b + __builtin_ctzll(bits);                                                         \
+        (o)[k] = at;                                                                                                 \
+        (ko)[k] = *at;                                                                                               \
         bits &= bits - 1;                                                                                            \
     }
-    PUT_8(out);
+    PUT_8(out, kinds);
     if (n > 8) {
-        PUT_8(out + 8);
-        for (const uint8_t **o = out + 16; bits; o += 8) PUT_8(o);
+        PUT_8(out + 8, kinds + 8);
+        for (uint32_t i = 16; bits; i += 8) PUT_8(out + i, kinds + i);
     }
 #undef PUT_8
     return out + n;
@@ -814,6 +848,7 @@ static struct {
     uint32_t line_tok;     /* where its tokens start in g.tokens (an index: the buffer may move) */
     uint32_t nlines;       /* the window's lines so far (g.lines_ix) */
     block bl;              /* the classes of a block for index_rare */
+    const uint8_t *next;   /* where index_run stopped */
 } scan;
 
 /* True if the bytes >= 0x80 of the block at b (bit i for byte i) are whole valid UTF-8
@@ -880,6 +915,9 @@ static line_ix lines_ix[WINDOW_LINES];
 
 static inline const uint8_t **token_at(uint32_t i) { return (const uint8_t **)(void *)g.tokens.data + i; }
 
+/* The twin in g.kinds of the token entry at tok. */
+static inline uint8_t *kind_at(const uint8_t *const *tok) { return g.kinds.data + (tok - token_at(0)); }
+
 /* Starts the state of the line at p, whose tokens start at the i-th of g.tokens. */
 static inline void start_line(const uint8_t *p, uint32_t i) {
     scan.in_string = scan.escape_carry = scan.scalar_carry = scan.spaced = 0;
@@ -923,7 +961,7 @@ static inline __attribute__((always_inline)) const uint8_t **segment(const uint8
     const uint64_t tokens =
         (structural & ~inside) | (quotes & inside) | (scalar & ~(scalar << 1 | scan.scalar_carry));
     scan.scalar_carry = scalar >> 63;
-    return put_tokens(tok, b, tokens);
+    return put_tokens(tok, kind_at(tok), b, tokens);
 }
 
 /* index_block for a block with a byte to check (a backslash, a control character other than
@@ -965,7 +1003,7 @@ static __attribute__((noinline)) void end_lines(const uint8_t *b, uint64_t newli
 
 /* Indexes the `left` bytes at b (64 at most): appends their tokens to tok, listing the lines
  * that end in them; returns the new end. */
-static __attribute__((noinline)) const uint8_t **index_block(const uint8_t *b, size_t left, const uint8_t **tok) {
+static inline __attribute__((always_inline)) const uint8_t **index_block(const uint8_t *b, size_t left, const uint8_t **tok) {
     const uint64_t valid = left >= 64 ? ~0ull : (1ull << left) - 1;
     /* 16 bytes at a time, only as many as there are. */
     block bl = {0};
@@ -992,7 +1030,7 @@ static __attribute__((noinline)) const uint8_t **index_block(const uint8_t *b, s
     const uint64_t scalar = valid & ~(inside | quotes | structural | ws);
     const uint64_t tokens = (structural & ~inside) | (quotes & inside) |
                             (scalar & ~(scalar << 1 | scan.scalar_carry)) | newlines;
-    const uint8_t **const end = put_tokens(tok, b, tokens);
+    const uint8_t **const end = put_tokens(tok, kind_at(tok), b, tokens);
     const uint64_t spaced = ws & ~inside & ~newlines;
     if (newlines)
         end_lines(b, newlines, tokens, spaced, tok);
@@ -1001,6 +1039,16 @@ static __attribute__((noinline)) const uint8_t **index_block(const uint8_t *b, s
     scan.in_string = (uint64_t)((int64_t)inside >> 63);
     scan.scalar_carry = scalar >> 63;
     return end;
+}
+
+/* index_block over the blocks from b on, up to end or the first that starts with more tokens
+ * listed than `limit` or with more lines than WINDOW_LINES less 64; sets scan.next to where it
+ * stopped. One loop, without a call per block. */
+static __attribute__((noinline)) const uint8_t **index_run(const uint8_t *b, const uint8_t *end, const uint8_t **tok,
+                                                           const uint8_t **limit) {
+    for (; b < end && tok <= limit && scan.nlines <= WINDOW_LINES - 64; b += 64) tok = index_block(b, (size_t)(end - b), tok);
+    scan.next = b;
+    return tok;
 }
 
 /*
@@ -1025,17 +1073,23 @@ static const uint8_t **index_blocks(const uint8_t *const start, const uint8_t *c
     scan.nlines = 0;
     start_line(start, first);
     tb->len = first * sizeof(const uint8_t *);
-    if (!pl_buf_reserve(tb, room)) {
+    g.kinds.len = first;
+    /* g.kinds: as many, and the 16 match_shape may read past a line's. */
+    if (!pl_buf_reserve(tb, room) || !pl_buf_reserve(&g.kinds, room / sizeof(const uint8_t *) + 16)) {
         scan.bad = true;
         return NULL;
     }
     const uint8_t **tok = token_at(first), **limit = tok + WINDOW_TOKENS;
-    for (const uint8_t *b = start; b < end; b += 64) {
-        if (tok > limit || scan.nlines > WINDOW_LINES - 64) {
+    for (const uint8_t *b = start; b < end;) {
+        tok = index_run(b, end, tok, limit);
+        if ((b = scan.next) >= end) break;
+        {
             if (scan.nlines) break;
             /* A line of more than WINDOW_TOKENS tokens: the list grows for it. */
             tb->len = (size_t)((const uint8_t *)tok - tb->data);
-            if ((size_t)(b - scan.line) >= FAST_MAX_LINE || !pl_buf_reserve(tb, room)) {
+            g.kinds.len = tb->len / sizeof(const uint8_t *);
+            if ((size_t)(b - scan.line) >= FAST_MAX_LINE || !pl_buf_reserve(tb, room) ||
+                !pl_buf_reserve(&g.kinds, room / sizeof(const uint8_t *) + 16)) {
                 scan.bad = true;
                 break;
             }
@@ -1043,6 +1097,7 @@ static const uint8_t **index_blocks(const uint8_t *const start, const uint8_t *c
             limit = tok + WINDOW_TOKENS;
         }
         tok = index_block(b, (size_t)(end - b), tok);
+        b += 64;
     }
     return tok;
 }
@@ -1064,6 +1119,7 @@ static bool index_line(const uint8_t *start, const uint8_t *end, const uint8_t *
     const uint8_t **tok = index_blocks(start, end, first);
     if (scan.bad || scan.in_string) return false;
     for (int k = 0; k < 8; k++) tok[k] = &NO_TOKEN;
+    memset(kind_at(tok), 0, 8);
     *t = token_at(first);
     *n = (uint32_t)(tok - token_at(first));
     g.spaced = scan.spaced != 0;
@@ -1071,12 +1127,19 @@ static bool index_line(const uint8_t *start, const uint8_t *end, const uint8_t *
     return true;
 }
 
+/* Bit i set for each decimal digit among the 16 bytes at p. Shifted by 0x50, the digits are the
+ * bytes 0x80 to 0x89, the only ones below (int8_t)0x8A: one signed compare, where an unsigned
+ * one takes four instructions. */
+static inline uint32_t digits16(const uint8_t *p) {
+    const v128_t d = wasm_i8x16_add(wasm_v128_load(p), wasm_i8x16_splat(0x50));
+    return (uint32_t)wasm_i8x16_bitmask(wasm_i8x16_lt(d, wasm_i8x16_splat((int8_t)0x8A)));
+}
+
 /* The number of decimal digits at p, found 16 bytes at a time (the line's last byte, '}' or
  * '\n', stops them). */
 static inline size_t digit_run(const uint8_t *p) {
     for (size_t n = 0;; n += 16) {
-        const v128_t d = wasm_i8x16_sub(wasm_v128_load(p + n), wasm_i8x16_splat('0'));
-        const uint32_t k = (uint32_t)__builtin_ctz(~wasm_i8x16_bitmask(wasm_u8x16_lt(d, wasm_i8x16_splat(10))));
+        const uint32_t k = (uint32_t)__builtin_ctz(~digits16(p + n));
         if (k < 16) return n + k;
     }
 }
@@ -1109,11 +1172,11 @@ PL_COLD const uint8_t *number_end_slow(const uint8_t *p) {
 /* number_end_slow, without a loop for the usual number: an integer part and maybe a fraction,
  * within 16 bytes (the digits of the 16 bytes at p in one mask). */
 static inline const uint8_t *number_end(const uint8_t *p) {
-    const v128_t d = wasm_i8x16_sub(wasm_v128_load(p), wasm_i8x16_splat('0'));
-    const uint32_t other = ~(uint32_t)wasm_i8x16_bitmask(wasm_u8x16_lt(d, wasm_i8x16_splat(10)));
+    const uint32_t other = ~digits16(p);
     const uint32_t neg = p[0] == '-', whole = (uint32_t)__builtin_ctz(other >> neg);
-    /* No digit, or a leading zero followed by digits (invalid). */
-    if (!whole || (whole > 1 && p[neg] == '0')) return NULL;
+    /* No digit, or a leading zero followed by digits (invalid). Bitwise: with && the compiler
+     * makes a jump table of it. */
+    if ((whole == 0) | ((whole > 1) & (p[neg] == '0'))) return NULL;
     uint32_t end = neg + whole;
     if (p[end] == '.') {
         const uint32_t frac = (uint32_t)__builtin_ctz(other >> (end + 1));
@@ -1132,13 +1195,17 @@ static const bool ENDS_SCALAR[256] = {[0 ... 0x20] = true, ['"'] = true, [','] =
  * literal, the whole run. */
 static inline __attribute__((always_inline)) bool scalar_ok(const uint8_t *v) {
     const uint8_t *value_end;
-    if (*v == 't' || *v == 'n') {
+    /* Numbers first: the usual scalar, told apart in two compares (a switch on the first byte
+     * compiles to a jump table). */
+    if ((uint8_t)(*v - '0') < 10 || *v == '-') {
+        if (!(value_end = number_end(v))) return false;
+    } else if (*v == 't' || *v == 'n') {
         if (memcmp(v, *v == 't' ? "true" : "null", 4)) return false;
         value_end = v + 4;
     } else if (*v == 'f') {
         if (memcmp(v, "false", 5)) return false;
         value_end = v + 5;
-    } else if (!(value_end = number_end(v))) {
+    } else {
         return false;
     }
     return ENDS_SCALAR[*value_end];
@@ -1345,13 +1412,15 @@ typedef struct shape {
     uint32_t ntokens; /* 0: none recorded */
     int32_t trust;    /* matches minus misses since recorded (see SHAPE_TRUST_NEW) */
     uint32_t nshort, nlong, nscalars, nfound;
+    uint32_t nfilter; /* the first nfilter places are the filter's paths' (see match_shape) */
+    struct place *places; /* its room in shape_places (a pointer: no division per line to find it) */
     /* Per token its first byte, or 0 for a number or a literal (with kind_mask 0 there); then 0
-     * for the 8 NO_TOKEN sentinels. */
-    uint8_t kinds[SHAPE_MAX_TOKENS + 8], kind_mask[SHAPE_MAX_TOKENS + 8];
+     * for the 16 match_shape may read past the line's tokens. */
+    uint8_t kinds[SHAPE_MAX_TOKENS + 16], kind_mask[SHAPE_MAX_TOKENS + 16];
     /* The member names (the tokens that open them, and their text, quotes included): those of
      * up to 8 bytes compared as one uint64_t under a mask, the others as two vectors. */
-    uint16_t short_at[SHAPE_MAX_NAMES], long_at[SHAPE_MAX_NAMES];
-    uint64_t short_text[SHAPE_MAX_NAMES], short_mask[SHAPE_MAX_NAMES];
+    uint16_t short_at[SHAPE_MAX_NAMES + 3], long_at[SHAPE_MAX_NAMES];
+    uint64_t short_text[SHAPE_MAX_NAMES + 3], short_mask[SHAPE_MAX_NAMES + 3];
     uint8_t long_len[SHAPE_MAX_NAMES];
     uint8_t long_text[SHAPE_MAX_NAMES][SHAPE_NAME_BYTES] __attribute__((aligned(16)));
     uint16_t scalar_at[SHAPE_MAX_SCALARS];
@@ -1365,18 +1434,42 @@ typedef struct place {
 static shape shapes[SHAPE_SLOTS];
 /* Per shape, room for a place per path (SHAPE_SLOTS x g.paths.n); shape.nfound are used. */
 static place *shape_places;
+/* The places match_shape left for end_line to set, of the line's tokens rest_t: a line the filter
+ * drops (most, as a rule) needs only the filter's paths. */
+static const place *rest, *rest_end;
+static const uint8_t *const *rest_t;
+/* Per path, whether the filter compares it. */
+static bool *filter_path;
 
-/* Room for the places of every slot's shape; non-zero if memory ran out. */
-static int shapes_init(void) { return !(shape_places = calloc(SHAPE_SLOTS * g.paths.n + 1, sizeof *shape_places)); }
+/* Marks the paths the condition c compares in filter_path. */
+static void mark_filter_paths(const cond *c) {
+    if (c->kind == COND_COMPARE) filter_path[c->path] = true;
+    for (uint32_t i = 0; i < c->nparts; i++) mark_filter_paths(&c->parts[i]);
+}
 
-/* Whether the first bytes of the 8 tokens at t are k[0..7] where mask[0..7] is 0xFF: one
- * branch for the 8. */
-static inline bool kinds8(const uint8_t *const *t, const uint8_t *k, const uint8_t *mask) {
-    uint64_t want, care, got = 0;
-    memcpy(&want, k, 8);
-    memcpy(&care, mask, 8);
-    for (int i = 0; i < 8; i++) got |= (uint64_t)*t[i] << (8 * i);
-    return (got & care) == want;
+/* Room for the places of every slot's shape, and filter_path; non-zero if memory ran out. */
+static int shapes_init(void) {
+    if (!(shape_places = calloc(SHAPE_SLOTS * g.paths.n + 1, sizeof *shape_places)) ||
+        !(filter_path = calloc(g.paths.n + 1, sizeof *filter_path)))
+        return -1;
+    for (uint32_t i = 0; i < SHAPE_SLOTS; i++) shapes[i].places = shape_places + (size_t)i * g.paths.n;
+    if (cfg.has_filter) mark_filter_paths(&cfg.filter);
+    return 0;
+}
+
+/* Sets g.found from the places [pl, end) of the tokens t. */
+static inline void set_places(const place *pl, const place *const end, const uint8_t *const *t) {
+    for (; pl < end; pl++) {
+        const uint8_t *const after = t[pl->after];
+        g.found[pl->path] = (span){t[pl->at], after[-1] > ' ' ? after : trim_end(after)};
+    }
+}
+
+/* Whether the first bytes of 16 tokens (their twins in g.kinds at got) are k[0..15] where
+ * mask[0..15] is 0xFF: one vector, one branch for the 16. */
+static inline bool kinds16(const uint8_t *got, const uint8_t *k, const uint8_t *mask) {
+    const v128_t have = wasm_v128_and(wasm_v128_load(got), wasm_v128_load(mask));
+    return !wasm_v128_any_true(wasm_v128_xor(have, wasm_v128_load(k)));
 }
 
 /* Whether the member name at p (followed by at least SHAPE_NAME_BYTES readable bytes) is the
@@ -1392,23 +1485,32 @@ static inline bool long_name_is(const shape *s, uint32_t k, const uint8_t *p) {
 
 /* Whether the line's n tokens at t have the shape s; if so, sets g.found as walk_line would. */
 static __attribute__((noinline)) bool match_shape(const shape *s, const uint8_t *const *t, uint32_t n) {
-    /* Groups of 8 read at most 7 tokens past the line: its '\n''s and the next line's, or NO_TOKEN. */
-    for (uint32_t i = 0; i < n; i += 8)
-        if (!kinds8(t + i, s->kinds + i, s->kind_mask + i)) return false;
-    for (uint32_t k = 0; k < s->nshort; k++) {
-        uint64_t text;
-        memcpy(&text, t[s->short_at[k]], 8);
-        if ((text ^ s->short_text[k]) & s->short_mask[k]) return false;
+    /* Groups of 16 read at most 15 kinds past the line's: its '\n''s and the next line's, or
+     * NO_TOKEN's, or room g.kinds keeps (compared under a zero mask). */
+    const uint8_t *const got = kind_at(t);
+    for (uint32_t i = 0; i < n; i += 16)
+        if (!kinds16(got + i, s->kinds + i, s->kind_mask + i)) return false;
+    /* Four names a round, their differences or-ed: a quarter of the rounds (each with an
+     * interruption check) and branches. The short names have room for three past nshort (kept
+     * 0: the line's first token, compared under a zero mask). */
+    uint64_t diff = 0;
+    for (uint32_t k = 0; k < s->nshort; k += 4) {
+        for (uint32_t i = k; i < k + 4; i++) {
+            uint64_t a;
+            memcpy(&a, t[s->short_at[i]], 8);
+            diff |= (a ^ s->short_text[i]) & s->short_mask[i];
+        }
     }
+    if (diff) return false;
     for (uint32_t k = 0; k < s->nlong; k++)
         if (!long_name_is(s, k, t[s->long_at[k]])) return false;
     for (uint32_t k = 0; k < s->nscalars; k++)
         if (!scalar_ok(t[s->scalar_at[k]])) return false;
-    const place *pl = shape_places + (size_t)(s - shapes) * g.paths.n;
-    for (const place *const end = pl + s->nfound; pl < end; pl++) {
-        const uint8_t *const after = t[pl->after];
-        g.found[pl->path] = (span){t[pl->at], after[-1] > ' ' ? after : trim_end(after)};
-    }
+    const place *const pl = s->places;
+    set_places(pl, pl + s->nfilter, t);
+    rest = pl + s->nfilter;
+    rest_end = pl + s->nfound;
+    rest_t = t;
     return true;
 }
 
@@ -1441,7 +1543,7 @@ static bool record_name(shape *s, uint32_t i, const uint8_t *p, size_t len) {
  * empty if the line has too many names or scalars, or a name too long). */
 PL_COLD void record_shape(shape *s, const uint8_t *const *t, uint32_t n) {
     s->ntokens = 0;
-    s->nshort = s->nlong = s->nscalars = s->nfound = 0;
+    s->nshort = s->nlong = s->nscalars = s->nfound = s->nfilter = 0;
     for (uint32_t i = 0; i < n; i++) {
         const bool kind = IS_KIND[*t[i]];
         s->kinds[i] = kind ? *t[i] : 0;
@@ -1453,14 +1555,22 @@ PL_COLD void record_shape(shape *s, const uint8_t *const *t, uint32_t n) {
             if (!record_name(s, i, t[i], (size_t)(name_end(t[i + 1]) + 1 - t[i]))) return;
         }
     }
-    memset(s->kinds + n, 0, 8);
-    memset(s->kind_mask + n, 0, 8);
+    memset(s->kinds + n, 0, 16);
+    memset(s->kind_mask + n, 0, 16);
+    for (uint32_t k = s->nshort; k < s->nshort + 3; k++) { /* match_shape compares names four at a time */
+        s->short_at[k] = 0;
+        s->short_text[k] = s->short_mask[k] = 0;
+    }
     /* A value starts at a token; the token after it is the first at or past its end (the
      * tokens inside a container are before its end). */
-    place *pl = shape_places + (size_t)(s - shapes) * g.paths.n;
-    for (uint32_t k = 0; k < g.paths.n; k++) {
-        const span v = g.found[k];
-        if (v.p) pl[s->nfound++] = (place){(uint16_t)k, place_of(t, n, v.p), place_of(t, n, v.end)};
+    place *pl = s->places;
+    for (int filter = 1; filter >= 0; filter--) {
+        for (uint32_t k = 0; k < g.paths.n; k++) {
+            const span v = g.found[k];
+            if (v.p && filter_path[k] == filter)
+                pl[s->nfound++] = (place){(uint16_t)k, place_of(t, n, v.p), place_of(t, n, v.end)};
+        }
+        if (filter) s->nfilter = s->nfound;
     }
     s->ntokens = n;
     s->trust = SHAPE_TRUST_NEW;
@@ -1475,6 +1585,7 @@ static bool walk_tokens(const uint8_t *const *const t, const uint32_t n) {
         return true;
     }
     s->trust -= s->trust > 0;
+    rest = rest_end; /* walk_line sets every path's value */
     if (!walk_line(t, t + n)) return false;
     if (!s->trust && n <= SHAPE_MAX_TOKENS) record_shape(s, t, n);
     return true;
@@ -1514,8 +1625,11 @@ PL_COLD int other_line(const uint8_t *line, size_t len, uint64_t line_no) {
 }
 
 /* The object `obj` of a line the fast path took: filtered and written. */
-static int end_line(span obj) {
-    if (cfg.has_filter && !holds(&cfg.filter)) return 0;
+static int end_line(const uint8_t *obj_p, const uint8_t *obj_end) {
+    /* Pointers, not a span: a struct argument would pass through memory (wasm32's C ABI). */
+    span obj = {obj_p, obj_end};
+    if (cfg.has_filter && !filter_holds()) return 0;
+    set_places(rest, rest_end, rest_t);
     pl_stats.records_out++;
     if (!cfg.select.n && (g.spaced || cfg.rename_from.n)) {
         /* The whole object is written: compact it (renaming walks its compact members). */
@@ -1526,7 +1640,7 @@ static int end_line(span obj) {
         *d = 0; /* padding for pl_json_compact_skip */
         obj = (span){c->data, d};
     }
-    return write_line(obj);
+    return write_line(obj.p, obj.end);
 }
 
 /* A line from the SDK's framer (pl_lines): one that began in an earlier chunk, or at the start
@@ -1544,7 +1658,7 @@ static int on_line(void *ctx, const uint8_t *line, size_t len, uint64_t line_no)
     if (line[i] != '{' || line[n - 1] != '}' || n - i > FAST_MAX_LINE || !overread_ok(line + n) ||
         !index_line(line + i, line + n, &t, &nt) || !walk_tokens(t, nt))
         return other_line(line, len, line_no);
-    return end_line((span){line + i, line + n});
+    return end_line(line + i, line + n);
 }
 
 /* A line that index_window took, up to its '\n' (less a '\r' before it: len bytes). */
@@ -1556,7 +1670,7 @@ static int indexed_line(const uint8_t *line, size_t len, uint64_t line_no, const
     g.escapes = x->escapes;
     const uint8_t *const *const t = token_at(x->tok);
     if (!walk_tokens(t, x->ntok)) return other_line(line, len, line_no);
-    return end_line((span){t[0], t[x->ntok - 1] + 1});
+    return end_line(t[0], t[x->ntok - 1] + 1);
 }
 
 /* Hands the line [p, nl) over, as the SDK's framer does (pl__lines_deliver): a '\r' before the
