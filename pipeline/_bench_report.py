@@ -37,7 +37,9 @@ METHOD = """\
   polars/pyarrow casts that give null).
 - The checkpoint overhead in the targets comes from `--pairs` pairs of child processes apart from
   the rounds: wasm-pipeline and `wasm-pipeline-no-ckpt` on the csv input, back to back, the
-  order alternating from pair to pair, so both runs of a pair see about the same machine. The
+  order alternating from pair to pair, so both runs of a pair see about the same machine. Where
+  a run over the csv input takes less than 5 s, the pairs run on its rows repeated until one
+  takes that long: several checkpoints a run at the default interval, not a run too short for one. The
   estimate is the Hodges-Lehmann median of the pairs' log time ratios, shown as a share of the
   checkpointing run's time; its interval comes from the exact distribution of Wilcoxon's
   signed-rank statistic. Its one assumption, that a pair's noise is symmetric, holds because the
@@ -140,7 +142,8 @@ def _checkpoint_target(csv: JobReport | None) -> tuple[str, str, str]:
         return text, measured, "—"
     overhead = csv.pairs.overhead
     measured = (
-        f"{overhead.estimate:.1%} ({_interval(overhead)}; {overhead.pairs} interleaved pairs, medians "
+        f"{overhead.estimate:.1%} ({_interval(overhead)}; {overhead.pairs} interleaved pairs on a "
+        f"{csv.pairs.input_bytes / 1e9:.1f} GB input, medians "
         f"{statistics.median(csv.pairs.on):.2f} s vs {statistics.median(csv.pairs.off):.2f} s, "
         f"{statistics.median(csv.pairs.checkpoints):g} checkpoints a run)"
     )

@@ -24,6 +24,7 @@ import csv
 import datetime
 import filecmp
 import json
+import math
 import os
 import platform
 import re
@@ -71,6 +72,10 @@ class BenchOptions:
     """Rounds; every tool runs once per round, rounds interleaved, and the table shows medians."""
     pairs: int = 30
     """Interleaved pairs of csv runs with checkpoints on and off (0: none); see the module docstring."""
+    pair_seconds: float = 5.0
+    """How long a pair's runs last at least (the csv input's rows repeated where a run over it is
+    shorter): the overhead is a share of runs that checkpoint several times at the default
+    interval (one second), not of runs too short to take one."""
     rss_sizes: tuple[int, ...] = ()
     tools: tuple[str, ...] = ()
     """Only these tools (default: all)."""
@@ -115,6 +120,8 @@ class Pairs:
     on_wait: list[float] = field(default_factory=list)
     """Seconds each run's thread waited for a CPU (empty where the system does not say)."""
     off_wait: list[float] = field(default_factory=list)
+    input_bytes: int = 0
+    """Size of the csv input the pairs ran on (the job's, or longer: ``BenchOptions.pair_seconds``)."""
 
     @property
     def overhead(self) -> Overhead:
@@ -283,17 +290,19 @@ def _run_job(job: str, folder: Path, options: BenchOptions, log: Log) -> JobRepo
                 # journal scans recently deleted inodes: 31 -> 468 us a file here), which would
                 # charge one tool's cleanup to the next tool's time.
                 shutil.rmtree(out)
-    report.pairs = _run_pairs(report, source, folder, options.pairs, log)
+    report.pairs = _run_pairs(report, source, folder, options.pairs, options.pair_seconds, log)
     shutil.rmtree(folder)
     return report
 
 
-def _run_pairs(report: JobReport, source: Path, folder: Path, count: int, log: Log) -> Pairs | None:
-    """``count`` pairs of runs with checkpoints on and off, back to back, the order alternating."""
+def _run_pairs(report: JobReport, source: Path, folder: Path, count: int, least: float, log: Log) -> Pairs | None:
+    """``count`` pairs of runs with checkpoints on and off, back to back, the order alternating,
+    each run ``least`` seconds or more (see :func:`_pairs_input`)."""
     on, off = report.find(REFERENCE), report.find(NO_CHECKPOINTS)
-    if not count or on is None or off is None:
+    if not count or on is None or off is None or not on.seconds:
         return None
-    pairs = Pairs()
+    source = _pairs_input(source, folder, on.median, least, log)
+    pairs = Pairs(input_bytes=source.stat().st_size)
     for index in range(count):
         seconds: dict[str, float] = {}
         waits: dict[str, float] = {}
@@ -320,6 +329,28 @@ def _run_pairs(report: JobReport, source: Path, folder: Path, count: int, log: L
         times = f"{pairs.on[-1]:.3f} / {pairs.off[-1]:.3f} s"
         log(f"{report.job}: checkpoints on / off, pair {index + 1} of {count}: {times}")
     return pairs
+
+
+def _pairs_input(source: Path, folder: Path, seconds: float, least: float, log: Log) -> Path:
+    """The csv input for the pairs: ``source``, or where a run over it takes ``seconds``, less
+    than ``least``, its rows repeated until one would last that long (ids repeat; the pairs
+    compare times, not rows). ``source`` itself when the disk has no room for it."""
+    repeats = math.ceil(least / seconds) if seconds > 0 else 1
+    if repeats <= 1:
+        return source
+    body = source.stat().st_size - len(ORDERS_HEADER)
+    size = len(ORDERS_HEADER) + repeats * body
+    if shutil.disk_usage(folder).free < size + size // 2 + 256 * MiB:  # the output is about half
+        log(f"csv: no room for a {size / 1e9:.1f} GB input for the checkpoint pairs: the pairs use the csv input")
+        return source
+    longer = folder / "pairs.csv"
+    log(f"csv: writing a {size / 1e9:.1f} GB input for the checkpoint pairs (runs of {least:g} s or more)")
+    with open(source, "rb") as src, open(longer, "wb") as out:
+        out.write(ORDERS_HEADER.encode())
+        for _ in range(repeats):
+            src.seek(len(ORDERS_HEADER))
+            shutil.copyfileobj(src, out, 16 * MiB)
+    return longer
 
 
 class ChildFailed(Exception):

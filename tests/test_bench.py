@@ -23,7 +23,9 @@ from pipeline.testing.data import write_events_jsonl, write_small_files
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> bench.Report:
-    options = BenchOptions(size=1_000_000, files=40, threads="both", pairs=6, workdir=tmp_path_factory.mktemp("bench"))
+    options = BenchOptions(
+        size=1_000_000, files=40, threads="both", pairs=6, pair_seconds=0.2, workdir=tmp_path_factory.mktemp("bench")
+    )
     return run_benchmarks(options, command="pipeline bench --size 1MB --files 40", log=lambda line: None)
 
 
@@ -72,8 +74,11 @@ def test_the_checkpoint_overhead_comes_from_interleaved_pairs(report: bench.Repo
     assert len(csv.pairs.on) == len(csv.pairs.off) == len(csv.pairs.checkpoints) == 6
     assert all(seconds > 0 for seconds in csv.pairs.on + csv.pairs.off)
     assert all(count >= 0 for count in csv.pairs.checkpoints)  # a 1 MB run ends before the first interval
+    # A run over the 1 MB input is shorter than pair_seconds: the pairs ran on its rows repeated.
+    assert csv.pairs.input_bytes > 2_000_000
     row = next(line for line in report.markdown().splitlines() if line.startswith("| csv: checkpoint overhead"))
-    assert re.search(r" \| -?\d+\.\d% \(95% interval -?\d+\.\d% to -?\d+\.\d%; 6 interleaved pairs, medians ", row), row
+    interval = r"\(95% interval -?\d+\.\d% to -?\d+\.\d%; 6 interleaved pairs on a \d+\.\d GB input, medians "
+    assert re.search(r" \| -?\d+\.\d% " + interval, row), row
     assert "the table's medians: " in row and "every 8 MiB, table medians: " in row
     assert row.endswith(" | — (no checkpoint within the runs: the input is too small) |")
     if Path("/proc/thread-self/schedstat").exists():
