@@ -123,10 +123,9 @@ class SessionGroup:
     order a single session's fsyncs would: a sync (every published output on disk), the
     ``complete`` manifests (the directory store writes them but stages their names), a second
     sync (their bytes), the manifests named, a third sync; only then are the sessions complete
-    and their locks released. A crash before that
-    leaves those sessions without a head: the next run starts them over and publishes the same
-    bytes again. Any other session (resumed, large, with remote outputs) runs as
-    :func:`run_session` runs it, at once.
+    and their locks released. A crash before that leaves those sessions without a head: the
+    next run starts them over and publishes the same bytes again. Any other session (resumed,
+    large, with remote outputs) runs as :func:`run_session` runs it, at once.
 
     It commits no ``starting`` lease for a deferred session: nothing of an earlier run is there
     to protect, and the outputs' locks keep out every other run until ``complete`` is on disk.
@@ -212,9 +211,9 @@ class SessionGroup:
 
     def commit(self) -> Future[dict[str, PipelineError]]:
         """Start making every pending session complete — sync, ``complete`` manifests written,
-        sync, named, sync — on the group's committer thread, and return at once: the next sessions run
-        meanwhile (their fsyncs are noted for the next commit's barriers). One commit is in flight
-        at most: this first waits for the one before.
+        sync, named, sync — on the group's committer thread, and return at once: the next
+        sessions run meanwhile (their fsyncs are noted for the next commit's barriers). One
+        commit is in flight at most: this first waits for the one before.
 
         The future gives the sessions that failed, with their errors (all of them when a barrier
         fails); every other session handed over before this call is then complete and durable.
