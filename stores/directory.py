@@ -56,6 +56,11 @@ def _unlink_quietly(path: Path) -> None:
         path.unlink()
 
 
+def _temporary_for(path: Path) -> Path:
+    """A new temporary file's name beside ``path`` (what :func:`_remove_stale_temporaries` matches)."""
+    return path.with_name(f"{_PRIVATE}{path.name}.{uuid.uuid4().hex}.tmp")
+
+
 def _make_folder(folder: Path) -> bool:
     """Create ``folder`` (and its parents); whether it was there already."""
     try:
@@ -117,7 +122,7 @@ class DirectoryStore(BaseStore):
         value, where a name not yet durable is only an older one.
         """
         path = self.root / key
-        tmp = path.with_name(f"{_PRIVATE}{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp = _temporary_for(path)
         try:
             if dir_fd is None:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +203,7 @@ class DirectoryStore(BaseStore):
         """``cas(key, data, None)`` in a group commit: the bytes now, unsynced; the name at the
         group's barrier (:meth:`_name_created`), once a sync has made them durable."""
         path = self.root / key
-        tmp = path.with_name(f"{_PRIVATE}{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp = _temporary_for(path)
         try:
             if _make_folder(path.parent):
                 _remove_stale_temporaries(path)

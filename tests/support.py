@@ -171,3 +171,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         [sys.executable, "-m", "pipeline", *args],
         env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+
+
+def store_temporaries(root: Path) -> list[str]:
+    """The directory store's own temporary files (``.~`` names) below ``root``, relative to it."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob(".~*"))

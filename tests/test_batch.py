@@ -255,6 +255,18 @@ def _small_batch(directory: Path, files: int, big: tuple[int, ...] = ()) -> Path
     return directory / "nightly.yaml"
 
 
+def _small_batch_killed_at(tmp_path: Path, kill_at: str, files: int = 8) -> tuple[Path, Path]:
+    """A small batch run whole in ``golden/``, and in ``work/`` SIGKILLed at ``kill_at`` (one worker)."""
+    golden_dir, work = tmp_path / "golden", tmp_path / "work"
+    for directory in (golden_dir, work):
+        directory.mkdir()
+        _small_batch(directory, files=files)
+    run_batch(load_job(golden_dir / "nightly.yaml"))
+    killed = subprocess.run(_run_command(work, 1), env={**os.environ, KILL_ENV: kill_at}, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    return golden_dir, work
+
+
 def test_small_new_sessions_are_made_durable_by_group_barriers_not_fsyncs(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from pipeline import _fs
 
@@ -299,13 +311,7 @@ def test_a_group_mixes_deferred_small_sessions_with_a_checkpointing_one(tmp_path
     ],
 )
 def test_sigkill_inside_a_group_then_rerun_gives_every_output_golden(tmp_path: Path, kill_at: str) -> None:
-    golden_dir, work = tmp_path / "golden", tmp_path / "work"
-    for directory in (golden_dir, work):
-        directory.mkdir()
-        _small_batch(directory, files=8)
-    run_batch(load_job(golden_dir / "nightly.yaml"))
-    killed = subprocess.run(_run_command(work, 1), env={**os.environ, KILL_ENV: kill_at}, timeout=300)
-    assert killed.returncode == -signal.SIGKILL
+    golden_dir, work = _small_batch_killed_at(tmp_path, kill_at)
     states = [row.state for row in batch_status(load_job(work / "nightly.yaml"))]
     assert states.count("complete") == (2 if kill_at.startswith("manifest") else 0), states
     _rerun_completes_golden(golden_dir, work)

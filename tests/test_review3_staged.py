@@ -10,7 +10,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_batch import KILL_ENV, _rerun_completes_golden, _run_command, _small_batch
+from support import store_temporaries
+from test_batch import KILL_ENV, _rerun_completes_golden, _run_command, _small_batch, _small_batch_killed_at
 
 from pipeline import _fs
 from pipeline._fs import DeferredSyncs, deferred_syncs
@@ -102,11 +103,7 @@ def test_a_staged_step_outside_any_owner_is_not_filed_under_an_empty_session_nam
     store.cas("sessions/a/manifest", b"another run", None)
     with pytest.raises(Conflict):  # nobody to report it for: the barrier fails as a whole
         syncs.barrier()
-    assert _private_files(tmp_path) == []
-
-
-def _private_files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob(".~*"))
+    assert store_temporaries(tmp_path) == []
 
 
 @pytest.mark.parametrize(
@@ -125,18 +122,12 @@ def test_sigkill_between_staging_and_naming_leaves_no_temporary_manifest_after_a
     *new* temporary files and never removes the old ones (a deferred session has no head, so
     no sweep; ``list`` hides ``.~`` names from ``sweep`` and ``pipeline rm`` anyway): they
     stay in the store forever, one per crash and pending file."""
-    golden_dir, work = tmp_path / "golden", tmp_path / "work"
-    for directory in (golden_dir, work):
-        directory.mkdir()
-        _small_batch(directory, files=8)
-    run_batch(load_job(golden_dir / "nightly.yaml"))
-    killed = subprocess.run(_run_command(work, 1), env={**os.environ, KILL_ENV: kill_at}, timeout=300)
-    assert killed.returncode == -signal.SIGKILL
-    left = _private_files(work / ".pipeline")
+    golden_dir, work = _small_batch_killed_at(tmp_path, kill_at)
+    left = store_temporaries(work / ".pipeline")
     states = [row.state for row in batch_status(load_job(work / "nightly.yaml"))]
     assert states.count("complete") == 1, states
     _rerun_completes_golden(golden_dir, work)
-    assert _private_files(work / ".pipeline") == [], f"left by the kill: {left}"
+    assert store_temporaries(work / ".pipeline") == [], f"left by the kill: {left}"
 
 
 def test_the_released_step_of_a_group_session_comes_after_its_manifest_is_named(tmp_path: Path) -> None:
@@ -174,4 +165,4 @@ def test_a_head_that_appears_before_its_group_names_it_fails_that_session_alone(
     assert f"session {first!r} was committed by another run" in failed[first].message
     assert "compare-and-swap" not in str(failed[first])
     assert [row.state for row in batch_status(job)].count("complete") == 1
-    assert _private_files(tmp_path / ".pipeline") == []
+    assert store_temporaries(tmp_path / ".pipeline") == []

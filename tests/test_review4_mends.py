@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import os
-import signal
-import subprocess
 import threading
 import uuid
 from pathlib import Path
 
 import pytest
-from test_batch import KILL_ENV, _digests, _run_command, _small_batch
+from support import store_temporaries
+from test_batch import _digests, _small_batch, _small_batch_killed_at
 
 from pipeline import _fs
 from pipeline.batch import run_batch
 from pipeline.session import SessionStore
 from pipeline.spec import load_job
 from pipeline.stores import open_store
-
-
-def _private_files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob(".~*"))
 
 
 def test_a_fresh_rerun_after_a_crash_in_a_group_removes_the_staged_temporary_manifests(tmp_path: Path) -> None:
@@ -38,19 +32,13 @@ def test_a_fresh_rerun_after_a_crash_in_a_group_removes_the_staged_temporary_man
     Fix: remove the key's stale temporaries in every creating ``cas`` (``expected is None``),
     deferred or not -- under the directory's flock, where ``_name_created`` links -- or let
     ``SessionStore.sweep``/``pipeline gc`` remove ``.~*.tmp`` files of a session folder."""
-    golden_dir, work = tmp_path / "golden", tmp_path / "work"
-    for directory in (golden_dir, work):
-        directory.mkdir()
-        _small_batch(directory, files=8)
-    run_batch(load_job(golden_dir / "nightly.yaml"))
-    killed = subprocess.run(_run_command(work, 1), env={**os.environ, KILL_ENV: "manifest-committed:1"}, timeout=300)
-    assert killed.returncode == -signal.SIGKILL
-    left = _private_files(work / ".pipeline")
+    golden_dir, work = _small_batch_killed_at(tmp_path, "manifest-committed:1")
+    left = store_temporaries(work / ".pipeline")
     assert left, "the kill left no staged manifest: the scenario did not happen"
     outcomes = run_batch(load_job(work / "nightly.yaml"), fresh=True)
     assert all(o.error is None for o in outcomes), [o.error for o in outcomes]
     assert _digests(work) == _digests(golden_dir)
-    assert _private_files(work / ".pipeline") == [], f"left by the kill, never removed: {left}"
+    assert store_temporaries(work / ".pipeline") == [], f"left by the kill, never removed: {left}"
 
 
 @pytest.mark.parametrize("backend", ["memory", "postgres"])

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import store_temporaries
 
 from pipeline.errors import Conflict, KeyNotFound, StoreError
 from pipeline.stores import Retry, RetryPolicy, TransientError, open_store
@@ -154,10 +155,6 @@ def test_a_deferred_commit_leaves_other_runs_pending_directory_syncs_to_them(tmp
     assert str(tmp_path / "sessions" / "a" / "pages") in synced
 
 
-def _private_files(root: Path) -> list[str]:
-    return sorted(p.name for p in root.rglob(".~*"))
-
-
 def test_a_group_commit_names_a_created_key_only_at_its_barrier(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Inside a group commit a creating ``cas`` writes its bytes unsynced and names them only
     after the barrier's first sync: no fsync, and no name a power loss could leave empty."""
@@ -183,7 +180,7 @@ def test_a_group_commit_names_a_created_key_only_at_its_barrier(tmp_path: Path, 
     assert syncs.barrier() == {}
     assert events == ["sync", "name a", "name b", "sync"]
     assert store.get("sessions/a/manifest") == b"a" and store.get("sessions/b/manifest") == b"b"
-    assert _private_files(tmp_path) == []
+    assert store_temporaries(tmp_path) == []
 
 
 def test_a_key_created_while_a_group_staged_it_fails_only_that_session(tmp_path: Path) -> None:
@@ -201,7 +198,7 @@ def test_a_key_created_while_a_group_staged_it_fails_only_that_session(tmp_path:
     assert "sessions/b/manifest" in str(failed["b"]) and "compare-and-swap lost" in str(failed["b"])
     assert store.get("sessions/a/manifest") == b"group"
     assert store.get("sessions/b/manifest") == b"another run"  # a link never replaces a name
-    assert _private_files(tmp_path) == []
+    assert store_temporaries(tmp_path) == []
 
 
 def test_a_failed_group_sync_names_nothing_and_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -219,7 +216,7 @@ def test_a_failed_group_sync_names_nothing_and_leaves_no_temporary_file(tmp_path
         syncs.barrier()
     with pytest.raises(KeyNotFound):
         store.get("sessions/a/manifest")
-    assert _private_files(tmp_path) == []
+    assert store_temporaries(tmp_path) == []
 
 
 def test_directory_key_that_is_a_folder_is_not_found(tmp_path: Path) -> None:
